@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the system packages coldkeep's tests and demo need, only when they are missing.
+# PostgreSQL 15 server binaries, zstd, tar, coreutils (sha256sum), util-linux (runuser), locales.
+set -euo pipefail
+missing=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql-15)
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v tar >/dev/null 2>&1 || missing+=(tar)
+command -v sha256sum >/dev/null 2>&1 || missing+=(coreutils)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing system packages: ${missing[*]} (run as root or install them: apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "installing system packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # the Debian package starts a cluster on 5432; coldkeep's tests never use it
+fi
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi

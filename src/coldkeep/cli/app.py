@@ -1,0 +1,132 @@
+"""The ``coldkeep`` command: global options, lazy command groups, error → exit code.
+
+Command modules are imported only when their command runs, so ``coldkeep pg wal-push`` (run by
+PostgreSQL for every WAL segment) does not pay for importing the rest of coldkeep.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from coldkeep import __version__
+from coldkeep.cli.context import AppContext
+from coldkeep.cli.output import Output
+from coldkeep.errors import EXIT_FAILED, EXIT_USAGE, ColdkeepError, UsageError
+
+#: command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "init": "coldkeep.cli.init_cmd:init",
+    "config": "coldkeep.cli.config_cmd:config",
+    "doctor": "coldkeep.cli.doctor_cmd:doctor",
+    "repo": "coldkeep.cli.repo_cmd:repo",
+    "backup": "coldkeep.cli.files_cmd:backup",
+    "snapshots": "coldkeep.cli.files_cmd:snapshots",
+    "restore": "coldkeep.cli.files_cmd:restore",
+    "forget": "coldkeep.cli.files_cmd:forget",
+}
+
+
+class LazyGroup(click.Group):
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, attr = self.lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+_state = Output()
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="config file (else $COLDKEEP_CONFIG, ./coldkeep.toml, /etc/coldkeep/coldkeep.toml)",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
+@click.option("-v", "--verbose", count=True, help="more detail; tracebacks on errors")
+@click.version_option(__version__, prog_name="coldkeep")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, as_json: bool, quiet: bool, verbose: int) -> None:
+    """coldkeep — backups, archives and recovery for an ML research lab.
+
+    \b
+    Exit codes: 0 ok, 1 operation failed, 2 usage or config error, 3 integrity failure,
+    4 lock held by another process, 5 not found.  `pg wal-fetch` (restore_command) exits 1
+    only for "segment not archived" and 126 for every other failure.
+    """
+    _state.json, _state.quiet, _state.verbose = as_json, quiet, verbose
+    ctx.obj = AppContext(config_path=config_path, out=_state)
+
+
+def _early_flags(argv: list[str]) -> None:
+    """Know --json / -v even when parsing failed before the group callback ran."""
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg == "--json":
+            _state.json = True
+        elif arg in ("-v", "--verbose") or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            _state.verbose += 1
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state.json, _state.quiet, _state.verbose = False, False, 0
+    _early_flags(args)  # the group callback replaces these with the parsed values
+    try:
+        result = cli.main(args=args, prog_name="coldkeep", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("aborted\n")
+        return 130
+    except click.ClickException as exc:
+        _state.error(
+            UsageError(exc.format_message(), hint="see `coldkeep --help` or `coldkeep COMMAND --help`")
+        )
+        return EXIT_USAGE
+    except ColdkeepError as exc:
+        if _state.verbose:
+            traceback.print_exc()
+        _state.error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception as exc:  # last resort: one line, no traceback unless -v
+        if _state.verbose:
+            traceback.print_exc()
+        err = ColdkeepError(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="rerun with -v for the traceback and report it",
+        )
+        _state.error(err)
+        return EXIT_FAILED
+
+
+def main() -> None:
+    sys.exit(run())

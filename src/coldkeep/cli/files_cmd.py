@@ -1,0 +1,157 @@
+"""``coldkeep backup | snapshots | restore | forget`` — generic files in the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from coldkeep import clock
+from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.repo_support import open_repo, parse_tags, progress
+from coldkeep.errors import EXIT_INTEGRITY
+from coldkeep.ops.doctor import _human_bytes as human_bytes
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="tag the snapshot (repeatable)")
+@click.option("--label", default="", help="free text stored with the snapshot")
+@pass_app
+def backup(app: AppContext, paths: tuple[Path, ...], tags: tuple[str, ...], label: str) -> None:
+    """Back up files and directories into a new snapshot."""
+    from coldkeep.repository.backup import Backup
+    from coldkeep.repository.locks import locked
+
+    tag_map = parse_tags(tags)
+    with (
+        open_repo(app) as repo,
+        locked(repo.backend, "backup", exclusive=False),
+        progress(app, "backup") as prog,
+    ):
+        result = Backup(repo, progress=prog).run(list(paths), tags=tag_map, label=label)
+    for warning in result.warnings:
+        app.out.warn(warning)
+    data = {k: v for k, v in result.to_json().items() if k != "warnings"} | {"warnings": result.warnings}
+    app.out.emit(
+        data,
+        lambda c: c.print(
+            f"snapshot {result.snapshot.short_id} saved: {result.files} files, "
+            f"{human_bytes(result.logical_bytes)} logical, {human_bytes(result.new_stored_bytes)} new stored, "
+            f"{result.duration_s:.2f} s"
+        ),
+    )
+
+
+@click.command()
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="only snapshots with this tag")
+@pass_app
+def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
+    """List snapshots, oldest first."""
+    with open_repo(app) as repo:
+        snaps = repo.list_snapshots(parse_tags(tags))
+
+    def human(console: Console) -> None:
+        table = Table("id", "time", "host", "tags", "label", "files", "size")
+        for s in snaps:
+            table.add_row(s.short_id, s.time, s.host, " ".join(f"{k}={v}" for k, v in s.tags.items()), s.label,
+                          str(s.summary.get("files", "")), human_bytes(s.logical_bytes))  # fmt: skip
+        console.print(table)
+
+    app.out.emit([s.to_json() for s in snaps], human)
+
+
+@click.command()
+@click.argument("snapshot")
+@click.option("--target", required=True, type=click.Path(path_type=Path), help="directory to restore into")
+@click.option("--include", "includes", multiple=True, metavar="GLOB", help="only matching paths (repeatable)")
+@pass_app
+def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, ...]) -> int:
+    """Restore a snapshot (id, prefix or `latest`) into DIR, verifying every byte."""
+    from coldkeep.repository.restore import Restorer
+
+    with open_repo(app) as repo, progress(app, "restore") as prog:
+        snap = repo.find_snapshot(snapshot)
+        result = Restorer(repo, progress=prog).run(snap, target, includes)
+    for error in result.errors:
+        app.out.warn(error)
+    app.out.emit(
+        result.to_json(),
+        lambda c: c.print(
+            f"restored {result.files} files ({human_bytes(result.bytes)}) into {result.target} "
+            f"in {result.duration_s:.2f} s" + (f"; {len(result.errors)} FAILED" if result.errors else "")
+        ),
+    )
+    return EXIT_INTEGRITY if result.errors else 0
+
+
+@click.command()
+@click.option("--keep-last", type=click.IntRange(min=0), default=0)
+@click.option("--keep-hourly", type=click.IntRange(min=0), default=0)
+@click.option("--keep-daily", type=click.IntRange(min=0), default=0)
+@click.option("--keep-weekly", type=click.IntRange(min=0), default=0)
+@click.option("--keep-monthly", type=click.IntRange(min=0), default=0)
+@click.option("--keep-yearly", type=click.IntRange(min=0), default=0)
+@click.option("--keep-within", default=None, metavar="DURATION", help="e.g. 30d, 12h, 2w")
+@click.option("--keep-tag", "keep_tags", multiple=True, metavar="KEY=VALUE")
+@click.option("--group-by", default="", metavar="tags|KEY,KEY", help="apply the policy per tag group")
+@click.option(
+    "--tag", "tags", multiple=True, metavar="KEY=VALUE", help="only consider snapshots with this tag"
+)
+@click.option("--dry-run", is_flag=True, help="show the decisions, delete nothing")
+@pass_app
+def forget(
+    app: AppContext,
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_within: str | None,
+    keep_tags: tuple[str, ...],
+    group_by: str,
+    tags: tuple[str, ...],
+    dry_run: bool,
+) -> None:
+    """Remove snapshots that no retention rule keeps (then `repo prune` reclaims space)."""
+    from coldkeep import retention
+    from coldkeep.repository.locks import locked
+
+    with open_repo(app) as repo, locked(repo.backend, "forget", exclusive=True):
+        snaps = repo.list_snapshots(parse_tags(tags))
+        group_keys: list[str] = []
+        if group_by == "tags":
+            group_keys = sorted({k for s in snaps for k in s.tags})
+        elif group_by:
+            group_keys = [g.strip() for g in group_by.split(",") if g.strip()]
+        policy = retention.Policy.parse(
+            keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
+            keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within,
+            keep_tag=list(keep_tags), group_by=group_keys,
+        )  # fmt: skip
+        items = [retention.Item(s.id, clock.parse_timestamp(s.time), s.tags) for s in snaps]
+        decisions = retention.apply_policy(items, policy, clock.now())
+        if not dry_run:
+            for d in decisions:
+                if not d.keep:
+                    repo.delete_snapshot(d.item.id)
+    rows = [
+        {"id": d.item.id, "time": clock.isoformat(d.item.time), "keep": d.keep, "reasons": list(d.reasons)}
+        for d in decisions
+    ]
+
+    def human(console: Console) -> None:
+        table = Table("id", "time", "decision", "reasons")
+        for r in rows:
+            table.add_row(str(r["id"])[:8], str(r["time"]), "keep" if r["keep"] else "[red]remove[/red]",
+                          ", ".join(r["reasons"]))  # type: ignore[arg-type]  # fmt: skip
+        console.print(table)
+        removed = sum(1 for r in rows if not r["keep"])
+        console.print(
+            f"{removed} snapshot(s) {'would be ' if dry_run else ''}removed; run `coldkeep repo prune` to reclaim space"
+        )
+
+    app.out.emit({"dry_run": dry_run, "decisions": rows}, human)

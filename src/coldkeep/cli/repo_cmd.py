@@ -1,0 +1,227 @@
+"""``coldkeep repo …``: init, check, prune, copy, repair, stats, unlock, key, rebuild-cache."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.repo_support import open_repo
+from coldkeep.errors import EXIT_INTEGRITY, UsageError
+from coldkeep.ops.doctor import _human_bytes as human_bytes
+
+
+@click.group()
+def repo() -> None:
+    """Manage the repository."""
+
+
+@repo.command("init")
+@pass_app
+def init(app: AppContext) -> None:
+    """Create the repository named by [repository].url (encrypted when a password is configured)."""
+    from coldkeep.repository.setup import init_repository
+
+    info = init_repository(app.config())
+    app.out.emit(info, lambda c: c.print(f"created repository {info['id'][:8]} at {info['url']}"
+                                         f"{' (encrypted)' if info['encrypted'] else ''}"))  # fmt: skip
+
+
+@repo.command("check")
+@click.option("--read-data", is_flag=True, help="read and verify every byte")
+@click.option("--read-data-subset", type=click.FloatRange(0, 100, min_open=True), default=None, metavar="PCT")
+@pass_app
+def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> int:
+    """Check the repository's structure (and data); exit 3 on any problem."""
+    from coldkeep.repository.check import check as run_check
+
+    with open_repo(app) as r:
+        result = run_check(r, read_data=read_data, subset_pct=read_data_subset)
+    for warning in result.warnings:
+        app.out.warn(warning)
+
+    def human(console: Console) -> None:
+        for p in result.problems:
+            console.print(f"[red]{p.line()}[/red]")
+        console.print(
+            f"{'no problems' if result.ok else f'{len(result.problems)} problem(s)'}: {result.snapshots} snapshots, "
+            f"{result.packs} packs, {result.blobs} blobs, {result.named} named objects"
+            + (f", {human_bytes(result.bytes_read)} read" if result.bytes_read else "")
+        )
+
+    app.out.emit(result.to_json(), human)
+    if not result.ok:
+        for p in result.problems[:1]:
+            app.out.err.print(f"error: {p.line()}", markup=False)
+        return EXIT_INTEGRITY
+    return 0
+
+
+@repo.command("prune")
+@click.option("--max-unused", type=click.FloatRange(0, 100), default=5.0, show_default=True, metavar="PCT",
+              help="repack packs with more unused space than this")  # fmt: skip
+@click.option("--dry-run", is_flag=True)
+@pass_app
+def prune(app: AppContext, max_unused: float, dry_run: bool) -> None:
+    """Remove data no snapshot uses (exclusive lock; safe to kill)."""
+    from coldkeep.repository.prune import prune as run_prune
+
+    with open_repo(app) as r:
+        result = run_prune(r, max_unused_pct=max_unused, dry_run=dry_run)
+    data = result.to_json()
+    app.out.emit(data, lambda c: c.print(
+        f"{'would delete' if dry_run else 'deleted'} {result.packs_deleted} pack(s) (repacked {result.packs_repacked}); "
+        f"stored {human_bytes(result.stored_before)} -> {human_bytes(result.stored_after)}"))  # fmt: skip
+
+
+@repo.command("copy")
+@click.option("--to", "to", required=True, metavar="NAME", help="a [repository.copies.NAME] from the config")
+@pass_app
+def copy(app: AppContext, to: str) -> None:
+    """Copy everything new (snapshots, packs, named objects such as WAL) to a configured copy."""
+    from coldkeep.repository.copy import copy_to
+    from coldkeep.repository.setup import backend_for, copy_section
+
+    cfg = app.config()
+    section = copy_section(cfg, to)
+    dst = backend_for(section, owner=cfg.repository.owner, create=True)
+    with open_repo(app) as r:
+        result = copy_to(r, dst)
+    app.out.emit(result.to_json() | {"to": to, "url": section.url}, lambda c: c.print(
+        f"copied {sum(result.copied.values())} object(s), {human_bytes(result.bytes)} to {to} ({section.url}); "
+        f"{result.skipped} already there"))  # fmt: skip
+
+
+@repo.command("repair")
+@click.option("--from", "source", required=True, metavar="NAME", help="a healthy copy from the config")
+@pass_app
+def repair(app: AppContext, source: str) -> int:
+    """Replace damaged or missing packs with verified ones from a copy."""
+    from coldkeep.repository.check import check as run_check
+    from coldkeep.repository.copy import repair_from
+    from coldkeep.repository.setup import backend_for, copy_section
+
+    cfg = app.config()
+    src = backend_for(copy_section(cfg, source))
+    with open_repo(app) as r:
+        before = run_check(r, read_data=True)
+        damaged = sorted({p.object.split(" ")[0] for p in before.problems if p.object.startswith("data/")})
+        repaired = repair_from(r, src, damaged)
+        after = run_check(r, read_data=True)
+    data = {"repaired": repaired, "remaining_problems": [p.to_json() for p in after.problems]}
+    app.out.emit(
+        data, lambda c: c.print(f"repaired {len(repaired)} pack(s); {len(after.problems)} problem(s) remain")
+    )
+    return 0 if after.ok else EXIT_INTEGRITY
+
+
+@repo.command("stats")
+@pass_app
+def stats(app: AppContext) -> None:
+    """Logical and stored bytes, dedup and compression ratios, per tag."""
+    from coldkeep.repository.stats import stats as run_stats
+
+    with open_repo(app) as r:
+        data = run_stats(r)
+
+    def human(console: Console) -> None:
+        console.print(
+            f"{data['snapshots']} snapshots, logical {human_bytes(data['logical_bytes'])}, "
+            f"stored {human_bytes(data['stored_bytes'])} (packs {human_bytes(data['pack_bytes'])}, "
+            f"named {human_bytes(data['named_bytes'])}); dedup {data['dedup_ratio']:.2f}x, "
+            f"compression {data['compression_ratio']:.2f}x"
+        )
+        table = Table("tag", "snapshots", "logical")
+        for tag, row in sorted(data["per_tag"].items()):
+            table.add_row(tag, str(row["snapshots"]), human_bytes(row["logical_bytes"]))
+        if data["per_tag"]:
+            console.print(table)
+
+    app.out.emit(data, human)
+
+
+@repo.command("unlock")
+@click.option("--all", "all_locks", is_flag=True, help="remove live locks too (dangerous)")
+@pass_app
+def unlock(app: AppContext, all_locks: bool) -> None:
+    """Remove stale locks (dead process on this host, or not refreshed for 30 minutes)."""
+    from coldkeep.repository.locks import list_locks, remove_stale
+    from coldkeep.repository.setup import backend_for
+
+    cfg = app.config()
+    backend = backend_for(cfg.repository, owner=cfg.repository.owner)
+    removed = remove_stale(backend, all_locks=all_locks)
+    remaining = list_locks(backend)
+    app.out.emit(
+        {"removed": [lk.describe() for lk in removed], "remaining": [lk.describe() for lk in remaining]},
+        lambda c: c.print(f"removed {len(removed)} stale lock(s); {len(remaining)} live"),
+    )
+
+
+@repo.command("rebuild-cache")
+@pass_app
+def rebuild_cache(app: AppContext) -> None:
+    """Rebuild the local index cache from the repository alone."""
+    with open_repo(app) as r:
+        cache = r.refresh_cache(full=True)
+        blobs, nbytes = cache.stats()
+    app.out.emit({"blobs": blobs, "stored_blob_bytes": nbytes, "path": str(cache.path)},
+                 lambda c: c.print(f"cache rebuilt: {blobs} blobs ({cache.path})"))  # fmt: skip
+
+
+@repo.group("key")
+def key() -> None:
+    """Manage passphrases (key slots) of an encrypted repository."""
+
+
+@key.command("list")
+@pass_app
+def key_list(app: AppContext) -> None:
+    from coldkeep.repository.crypto import list_slots
+    from coldkeep.repository.setup import backend_for
+
+    cfg = app.config()
+    slots = list_slots(backend_for(cfg.repository))
+    rows = [
+        {"id": s.slot_id, "created": s.created.isoformat(), "host": s.hostname, "comment": s.comment}
+        for s in slots
+    ]
+    app.out.emit(
+        rows, lambda c: [c.print(f"{r['id']}  {r['created']}  {r['host']}  {r['comment']}") for r in rows]
+    )
+
+
+@key.command("add")
+@click.option("--new-password-file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--comment", default="")
+@pass_app
+def key_add(app: AppContext, new_password_file: str, comment: str) -> None:
+    """Add a passphrase (read from a file) that opens the repository."""
+    from coldkeep.repository.crypto import Keys, add_slot, read_passphrase
+
+    with open_repo(app) as r:
+        if not isinstance(r.keys, Keys):
+            raise UsageError(
+                "the repository is not encrypted", hint="passphrases exist only for encrypted repositories"
+            )
+        new = read_passphrase(new_password_file, env={})
+        if not new:
+            raise UsageError(f"{new_password_file} is empty")
+        slot = add_slot(r.backend, r.keys, new, comment=comment)
+    app.out.emit({"added": slot}, lambda c: c.print(f"added key slot {slot}"))
+
+
+@key.command("remove")
+@click.argument("slot_id")
+@pass_app
+def key_remove(app: AppContext, slot_id: str) -> None:
+    """Remove a passphrase (refuses to remove the last one)."""
+    from coldkeep.repository.crypto import Keys, remove_slot
+    from coldkeep.repository.locks import locked
+
+    with open_repo(app) as r, locked(r.backend, "key remove", exclusive=True):
+        if not isinstance(r.keys, Keys):
+            raise UsageError("the repository is not encrypted")
+        remove_slot(r.backend, r.keys, slot_id)
+    app.out.emit({"removed": slot_id}, lambda c: c.print(f"removed key slot {slot_id}"))

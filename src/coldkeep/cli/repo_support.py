@@ -1,0 +1,61 @@
+"""Shared by the repository commands: open the repository, show progress, parse tags."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from coldkeep.cli.context import AppContext
+from coldkeep.errors import UsageError
+from coldkeep.repository import repository as repo_mod
+from coldkeep.repository.repository import Repository
+
+
+def open_repo(app: AppContext) -> Repository:
+    from coldkeep.repository.setup import open_repository
+
+    return open_repository(app.config())
+
+
+def parse_tags(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise UsageError(f"tag {value!r} is not KEY=VALUE", hint="write e.g. --tag phase=phase3")
+        tags[key] = val
+    return tags
+
+
+@contextlib.contextmanager
+def progress(app: AppContext, description: str) -> Iterator[repo_mod.Progress]:
+    """A byte progress bar on a terminal; silent with --json, --quiet or no TTY."""
+    counters = repo_mod.Progress()
+    if not app.out.progress_enabled:
+        yield counters
+        return
+    with Progress(
+        TextColumn(description),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=app.out.err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(p: repo_mod.Progress) -> None:
+            bar.update(task, completed=p.bytes_done, total=p.bytes_total or None)
+
+        counters.callback = update
+        yield counters

@@ -1,0 +1,195 @@
+"""Every error coldkeep shows a user.
+
+One root (:class:`ColdkeepError`), one base per subsystem, and user-facing classes that carry a
+message template, a hint and an exit code (the pattern of borg's ``helpers/errors.py`` and pip's
+``DiagnosticPipError``).  The CLI prints ``error: <message>`` and ``hint: <hint>`` on one line each
+and exits with :attr:`exit_code`; a traceback appears only with ``-v``.
+
+Exit codes (documented in the README and docs/design.md):
+
+====  ==========================================================
+0     ok
+1     operation failed
+2     usage or configuration error
+3     integrity / verification failure
+4     lock held by another process
+5     not found
+====  ==========================================================
+
+``coldkeep pg wal-fetch`` (PostgreSQL's ``restore_command``) is the one documented exception: it
+exits 1 only when the segment is not in the archive and :data:`RESTORE_COMMAND_FATAL` (>= 126) on
+anything else, because PostgreSQL takes exit codes <= 125 as "missing file" and ends recovery.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTEGRITY = 3
+EXIT_LOCKED = 4
+EXIT_NOT_FOUND = 5
+#: exit code of ``restore_command`` for anything but "segment not archived" (PostgreSQL: > 125).
+RESTORE_COMMAND_FATAL = 126
+
+
+class ColdkeepError(Exception):
+    """Root of every error coldkeep raises on purpose.
+
+    Subclasses set ``template`` (``str.format`` fields filled from keyword arguments), ``hint``
+    and ``exit_code``.  ``ColdkeepError("free text")`` also works for one-off messages.
+    """
+
+    template: ClassVar[str] = "{detail}"
+    hint: str = ""
+    exit_code: ClassVar[int] = EXIT_FAILED
+
+    def __init__(self, detail: str = "", *, hint: str | None = None, **fields: Any) -> None:
+        self.fields = dict(fields, detail=detail)
+        try:
+            message = self.template.format(**self.fields)
+        except (KeyError, IndexError):  # a template field was not supplied: show what we have
+            message = detail if detail else f"{self.template} {fields}"
+        # one line, always: a newline inside a path or a server message must not break the format
+        self.message = " ".join(message.split("\n")).strip()
+        if hint is not None:
+            self.hint = hint
+        super().__init__(self.message)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": self.exit_code,
+        }
+
+
+# --- usage and configuration (exit 2) -----------------------------------------------------------
+
+
+class UsageError(ColdkeepError):
+    exit_code = EXIT_USAGE
+    hint = "see `coldkeep COMMAND --help`"
+
+
+class ConfigError(ColdkeepError):
+    exit_code = EXIT_USAGE
+    hint = "run `coldkeep config check` and fix the key it names"
+
+
+class ConfigNotFound(ConfigError):
+    template = "no configuration file found (looked at: {looked})"
+    hint = "create one with `coldkeep init`, or pass --config FILE / set COLDKEEP_CONFIG"
+
+
+class ConfigExists(ConfigError):
+    template = "{path} already exists; refusing to overwrite it"
+    hint = "edit it, or pass --config with a new path"
+
+
+# --- not found (exit 5) -------------------------------------------------------------------------
+
+
+class NotFound(ColdkeepError):
+    exit_code = EXIT_NOT_FOUND
+    hint = "list what exists with the matching list command (e.g. `coldkeep snapshots`)"
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+class StorageError(ColdkeepError):
+    """A backend could not do what was asked (I/O error, endpoint down, permission)."""
+
+    hint = "check that the repository location is reachable and writable (`coldkeep doctor`)"
+
+
+class StorageUnavailable(StorageError):
+    template = "storage unreachable: {detail}"
+    hint = "is the endpoint up and are the credentials in the environment? (`coldkeep doctor`)"
+
+
+class StorageFull(StorageError):
+    template = "no space left on {detail}"
+    hint = "free space or run `coldkeep forget` + `coldkeep repo prune`"
+
+
+class ObjectNotFound(StorageError):
+    exit_code = EXIT_NOT_FOUND
+    template = "object not found: {detail}"
+    hint = "run `coldkeep repo check` to see what the repository is missing"
+
+
+class ObjectExists(StorageError):
+    template = "object already exists and differs: {detail}"
+    hint = "objects are write-once; this is refused so nothing is overwritten"
+
+
+class InvalidKey(StorageError):
+    exit_code = EXIT_USAGE
+    template = "invalid storage key: {detail}"
+    hint = "keys are relative, '/'-separated, without '..' or empty parts"
+
+
+# --- repository ---------------------------------------------------------------------------------
+
+
+class RepositoryError(ColdkeepError):
+    hint = "run `coldkeep repo check` for details"
+
+
+class RepositoryNotInitialised(RepositoryError):
+    exit_code = EXIT_NOT_FOUND
+    template = "no coldkeep repository at {detail}"
+    hint = "create it with `coldkeep repo init`"
+
+
+class RepositoryExists(RepositoryError):
+    exit_code = EXIT_USAGE
+    template = "a coldkeep repository already exists at {detail}"
+    hint = "use it as it is, or choose another [repository].url"
+
+
+class UnsupportedFormat(RepositoryError):
+    exit_code = EXIT_USAGE
+    template = "repository format version {found} is newer than this coldkeep understands ({supported})"
+    hint = "upgrade coldkeep"
+
+
+class WrongPassword(RepositoryError):
+    exit_code = EXIT_USAGE
+    template = "wrong passphrase for the repository at {detail}"
+    hint = "set COLDKEEP_PASSWORD or [repository].password_file to a passphrase added with `repo key add`"
+
+
+class IntegrityError(ColdkeepError):
+    """Data failed a checksum, a manifest or a structural check."""
+
+    exit_code = EXIT_INTEGRITY
+    hint = "run `coldkeep repo check --read-data`; `coldkeep repo repair --from COPY` can fix damaged packs"
+
+
+class LockHeld(ColdkeepError):
+    exit_code = EXIT_LOCKED
+    template = "repository is locked by {detail}"
+    hint = "wait for it to finish; if that process is gone, run `coldkeep repo unlock`"
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+class PostgresError(ColdkeepError):
+    hint = "run `coldkeep doctor` to check the PostgreSQL settings"
+
+
+class PostgresBinariesNotFound(PostgresError):
+    template = "PostgreSQL server binaries not found ({detail})"
+    hint = "install postgresql-15 or set [postgres].bin_dir"
+
+
+class PostgresUnreachable(PostgresError):
+    template = "cannot connect to PostgreSQL: {detail}"
+    hint = "check [postgres].dsn and that the server runs (`coldkeep doctor`)"

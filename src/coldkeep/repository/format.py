@@ -1,0 +1,141 @@
+"""Repository format version 1: object layout, envelopes and footers.
+
+Every object the repository stores ends with a 32-byte BLAKE3 digest of everything before it,
+so any object can be verified without the passphrase (``repo check``, ``repo copy``), and the
+content-addressed ones (packs, indexes, snapshots) are named by that digest.
+
+Keys::
+
+    config                      repository config (JSON, plaintext + footer)
+    keys/<slot>                 passphrase key slots (encrypted repositories)
+    data/<id[:2]>/<id>          pack files
+    index/<id>                  index documents (which blob is where)
+    snapshots/<id>              snapshot documents
+    named/<name…>               named write-once objects (e.g. named/wal/00000001/0000000100…)
+    locks/<id>                  locks (JSON, mutable, refreshed)
+    state/<name>                small mutable service records (e.g. restore-test results)
+
+An *envelope* is how a chunk or a document is stored: ``seal(flag || payload)`` where flag 0 = raw,
+1 = zstd, and ``seal`` is AES-256-GCM in encrypted repositories (identity otherwise), with the
+blob id / object key as associated data so a blob cannot be swapped for another.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import blake3
+import zstandard
+
+from coldkeep.errors import IntegrityError
+from coldkeep.repository.crypto import KeyRing
+
+FORMAT_VERSION = 1
+DIGEST_SIZE = 32
+FLAG_RAW = 0
+FLAG_ZSTD = 1
+
+PACK_PREFIX = "data/"
+INDEX_PREFIX = "index/"
+SNAPSHOT_PREFIX = "snapshots/"
+NAMED_PREFIX = "named/"
+LOCK_PREFIX = "locks/"
+KEYS_PREFIX = "keys/"
+STATE_PREFIX = "state/"
+CONFIG_KEY = "config"
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level (zstandard objects are not thread-safe)."""
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    return bytes(blake3.blake3(data, max_threads=1).digest())
+
+
+def add_footer(body: bytes) -> bytes:
+    return body + digest(body)
+
+
+def strip_footer(data: bytes, what: str) -> bytes:
+    """Verify and remove the trailing digest; :class:`IntegrityError` names ``what`` on mismatch."""
+    if len(data) < DIGEST_SIZE:
+        raise IntegrityError(f"{what}: truncated ({len(data)} bytes)")
+    body, footer = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
+    if digest(body) != footer:
+        raise IntegrityError(f"{what}: checksum mismatch (object damaged)")
+    return body
+
+
+def object_id(stored: bytes) -> str:
+    """The id of a content-addressed object: hex of its footer digest."""
+    return stored[-DIGEST_SIZE:].hex()
+
+
+def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
+    """zstd, or raw when compression saves less than 2 %."""
+    if level == 0 or len(data) < 64:
+        return FLAG_RAW, bytes(data)
+    packed = _compressor(level).compress(data)
+    if len(packed) >= len(data) * 0.98:
+        return FLAG_RAW, bytes(data)
+    return FLAG_ZSTD, packed
+
+
+def decompress(flag: int, payload: bytes, raw_length: int | None, what: str) -> bytes:
+    if flag == FLAG_RAW:
+        return payload
+    if flag == FLAG_ZSTD:
+        try:
+            if raw_length is not None:
+                return bytes(_decompressor().decompress(payload, max_output_size=raw_length))
+            return bytes(_decompressor().stream_reader(payload).readall())
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+    raise IntegrityError(f"{what}: unknown compression flag {flag}")
+
+
+def seal_blob(keys: KeyRing, data: bytes | memoryview, level: int, aad: bytes) -> tuple[bytes, int]:
+    """Envelope for one chunk: returns (stored bytes, flag)."""
+    flag, payload = compress(data, level)
+    return keys.seal(bytes([flag]) + payload, aad), flag
+
+
+def open_blob(keys: KeyRing, stored: bytes, aad: bytes, raw_length: int | None, what: str) -> bytes:
+    plain = keys.open(stored, aad, what)
+    if not plain:
+        raise IntegrityError(f"{what}: empty envelope")
+    return decompress(plain[0], plain[1:], raw_length, what)
+
+
+def encode_document(keys: KeyRing, doc: Any, aad: bytes, level: int = 3) -> bytes:
+    """A JSON document as a stored object: envelope + footer."""
+    raw = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    stored, _ = seal_blob(keys, raw, level, aad)
+    return add_footer(stored)
+
+
+def decode_document(keys: KeyRing, data: bytes, aad: bytes, what: str) -> Any:
+    body = strip_footer(data, what)
+    raw = open_blob(keys, body, aad, None, what)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{what}: not a valid document ({exc})") from None

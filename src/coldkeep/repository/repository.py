@@ -1,0 +1,557 @@
+"""The repository: config, keys, blobs in packs, snapshots and named objects over one backend."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from coldkeep import clock
+from coldkeep.errors import (
+    IntegrityError,
+    NotFound,
+    ObjectExists,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotInitialised,
+    UnsupportedFormat,
+    UsageError,
+)
+from coldkeep.repository import crypto
+from coldkeep.repository.chunker import ChunkerParams
+from coldkeep.repository.crypto import KeyRing, PlainKeys
+from coldkeep.repository.format import (
+    CONFIG_KEY,
+    FORMAT_VERSION,
+    INDEX_PREFIX,
+    NAMED_PREFIX,
+    SNAPSHOT_PREFIX,
+    add_footer,
+    decode_document,
+    digest,
+    encode_document,
+    object_id,
+    open_blob,
+    seal_blob,
+    strip_footer,
+)
+from coldkeep.repository.index import IndexCache, encode_index
+from coldkeep.repository.packer import BlobEntry, PackBuilder, pack_key
+from coldkeep.storage.base import Backend, validate_key
+
+SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
+PACK_TARGET = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    id: str
+    version: int
+    encrypted: bool
+    chunker: ChunkerParams
+    compression_level: int
+    created: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "format": "coldkeep-repository",
+            "version": self.version,
+            "id": self.id,
+            "encrypted": self.encrypted,
+            "chunker": {
+                "min_size": self.chunker.min_size,
+                "avg_size": self.chunker.avg_size,
+                "max_size": self.chunker.max_size,
+                "page_chunk": self.chunker.page_chunk,
+            },
+            "compression_level": self.compression_level,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], where: str) -> RepoConfig:
+        if doc.get("format") != "coldkeep-repository":
+            raise IntegrityError(f"{where}: config is not a coldkeep repository config")
+        version = int(doc.get("version", 0))
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormat(found=version, supported=FORMAT_VERSION)
+        ch = doc["chunker"]
+        return cls(
+            id=str(doc["id"]),
+            version=version,
+            encrypted=bool(doc["encrypted"]),
+            chunker=ChunkerParams(
+                min_size=int(ch["min_size"]),
+                avg_size=int(ch["avg_size"]),
+                max_size=int(ch["max_size"]),
+                page_chunk=int(ch["page_chunk"]),
+            ),
+            compression_level=int(doc.get("compression_level", 3)),
+            created=str(doc.get("created", "")),
+        )
+
+
+@dataclass
+class Snapshot:
+    id: str
+    time: str
+    host: str
+    paths: list[str]
+    tags: dict[str, str]
+    label: str
+    meta: dict[str, Any]
+    tree: list[str]
+    summary: dict[str, Any]
+    parent: str | None = None
+    kind: str = "files"
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @property
+    def logical_bytes(self) -> int:
+        return int(self.summary.get("logical_bytes", 0))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "time": self.time,
+            "host": self.host,
+            "paths": self.paths,
+            "tags": self.tags,
+            "label": self.label,
+            "meta": self.meta,
+            "tree": self.tree,
+            "summary": self.summary,
+            "parent": self.parent,
+            "kind": self.kind,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        doc = self.to_doc()
+        doc.pop("tree")
+        return {"id": self.id, "short_id": self.short_id, "logical_bytes": self.logical_bytes, **doc}
+
+    @classmethod
+    def from_doc(cls, snapshot_id: str, doc: dict[str, Any]) -> Snapshot:
+        return cls(
+            id=snapshot_id,
+            time=str(doc["time"]),
+            host=str(doc.get("host", "")),
+            paths=list(doc.get("paths", [])),
+            tags=dict(doc.get("tags", {})),
+            label=str(doc.get("label", "")),
+            meta=dict(doc.get("meta", {})),
+            tree=list(doc["tree"]),
+            summary=dict(doc.get("summary", {})),
+            parent=doc.get("parent"),
+            kind=str(doc.get("kind", "files")),
+        )
+
+
+@dataclass
+class WriteStats:
+    new_blobs: int = 0
+    new_stored_bytes: int = 0
+    new_raw_bytes: int = 0
+    packs: int = 0
+
+
+class BlobWriter:
+    """Adds blobs to packs, uploads full packs in the background, writes the index at the end.
+
+    Thread-safe.  Memory is bounded: one open pack plus at most ``max_inflight`` packs uploading.
+    ``finish()`` must be called before any snapshot that references the blobs is written
+    (write order: packs, index, snapshot).
+    """
+
+    def __init__(self, repo: Repository, *, use_cache: bool = True, max_inflight: int = 2) -> None:
+        self.repo = repo
+        self.use_cache = use_cache
+        self._lock = threading.Lock()
+        self._builder = PackBuilder()
+        self._session: set[bytes] = set()
+        self._written: dict[str, list[BlobEntry]] = {}
+        self._sizes: dict[str, int] = {}
+        self._uploads = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="coldkeep-upload")
+        self._slots = threading.BoundedSemaphore(max_inflight + 1)
+        self._futures: list[Future[None]] = []
+        self.stats = WriteStats()
+        self.pack_target = PACK_TARGET
+
+    def known(self, blob_id: bytes) -> bool:
+        with self._lock:
+            if blob_id in self._session:
+                return True
+        return self.use_cache and self.repo.cache.has(blob_id)
+
+    def add(self, blob_id: bytes, kind: str, stored: bytes, raw_length: int) -> bool:
+        """Add a sealed blob; ``False`` if this writer already has it."""
+        to_upload = None
+        with self._lock:
+            if blob_id in self._session:
+                return False
+            self._session.add(blob_id)
+            self._builder.add(blob_id, kind, stored, raw_length)
+            self.stats.new_blobs += 1
+            self.stats.new_stored_bytes += len(stored)
+            self.stats.new_raw_bytes += raw_length
+            if self._builder.size >= self.pack_target:
+                to_upload, self._builder = self._builder, PackBuilder()
+        if to_upload is not None:
+            self._upload(to_upload)
+        return True
+
+    def store(self, data: bytes | memoryview, kind: str = "data") -> bytes:
+        """Hash, dedupe, compress, seal and add one chunk; returns its id."""
+        blob_id = self.repo.keys.chunk_id(data)  # type: ignore[arg-type]
+        if not self.known(blob_id):
+            stored, _ = seal_blob(self.repo.keys, data, self.repo.config.compression_level, blob_id)
+            self.add(blob_id, kind, stored, len(data))
+        return blob_id
+
+    def _upload(self, builder: PackBuilder) -> None:
+        self._slots.acquire()  # bound memory: wait while too many packs are in flight
+        try:
+            future = self._uploads.submit(self._write_pack, builder)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._futures.append(future)
+
+    def _write_pack(self, builder: PackBuilder) -> None:
+        try:
+            pack_id, data, entries = builder.finish(self.repo.keys)
+            self.repo.backend.put_if_absent(pack_key(pack_id), data)
+            with self._lock:
+                self._written[pack_id] = entries
+                self._sizes[pack_id] = len(data)
+                self.stats.packs += 1
+        finally:
+            self._slots.release()
+
+    def finish(self) -> str | None:
+        """Upload the last pack, wait for all uploads, write the index; returns the index id."""
+        with self._lock:
+            last, self._builder = self._builder, PackBuilder()
+        if len(last):
+            self._upload(last)
+        try:
+            for future in list(self._futures):
+                future.result()
+        finally:
+            self._uploads.shutdown(wait=True)
+        if not self._written:
+            return None
+        index_id, data = encode_index(self.repo.keys, self._written, self._sizes)
+        self.repo.backend.put_if_absent(INDEX_PREFIX + index_id, data)
+        self.repo.cache.add_index(
+            index_id, ((p, self._sizes[p], entries) for p, entries in self._written.items())
+        )
+        return index_id
+
+    def abort(self) -> None:
+        self._uploads.shutdown(wait=True, cancel_futures=True)
+
+
+class Repository:
+    def __init__(self, backend: Backend, keys: KeyRing, config: RepoConfig) -> None:
+        self.backend = backend
+        self.keys = keys
+        self.config = config
+        self._cache: IndexCache | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        *,
+        passphrase: str | None = None,
+        chunker: ChunkerParams | None = None,
+        compression_level: int = 3,
+        kdf_params: crypto.KdfParams | None = None,
+    ) -> Repository:
+        if backend.exists(CONFIG_KEY):
+            raise RepositoryExists(backend.describe())
+        keys: KeyRing
+        if passphrase:
+            keys = crypto.init_keys(
+                backend, passphrase, comment="created by repo init", kdf_params=kdf_params
+            )
+        else:
+            keys = PlainKeys()
+        config = RepoConfig(
+            id=uuid.uuid4().hex,
+            version=FORMAT_VERSION,
+            encrypted=bool(passphrase),
+            chunker=chunker or ChunkerParams(),
+            compression_level=compression_level,
+            created=clock.isoformat(clock.now()),
+        )
+        raw = json.dumps(config.to_doc(), indent=2, sort_keys=True).encode()
+        if not backend.put_if_absent(CONFIG_KEY, add_footer(raw)):
+            raise RepositoryExists(backend.describe())
+        return cls(backend, keys, config)
+
+    @classmethod
+    def read_config(cls, backend: Backend) -> RepoConfig:
+        try:
+            data = backend.get(CONFIG_KEY)
+        except ObjectNotFound:
+            raise RepositoryNotInitialised(backend.describe()) from None
+        raw = strip_footer(data, "repository config")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise IntegrityError(f"repository config: not JSON ({exc})") from None
+        return RepoConfig.from_doc(doc, backend.describe())
+
+    @classmethod
+    def open(cls, backend: Backend, passphrase: Callable[[], str | None] | str | None = None) -> Repository:
+        config = cls.read_config(backend)
+        keys: KeyRing
+        if config.encrypted:
+            secret = passphrase() if callable(passphrase) else passphrase
+            if not secret:
+                raise UsageError(
+                    f"the repository at {backend.describe()} is encrypted and no passphrase was given",
+                    hint="set COLDKEEP_PASSWORD or [repository].password_file",
+                )
+            keys = crypto.open_keys(backend, secret)
+        else:
+            keys = PlainKeys()
+        return cls(backend, keys, config)
+
+    @property
+    def cache(self) -> IndexCache:
+        if self._cache is None:
+            cache = IndexCache(self.config.id)
+            cache.sync(self.backend, self.keys)
+            self._cache = cache
+        return self._cache
+
+    def refresh_cache(self, *, full: bool = False) -> IndexCache:
+        self.cache.sync(self.backend, self.keys, full=full)
+        return self.cache
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- blobs -----------------------------------------------------------------------------------
+
+    def writer(self, **kwargs: Any) -> BlobWriter:
+        return BlobWriter(self, **kwargs)
+
+    def read_blob(self, blob_id: bytes, entry: BlobEntry | None = None) -> bytes:
+        """Read, decrypt, decompress and verify one blob (its id must match its content)."""
+        entry = entry or self.cache.get(blob_id)
+        if entry is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+        what = f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}"
+        try:
+            stored = self.backend.get_range(pack_key(entry.pack), entry.offset, entry.length)
+        except ObjectNotFound:
+            raise IntegrityError(f"{what}: pack missing") from None
+        if len(stored) != entry.length:
+            raise IntegrityError(f"{what}: pack truncated")
+        data = open_blob(self.keys, stored, blob_id, entry.raw_length, what)
+        if len(data) != entry.raw_length or self.keys.chunk_id(data) != blob_id:
+            raise IntegrityError(f"{what}: content does not match its id (corrupt)")
+        return data
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        data = encode_document(self.keys, snap.to_doc(), SNAPSHOT_AAD)
+        snap.id = object_id(data)
+        self.backend.put_if_absent(SNAPSHOT_PREFIX + snap.id, data)
+        return snap.id
+
+    def snapshot_ids(self) -> list[str]:
+        return [info.key.removeprefix(SNAPSHOT_PREFIX) for info in self.backend.list(SNAPSHOT_PREFIX)]
+
+    def load_snapshot_id(self, snapshot_id: str) -> Snapshot:
+        try:
+            data = self.backend.get(SNAPSHOT_PREFIX + snapshot_id)
+        except ObjectNotFound:
+            raise NotFound(f"no snapshot {snapshot_id}") from None
+        what = f"snapshot {snapshot_id[:8]}"
+        if object_id(data) != snapshot_id:
+            raise IntegrityError(f"{what}: content does not match its name")
+        doc = decode_document(self.keys, data, SNAPSHOT_AAD, what)
+        try:
+            return Snapshot.from_doc(snapshot_id, doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{what}: malformed ({exc})") from None
+
+    def find_snapshot(self, ref: str) -> Snapshot:
+        """By full id, unique id prefix, or ``latest``."""
+        if ref == "latest":
+            snaps = self.list_snapshots()
+            if not snaps:
+                raise NotFound("the repository has no snapshots")
+            return snaps[-1]
+        ids = [i for i in self.snapshot_ids() if i.startswith(ref)] if len(ref) >= 4 else []
+        if not ids:
+            raise NotFound(f"no snapshot {ref!r}", hint="list them with `coldkeep snapshots`")
+        if len(ids) > 1:
+            raise UsageError(
+                f"snapshot id prefix {ref!r} is ambiguous ({len(ids)} match)", hint="give more characters"
+            )
+        return self.load_snapshot_id(ids[0])
+
+    def list_snapshots(self, tags: dict[str, str] | None = None) -> list[Snapshot]:
+        """All snapshots (optionally those with every given tag), oldest first."""
+        ids = self.snapshot_ids()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            snaps = list(pool.map(self.load_snapshot_id, ids))
+        if tags:
+            snaps = [s for s in snaps if all(s.tags.get(k) == v for k, v in tags.items())]
+        return sorted(snaps, key=lambda s: (clock.parse_timestamp(s.time), s.id))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self.backend.delete(SNAPSHOT_PREFIX + snapshot_id)
+
+    # -- trees -----------------------------------------------------------------------------------
+
+    def write_tree(self, writer: BlobWriter, entries: list[dict[str, Any]]) -> list[str]:
+        """Serialise tree entries as JSON lines into ~1 MiB tree blobs."""
+        ids: list[str] = []
+        buf: list[bytes] = []
+        size = 0
+        for entry in entries:
+            line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            buf.append(line)
+            size += len(line)
+            if size >= 1024 * 1024:
+                ids.append(writer.store(b"".join(buf), "tree").hex())
+                buf, size = [], 0
+        if buf or not ids:
+            ids.append(writer.store(b"".join(buf), "tree").hex())
+        return ids
+
+    def iter_tree(self, snap: Snapshot) -> Iterator[dict[str, Any]]:
+        for blob_hex in snap.tree:
+            data = self.read_blob(bytes.fromhex(blob_hex))
+            for line in data.splitlines():
+                if line:
+                    yield json.loads(line)
+
+    # -- named write-once objects ----------------------------------------------------------------
+
+    def _named_key(self, name: str) -> str:
+        return NAMED_PREFIX + validate_key(name)
+
+    def put_named(self, name: str, data: bytes, meta: dict[str, Any] | None = None) -> bool:
+        """Store a named object once.  ``True`` if stored now, ``False`` if an identical one was
+        already there; :class:`ObjectExists` if a *different* one is (never overwritten)."""
+        key = self._named_key(name)
+        sha = digest(data).hex()
+        header = json.dumps({"name": name, "size": len(data), "blake3": sha, "meta": meta or {},
+                             "time": clock.isoformat(clock.now())}).encode()  # fmt: skip
+        stored, _ = seal_blob(self.keys, len(header).to_bytes(4, "little") + header + data,
+                              self.config.compression_level, key.encode())  # fmt: skip
+        obj = add_footer(stored)
+        if self.backend.put_if_absent(key, obj):
+            return True
+        existing_meta, _ = self.get_named(name)
+        if existing_meta["blake3"] == sha and existing_meta["size"] == len(data):
+            return False
+        raise ObjectExists(f"{name} (archived size {existing_meta['size']}, new size {len(data)})")
+
+    def get_named(self, name: str) -> tuple[dict[str, Any], bytes]:
+        key = self._named_key(name)
+        try:
+            obj = self.backend.get(key)
+        except ObjectNotFound:
+            raise NotFound(f"no named object {name}") from None
+        return self.decode_named(name, obj)
+
+    def decode_named(self, name: str, obj: bytes) -> tuple[dict[str, Any], bytes]:
+        key = self._named_key(name)
+        what = f"named object {name}"
+        plain = open_blob(self.keys, strip_footer(obj, what), key.encode(), None, what)
+        try:
+            hlen = int.from_bytes(plain[:4], "little")
+            meta: dict[str, Any] = json.loads(plain[4 : 4 + hlen])
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{what}: bad header ({exc})") from None
+        data = plain[4 + hlen :]
+        if len(data) != meta.get("size") or digest(data).hex() != meta.get("blake3"):
+            raise IntegrityError(f"{what}: content does not match its checksum")
+        return meta, data
+
+    def list_named(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for info in self.backend.list(NAMED_PREFIX + prefix):
+            yield info.key.removeprefix(NAMED_PREFIX), info.size
+
+    def delete_named(self, name: str) -> None:
+        self.backend.delete(self._named_key(name))
+
+    # -- small mutable records -------------------------------------------------------------------
+
+    def put_state(self, name: str, doc: dict[str, Any]) -> None:
+        key = "state/" + validate_key(name)
+        self.backend.put(key, encode_document(self.keys, doc, key.encode()))
+
+    def get_state(self, name: str) -> dict[str, Any] | None:
+        key = "state/" + validate_key(name)
+        try:
+            data = self.backend.get(key)
+        except ObjectNotFound:
+            return None
+        doc: dict[str, Any] = decode_document(self.keys, data, key.encode(), key)
+        return doc
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def elapsed_since(start: float) -> float:
+    return round(time.monotonic() - start, 3)
+
+
+@dataclass
+class Progress:
+    """Counters a command can render; updated from worker threads."""
+
+    files_total: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    callback: Callable[[Progress], None] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, files: int = 0, nbytes: int = 0) -> None:
+        with self._lock:
+            self.files_done += files
+            self.bytes_done += nbytes
+        if self.callback is not None:
+            with contextlib.suppress(Exception):
+                self.callback(self)
+
+
+def getpid() -> int:
+    return os.getpid()
