@@ -52,7 +52,8 @@ def _to_toml(data: dict[str, object], prefix: str = "") -> str:
     """Minimal TOML writer for display (tables, scalars, lists of scalars)."""
     import json
 
-    scalars, tables = [], []
+    scalars: list[tuple[str, object]] = []
+    tables: list[tuple[str, object]] = []
     for key, value in data.items():
         (tables if isinstance(value, dict) else scalars).append((key, value))
     lines = []

@@ -187,9 +187,12 @@ def key_list(app: AppContext) -> None:
         {"id": s.slot_id, "created": s.created.isoformat(), "host": s.hostname, "comment": s.comment}
         for s in slots
     ]
-    app.out.emit(
-        rows, lambda c: [c.print(f"{r['id']}  {r['created']}  {r['host']}  {r['comment']}") for r in rows]
-    )
+
+    def human(console: Console) -> None:
+        for r in rows:
+            console.print(f"{r['id']}  {r['created']}  {r['host']}  {r['comment']}")
+
+    app.out.emit(rows, human)
 
 
 @key.command("add")
