@@ -66,7 +66,8 @@ def stream_chunks(data: bytes, strategy: str, params: ChunkerParams, pieces: Ite
     for n in pieces:
         out += sc.feed(data[pos : pos + n])
         pos += n
-        assert min(pos, len(data)) - sc.offset < window  # the bytes carried over stay bounded
+        assert sc.buffered == min(pos, len(data)) - sc.offset
+        assert sc.buffered < 4 * window  # memory stays bounded
     out += sc.feed(data[pos:])
     out += sc.finish()
     return out
@@ -284,7 +285,9 @@ def test_stream_chunker_with_default_params_and_odd_pieces() -> None:
 
 def test_stream_chunker_lifecycle() -> None:
     sc = StreamChunker("pages", DEFAULT)
-    assert sc.feed(b"x" * (2 * MiB + 5)) == [b"x" * MiB, b"x" * MiB]
+    assert sc.feed(b"x" * (2 * MiB)) == []  # chunks are cut when the 4-window buffer fills
+    assert sc.feed(b"x" * (2 * MiB + 5)) == [b"x" * MiB] * 4
+    assert sc.buffered == 5 and sc.offset == 4 * MiB
     assert sc.finish() == [b"xxxxx"]
     assert sc.finish() == []
     with pytest.raises(ValueError, match="after finish"):

@@ -1,0 +1,196 @@
+"""Acceptance of the foundation through the real `coldkeep` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coldkeep.postgres.cluster import TempCluster
+
+COLDKEEP = str(Path(sys.executable).parent / "coldkeep")
+ME = pwd.getpwuid(os.getuid()).pw_name
+
+
+def run(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "COLDKEEP_CONFIG"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [COLDKEEP, *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=120
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert all(line.startswith(("error: ", "hint: ")) for line in lines), proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[postgres]\nretention_days = "30"\n', "postgres.retention_days"),
+        ("[postgres]\nretention_dayz = 30\n", "postgres.retention_dayz: unknown key"),
+        ("[checkpoints.hot_retention_days]\nrollback = -1\n", "checkpoints.hot_retention_days.rollback"),
+        ("[postgres]\nretention_days = 30\narchive_timeout 300\n", "line 5"),
+        (
+            '[datasets]\nroot = "/nonexistent/datasets"\n',
+            "datasets.root: /nonexistent/datasets: no such directory",
+        ),
+    ],
+)
+def test_config_check_names_the_problem(tmp_path: Path, body: str, needle: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\n' + body)
+    proc = run("--config", str(cfg), "config", "check")
+    assert proc.returncode == 2, proc.stderr
+    assert needle in one_line_error(proc)
+
+
+def test_sections_not_in_use_are_not_checked_against_disk(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[repository]\nurl = "file://{tmp_path}/repo"\n'
+        '[checkpoints]\nenabled = false\nroot = "/nonexistent/models"\n'
+    )
+    proc = run("--config", str(cfg), "--json", "config", "check")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["sections_in_use"] == []
+
+
+def test_config_found_via_env_and_cwd(tmp_path: Path) -> None:
+    cfg = tmp_path / "coldkeep.toml"
+    cfg.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\n')
+    assert run("config", "check", cwd=tmp_path).returncode == 0
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert run("config", "check", cwd=other, env={"COLDKEEP_CONFIG": str(cfg)}).returncode == 0
+    proc = run("config", "check", cwd=other)
+    assert proc.returncode == 2
+    assert "no configuration file found" in one_line_error(proc)
+
+
+def test_config_show_redacts_and_fills_defaults(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[repository]\nurl = "file://{tmp_path}/repo"\n[metrics]\npushgateway_url = "http://u:s3cret@gw:9091"\n'
+    )
+    proc = run("--config", str(cfg), "--json", "config", "show")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert "s3cret" not in proc.stdout
+    assert data["postgres"]["retention_days"] == 30
+    assert data["checkpoints"]["hot_retention_days"]["production"] == "forever"
+
+
+def test_init_writes_config_creates_repo_and_refuses_overwrite(tmp_path: Path) -> None:
+    cfg = tmp_path / "coldkeep.toml"
+    proc = run("--config", str(cfg), "--json", "init", "--repo", f"file://{tmp_path}/repo", "--owner", ME,
+               "--no-postgres", env={"COLDKEEP_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["repository_init"]["version"] == 1
+    assert (tmp_path / "repo" / "config").is_file()
+    text = cfg.read_text()
+    assert text.startswith("# coldkeep configuration") and "retention_days = 30" in text
+    before = cfg.read_bytes()
+    again = run("--config", str(cfg), "init", "--repo", f"file://{tmp_path}/other")
+    assert again.returncode == 2
+    assert "refusing to overwrite" in one_line_error(again)
+    assert cfg.read_bytes() == before
+    assert run("--config", str(cfg), "config", "check").returncode == 0
+
+
+def test_usage_errors_exit_2_in_one_line() -> None:
+    proc = run("no-such-command")
+    assert proc.returncode == 2
+    one_line_error(proc)
+    proc = run("--json", "restore")
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"]["exit_code"] == 2
+
+
+def test_not_found_exit_5(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\nowner = "{ME}"\n')
+    assert (
+        run(
+            "--config", str(cfg), "repo", "init", env={"COLDKEEP_CACHE_DIR": str(tmp_path / "cache")}
+        ).returncode
+        == 0
+    )
+    proc = run("--config", str(cfg), "restore", "deadbeef", "--target", str(tmp_path / "t"),
+               env={"COLDKEEP_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    assert proc.returncode == 5
+    assert "no snapshot" in one_line_error(proc)
+    cfg2 = tmp_path / "c2.toml"
+    cfg2.write_text(f'[repository]\nurl = "file://{tmp_path}/none"\n')
+    proc = run("--config", str(cfg2), "snapshots")
+    assert proc.returncode == 5
+    assert "no coldkeep repository" in one_line_error(proc)
+
+
+@pytest.mark.pg
+def test_doctor_json_against_a_throwaway_cluster(tmp_path: Path, pg_cluster: TempCluster) -> None:
+    repo = tmp_path / "repo"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[repository]\nurl = "file://{repo}"\nowner = "{ME}"\n'
+        f'[postgres]\ndsn = "{pg_cluster.dsn}"\ndata_dir = "{pg_cluster.data_dir}"\n'
+        f'bin_dir = "{pg_cluster.bin_dir}"\nos_user = "{pg_cluster.os_user}"\n'
+        f'[storage.hot]\npath = "{tmp_path}"\ncapacity = "1GB"\n'
+        f'[storage.cold]\npath = "/nonexistent-hdd"\ncapacity = "8TB"\n'
+    )
+    env = {"COLDKEEP_CACHE_DIR": str(tmp_path / "cache")}
+    assert run("--config", str(cfg), "repo", "init", env=env).returncode == 0
+    proc = run("--config", str(cfg), "--json", "doctor", env=env)
+    data = json.loads(proc.stdout)
+    checks = {c["name"]: c for c in data["checks"]}
+    assert all(c["status"] in ("pass", "warn", "fail", "skip") and c["detail"] for c in data["checks"])
+    assert checks["postgres binaries"]["status"] == "pass"
+    assert "15" in checks["postgres binaries"]["detail"]
+    assert checks["postgres server"]["status"] == "pass"
+    assert checks["wal_level"]["status"] == "pass"
+    assert checks["archive_mode"]["status"] == "warn"  # the throwaway cluster does not archive
+    assert checks["archive_command"]["status"] == "warn"
+    assert checks["data checksums"]["status"] == "pass"
+    assert checks["repository"]["status"] == "pass"
+    assert checks["storage cold"]["status"] == "warn"
+    assert checks["clock"]["status"] == "pass"
+    assert checks["os users"]["status"] == "pass"
+    assert proc.returncode == 0 and data["ok"] is True
+
+    # the server going away is a failed check (and exit 1), not a crash
+    pg_cluster.stop()
+    proc = run("--config", str(cfg), "--json", "doctor", env=env)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["postgres server"]["status"] == "fail"
+    assert checks["wal_level"]["status"] == "skip"
+    assert proc.returncode == 1
+
+
+@pytest.mark.pg
+def test_doctor_checksums_off_warns(tmp_path: Path) -> None:
+    cluster = TempCluster()  # a base directory of its own, owned by the postgres OS user
+    try:
+        cluster.initdb(checksums=False)
+        cluster.start()
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\nowner = "{ME}"\n[postgres]\ndsn = "{cluster.dsn}"\n'
+                       f'os_user = "{cluster.os_user}"\n')  # fmt: skip
+        proc = run("--config", str(cfg), "--json", "doctor")
+        checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+        assert checks["data checksums"]["status"] == "warn"
+        assert checks["repository"]["status"] == "warn"  # writable but not initialised
+    finally:
+        cluster.remove()
