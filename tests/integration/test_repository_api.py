@@ -146,7 +146,7 @@ def test_forget_then_prune_really_reduces_stored_bytes(tmp_path: Path) -> None:
     src.mkdir()
     repo = new_repo(tmp_path)
     snaps = []
-    for generation in range(3):
+    for _generation in range(3):
         for i in range(3):
             (src / f"g{i}.bin").write_bytes(os.urandom(2 * 1024 * 1024))
         snaps.append(Backup(repo).run([src]).snapshot)
