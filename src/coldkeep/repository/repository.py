@@ -49,6 +49,14 @@ from coldkeep.storage.base import Backend, validate_key
 
 SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
 PACK_TARGET = 16 * 1024 * 1024
+#: overrides :data:`PACK_TARGET` (bytes); for tests, so that little data still makes many packs
+PACK_TARGET_ENV = "COLDKEEP_PACK_TARGET"
+
+
+def pack_target() -> int:
+    """The pack size to aim for: ``$COLDKEEP_PACK_TARGET`` when a positive integer, else 16 MiB."""
+    value = os.environ.get(PACK_TARGET_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else PACK_TARGET
 
 
 @dataclass(frozen=True)
@@ -66,12 +74,7 @@ class RepoConfig:
             "version": self.version,
             "id": self.id,
             "encrypted": self.encrypted,
-            "chunker": {
-                "min_size": self.chunker.min_size,
-                "avg_size": self.chunker.avg_size,
-                "max_size": self.chunker.max_size,
-                "page_chunk": self.chunker.page_chunk,
-            },
+            "chunker": self.chunker.to_dict(),
             "compression_level": self.compression_level,
             "created": self.created,
         }
@@ -83,17 +86,11 @@ class RepoConfig:
         version = int(doc.get("version", 0))
         if version > FORMAT_VERSION:
             raise UnsupportedFormat(found=version, supported=FORMAT_VERSION)
-        ch = doc["chunker"]
         return cls(
             id=str(doc["id"]),
             version=version,
             encrypted=bool(doc["encrypted"]),
-            chunker=ChunkerParams(
-                min_size=int(ch["min_size"]),
-                avg_size=int(ch["avg_size"]),
-                max_size=int(ch["max_size"]),
-                page_chunk=int(ch["page_chunk"]),
-            ),
+            chunker=ChunkerParams.from_dict(doc["chunker"]),
             compression_level=int(doc.get("compression_level", 3)),
             created=str(doc.get("created", "")),
         )
@@ -186,7 +183,7 @@ class BlobWriter:
         self._slots = threading.BoundedSemaphore(max_inflight + 1)
         self._futures: list[Future[None]] = []
         self.stats = WriteStats()
-        self.pack_target = PACK_TARGET
+        self.pack_target = pack_target()
 
     def known(self, blob_id: bytes) -> bool:
         with self._lock:
