@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -102,8 +101,14 @@ def gen_checkpoints(a: argparse.Namespace) -> None:
     dirs = [out / f"ckpt-{k}" for k in range(1, a.n + 1)]
     for d in dirs:
         d.mkdir(exist_ok=True)
-    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": a.hidden, "intermediate_size": a.inter,
-              "num_hidden_layers": a.shards, "torch_dtype": "float16", "vocab_size": 32000}  # fmt: skip
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": a.hidden,
+        "intermediate_size": a.inter,
+        "num_hidden_layers": a.shards,
+        "torch_dtype": "float16",
+        "vocab_size": 32000,
+    }
     tok = json.dumps(tokenizer_doc(a.seed), ensure_ascii=False, indent=2)
     for k, d in enumerate(dirs, start=1):
         (d / "config.json").write_text(json.dumps(config, indent=2))
@@ -114,8 +119,15 @@ def gen_checkpoints(a: argparse.Namespace) -> None:
 
     changes: dict[str, Any] = {"params": vars(a) | {"op": None}, "checkpoints": {}}
     per_ckpt: dict[int, dict[str, Any]] = {
-        k: {"changed": [], "changed_bytes": 0, "frozen_bytes": 0, "tensor_bytes": 0,
-            "mixed_changed_bytes": 0, "mixed_frozen_bytes": 0, "mixed_files": []}  # fmt: skip
+        k: {
+            "changed": [],
+            "changed_bytes": 0,
+            "frozen_bytes": 0,
+            "tensor_bytes": 0,
+            "mixed_changed_bytes": 0,
+            "mixed_frozen_bytes": 0,
+            "mixed_files": [],
+        }
         for k in range(2, a.n + 1)
     }
     for s in range(1, a.shards + 1):
@@ -151,19 +163,26 @@ def gen_checkpoints(a: argparse.Namespace) -> None:
                     if kind == "mixed":
                         info["mixed_changed_bytes"] += arr.nbytes
             save_file(tensors, str(d / fname), metadata={"format": "pt"})
-        print(f"shard {s}/{a.shards} ({kind}) written to {len(dirs)} checkpoints", file=sys.stderr, flush=True)
+        print(
+            f"shard {s}/{a.shards} ({kind}) written to {len(dirs)} checkpoints", file=sys.stderr, flush=True
+        )
     for k, info in per_ckpt.items():
         info["frozen_fraction"] = round(info["frozen_bytes"] / info["tensor_bytes"], 4)
         info["files_bytes"] = sum(f.stat().st_size for f in dirs[k - 1].iterdir())
         changes["checkpoints"][f"ckpt-{k}"] = info
-    changes["shard_kinds"] = {f"model-{s:05d}-of-{a.shards:05d}.safetensors": shard_kind(s, a.frozen, a.mixed)
-                              for s in range(1, a.shards + 1)}  # fmt: skip
+    changes["shard_kinds"] = {
+        f"model-{s:05d}-of-{a.shards:05d}.safetensors": shard_kind(s, a.frozen, a.mixed)
+        for s in range(1, a.shards + 1)
+    }
     (out / "changes.json").write_text(json.dumps(changes, indent=1))
     for k, info in per_ckpt.items():
-        print(f"ckpt-{k}: {info['changed_bytes'] / 1e6:.1f} MB of tensors changed, "
-              f"{info['frozen_fraction']:.1%} of tensor bytes identical to ckpt-{k - 1}; "
-              f"mixed shards: {info['mixed_changed_bytes'] / 1e6:.1f} MB changed, "
-              f"{info['mixed_frozen_bytes'] / 1e6:.1f} MB frozen", file=sys.stderr)  # fmt: skip
+        print(
+            f"ckpt-{k}: {info['changed_bytes'] / 1e6:.1f} MB of tensors changed, "
+            f"{info['frozen_fraction']:.1%} of tensor bytes identical to ckpt-{k - 1}; "
+            f"mixed shards: {info['mixed_changed_bytes'] / 1e6:.1f} MB changed, "
+            f"{info['mixed_frozen_bytes'] / 1e6:.1f} MB frozen",
+            file=sys.stderr,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,8 +191,30 @@ def gen_checkpoints(a: argparse.Namespace) -> None:
 EXTS = (".py", ".js", ".ts", ".md", ".txt", ".json", ".jsonl", ".yaml", ".csv")
 EXT_P = (0.2, 0.12, 0.08, 0.12, 0.12, 0.12, 0.1, 0.07, 0.07)
 SUBDIRS = ("src", "src", "tests", "docs", "data", "")
-KEYWORDS = ("def", "return", "self", "import", "from", "class", "if", "else", "for", "in", "None", "True",
-            "const", "let", "function", "await", "async", "null", "this", "new", "try", "except")  # fmt: skip
+KEYWORDS = (
+    "def",
+    "return",
+    "self",
+    "import",
+    "from",
+    "class",
+    "if",
+    "else",
+    "for",
+    "in",
+    "None",
+    "True",
+    "const",
+    "let",
+    "function",
+    "await",
+    "async",
+    "null",
+    "this",
+    "new",
+    "try",
+    "except",
+)
 
 
 class TextGen:
@@ -182,8 +223,36 @@ class TextGen:
     def __init__(self, seed: int, nwords: int = 30000) -> None:
         self.rng = np.random.default_rng(seed)
         letters = np.frombuffer(b"etaoinshrdlucmfwypvbgkqjxz", dtype=np.uint8)
-        freq = np.array([12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4,
-                         2.2, 2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.15, 0.15, 0.1, 0.07])  # fmt: skip
+        freq = np.array(
+            [
+                12.7,
+                9.1,
+                8.2,
+                7.5,
+                7.0,
+                6.7,
+                6.3,
+                6.1,
+                6.0,
+                4.3,
+                4.0,
+                2.8,
+                2.8,
+                2.4,
+                2.4,
+                2.2,
+                2.0,
+                2.0,
+                1.9,
+                1.5,
+                1.0,
+                0.8,
+                0.15,
+                0.15,
+                0.1,
+                0.07,
+            ]
+        )
         freq /= freq.sum()
         words: set[bytes] = set()
         while len(words) < nwords:
@@ -194,8 +263,10 @@ class TextGen:
         self.kw = [w.encode() for w in KEYWORDS]
         self.styles = {
             "prose": ([b" ", b" ", b". ", b", ", b".\n", b"\n\n"], [0.78, 0.06, 0.06, 0.05, 0.04, 0.01]),
-            "code": ([b" ", b"(", b")\n", b"\n    ", b"\n        ", b" = ", b", ", b".", b"\n"],
-                     [0.35, 0.1, 0.08, 0.12, 0.08, 0.08, 0.07, 0.07, 0.05]),  # fmt: skip
+            "code": (
+                [b" ", b"(", b")\n", b"\n    ", b"\n        ", b" = ", b", ", b".", b"\n"],
+                [0.35, 0.1, 0.08, 0.12, 0.08, 0.08, 0.07, 0.07, 0.05],
+            ),
         }
         self.tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         ranks = np.arange(1, self.nwords + 1, dtype=np.float64)
@@ -242,9 +313,11 @@ class TextGen:
             vocab_text = self.text(64 * 8, "prose").decode().split()
             for r in range(8):
                 t = vocab_text[r * 8 : r * 8 + 8] or ["x"]
-                rec = (f'{{"id": {ints[r]}, "name": "{t[0]}_{w[r]}", "score": {fl[r]:.4f}, '
-                       f'"tags": ["{t[-1]}", "{t[1 % len(t)]}"], "text": "{" ".join(t[2:])}", '
-                       f'"ok": {"true" if ints[r + 8] % 2 else "false"}}}')  # fmt: skip
+                rec = (
+                    f'{{"id": {ints[r]}, "name": "{t[0]}_{w[r]}", "score": {fl[r]:.4f}, '
+                    f'"tags": ["{t[-1]}", "{t[1 % len(t)]}"], "text": "{" ".join(t[2:])}", '
+                    f'"ok": {"true" if ints[r + 8] % 2 else "false"}}}'
+                )
                 if indent:
                     rec = "  " + rec.replace(", ", ",\n    ")
                 out.append(rec)
@@ -307,8 +380,13 @@ def gen_dataset(a: argparse.Namespace) -> None:
         split = "train" if app < a.apps - a.holdout else "holdout"
         d = root / split / f"app-{app:03d}"
         d.mkdir(parents=True, exist_ok=True)
-        meta = {"app_id": f"app-{app:03d}", "split": split, "files": per_app, "license": "MIT",
-                "language": ["python", "javascript", "typescript"][app % 3]}  # fmt: skip
+        meta = {
+            "app_id": f"app-{app:03d}",
+            "split": split,
+            "files": per_app,
+            "license": "MIT",
+            "language": ["python", "javascript", "typescript"][app % 3],
+        }
         (d / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         for j in range(per_app):
             ext = EXTS[int(exts[i])]
@@ -324,7 +402,8 @@ def gen_dataset(a: argparse.Namespace) -> None:
 
 def mutate(a: argparse.Namespace) -> None:
     root = Path(a.dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "metadata.json")
+    every = sorted(p for p in root.rglob("*") if p.is_file())
+    files = [p for p in every if p.name != "metadata.json"]
     r = random.Random(a.seed)
     g = TextGen(a.seed)
     chosen = r.sample(files, round(len(files) * a.fraction))
@@ -344,9 +423,17 @@ def mutate(a: argparse.Namespace) -> None:
         data = g.content(ext, r.randrange(5000, 200000))
         (r.choice(apps) / f"new-{a.seed}-{k:03d}{ext}").write_bytes(data)
         added_bytes += len(data)
-    print(json.dumps({"files_before": len(files) + len(apps), "modified": len(chosen),
-                      "modified_bytes_rewritten": changed_bytes, "added": a.add,
-                      "added_bytes": added_bytes}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "files_before": len(every),
+                "modified": len(chosen),
+                "modified_bytes_rewritten": changed_bytes,
+                "added": a.add,
+                "added_bytes": added_bytes,
+            }
+        )
+    )
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ PostgreSQL for every WAL segment) does not pay for importing the rest of coldkee
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import traceback
 from typing import Any
@@ -28,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "snapshots": "coldkeep.cli.files_cmd:snapshots",
     "restore": "coldkeep.cli.files_cmd:restore",
     "forget": "coldkeep.cli.files_cmd:forget",
+    "conversations": "coldkeep.cli.conversations_cmd:conversations",
+    "pg": "coldkeep.cli.pg_cmd:pg",
 }
 
 
@@ -90,10 +93,42 @@ def _early_flags(argv: list[str]) -> None:
             _state.verbose += 1
 
 
+class _LogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "warning" if record.levelno >= logging.WARNING else record.levelname.lower()
+        return f"{level}: {record.getMessage()}"
+
+
+_log_handler: logging.Handler | None = None
+
+
+def _setup_logging(verbose: int) -> None:
+    """coldkeep's log records as ``warning: …`` lines on stderr (``info``/``debug`` with -v/-vv).
+
+    Without a handler Python prints bare WARNING messages through its last-resort handler,
+    which breaks the one ``error:`` + one ``hint:`` line contract.
+    """
+    global _log_handler
+    logger = logging.getLogger("coldkeep")
+    if _log_handler is not None:
+        logger.removeHandler(_log_handler)
+    _log_handler = logging.StreamHandler(sys.stderr)
+    _log_handler.setFormatter(_LogFormatter())
+    logger.addHandler(_log_handler)
+    logger.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+
+
 def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "wal-push" in args or "wal-fetch" in args:  # once per WAL segment: skip click (cli/walfast.py)
+        from coldkeep.cli.walfast import run_fast
+
+        code = run_fast(args)
+        if code is not None:
+            return code
     _state.json, _state.quiet, _state.verbose = False, False, 0
     _early_flags(args)  # the group callback replaces these with the parsed values
+    _setup_logging(_state.verbose)
     try:
         result = cli.main(args=args, prog_name="coldkeep", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -106,12 +141,12 @@ def run(argv: list[str] | None = None) -> int:
         _state.error(
             UsageError(exc.format_message(), hint="see `coldkeep --help` or `coldkeep COMMAND --help`")
         )
-        return EXIT_USAGE
+        return _wal_fetch_fatal(args, EXIT_USAGE)
     except ColdkeepError as exc:
         if _state.verbose:
             traceback.print_exc()
         _state.error(exc)
-        return exc.exit_code
+        return _wal_fetch_fatal(args, exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
@@ -125,7 +160,16 @@ def run(argv: list[str] | None = None) -> int:
             hint="rerun with -v for the traceback and report it",
         )
         _state.error(err)
-        return EXIT_FAILED
+        return _wal_fetch_fatal(args, EXIT_FAILED)
+
+
+def _wal_fetch_fatal(args: list[str], code: int) -> int:
+    """``pg wal-fetch`` is PostgreSQL's restore_command: any failure but "not archived" is >= 126."""
+    if "wal-fetch" not in args or code > 125:
+        return code
+    from coldkeep.cli.walfast import usage_exit_code
+
+    return usage_exit_code(args, code)
 
 
 def main() -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
 
-from coldkeep import config as config_mod
 from coldkeep.cli.output import Output
+
+if TYPE_CHECKING:  # pydantic models are slow to import: loaded on first use (cli/walfast.py)
+    from coldkeep import config as config_mod
 
 
 @dataclass
@@ -18,6 +21,8 @@ class AppContext:
 
     def config(self) -> config_mod.Config:
         if self._config is None:
+            from coldkeep import config as config_mod
+
             self._config = config_mod.load(self.config_path)
         return self._config
 

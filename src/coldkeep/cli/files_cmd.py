@@ -11,7 +11,7 @@ from rich.table import Table
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import open_repo, parse_tags, progress
-from coldkeep.errors import EXIT_INTEGRITY
+from coldkeep.errors import EXIT_INTEGRITY, IntegrityError
 from coldkeep.ops.doctor import _human_bytes as human_bytes
 
 
@@ -75,7 +75,7 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
     with open_repo(app) as repo, progress(app, "restore") as prog:
         snap = repo.find_snapshot(snapshot)
         result = Restorer(repo, progress=prog).run(snap, target, includes)
-    for error in result.errors:
+    for error in result.errors[1:]:  # the first one is the error line below
         app.out.warn(error)
     app.out.emit(
         result.to_json(),
@@ -84,7 +84,11 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
             f"in {result.duration_s:.2f} s" + (f"; {len(result.errors)} FAILED" if result.errors else "")
         ),
     )
-    return EXIT_INTEGRITY if result.errors else 0
+    if result.errors:
+        more = f" (+{len(result.errors) - 1} more, in the warnings above)" if len(result.errors) > 1 else ""
+        app.out.failure(IntegrityError(f"not restored: {result.errors[0]}{more}"))
+        return EXIT_INTEGRITY
+    return 0
 
 
 @click.command()

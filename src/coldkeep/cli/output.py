@@ -6,11 +6,18 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from coldkeep.errors import ColdkeepError
+
+if TYPE_CHECKING:  # rich is imported on first use: `pg wal-push` never renders anything
+    from rich.console import Console
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -18,8 +25,20 @@ class Output:
     json: bool = False
     quiet: bool = False
     verbose: int = 0
-    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
+    _console: Console | None = field(default=None, repr=False)
+    _err: Console | None = field(default=None, repr=False)
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = _console()
+        return self._console
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            self._err = _console(stderr=True)
+        return self._err
 
     def emit(self, data: Any, human: Callable[[Console], None] | None = None) -> None:
         """``--json``: dump ``data``; otherwise call ``human`` (unless ``--quiet``)."""
@@ -45,6 +64,11 @@ class Output:
     def error(self, exc: ColdkeepError) -> None:
         if self.json:
             sys.stdout.write(json.dumps({"error": exc.to_json()}, ensure_ascii=False) + "\n")
+        self.failure(exc)
+
+    def failure(self, exc: ColdkeepError) -> None:
+        """``error:`` and ``hint:`` lines on stderr only: for a command that already emitted its
+        result (which carries the details, e.g. with ``--json``) and then exits non-zero."""
         sys.stderr.write(f"error: {exc.message}\n")
         if exc.hint:
             sys.stderr.write(f"hint: {exc.hint}\n")

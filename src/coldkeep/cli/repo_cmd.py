@@ -8,7 +8,7 @@ from rich.table import Table
 
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import open_repo
-from coldkeep.errors import EXIT_INTEGRITY, UsageError
+from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
 from coldkeep.ops.doctor import _human_bytes as human_bytes
 
 
@@ -52,8 +52,9 @@ def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> i
 
     app.out.emit(result.to_json(), human)
     if not result.ok:
-        for p in result.problems[:1]:
-            app.out.err.print(f"error: {p.line()}", markup=False)
+        more = f" (+{len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
+        hint = "the problems listed name what is affected; `coldkeep repo repair --from COPY` replaces damaged packs"
+        app.out.failure(IntegrityError(result.problems[0].line() + more, hint=hint))
         return EXIT_INTEGRITY
     return 0
 

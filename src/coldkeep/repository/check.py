@@ -1,4 +1,6 @@
-"""``repo check``: structure always; with ``read_data`` every byte of every pack and named object.
+"""``repo check``: structure always; with ``read_data`` every byte of every pack, named object
+and service record.  Key slots are parsed (a slot has no footer: damage inside a base64 value
+looks like another passphrase's slot, see ``crypto.py``).
 
 Each problem names the object (pack, blob, index, snapshot, named object) and, for damaged
 blobs, the snapshots and files that use them.
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound
-from coldkeep.repository.format import INDEX_PREFIX, PACK_PREFIX, open_blob
+from coldkeep.repository import crypto
+from coldkeep.repository.format import INDEX_PREFIX, KEYS_PREFIX, PACK_PREFIX, STATE_PREFIX, open_blob
 from coldkeep.repository.index import decode_index
 from coldkeep.repository.packer import BlobEntry, pack_key, parse_pack
 from coldkeep.repository.repository import Repository, Snapshot
@@ -183,4 +186,18 @@ def check(
                 result.bytes_read += len(obj)
             except ColdkeepError as exc:
                 result.problems.append(Problem("named", name, exc.message))
+    # 6. service records (state/) and key slots (keys/): they are in the repository too
+    if read_data or subset_pct:
+        for info in backend.list(STATE_PREFIX):
+            try:
+                repo.get_state(info.key.removeprefix(STATE_PREFIX))
+                result.bytes_read += info.size
+            except ColdkeepError as exc:
+                result.problems.append(Problem("state", info.key, exc.message))
+    _slots, bad_slots = crypto._read_slots(backend)  # those that opened the repository are fine
+    for slot_id, why in sorted(bad_slots.items()):
+        if isinstance(why, crypto._NewerSlot):
+            result.warnings.append(f"key slot {KEYS_PREFIX}{slot_id} has a newer {why.args[0]}")
+        else:
+            result.problems.append(Problem("key slot", KEYS_PREFIX + slot_id, f"unusable ({why.args[0]})"))
     return result

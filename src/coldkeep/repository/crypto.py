@@ -110,9 +110,6 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from coldkeep import clock
 from coldkeep.errors import (
@@ -202,6 +199,10 @@ class Keys:
             raise ValueError("the data key and the id key must differ")
         self._data_key = bytes(data_key)
         self._id_key = bytes(id_key)
+        # ``cryptography`` is imported where it is used: an unencrypted repository never needs it,
+        # and ``pg wal-push`` (one process per WAL segment) should not pay for importing it.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(self._data_key)
         self.slot_id = slot_id
 
@@ -222,6 +223,8 @@ class Keys:
         """The plaintext of ``blob`` sealed with the same ``aad``; ``what`` names it in errors."""
         if len(blob) < OVERHEAD:
             raise IntegrityError(f"decryption failed for {what} (truncated: {len(blob)} bytes)")
+        from cryptography.exceptions import InvalidTag
+
         view = memoryview(blob)
         try:
             return self._aead.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad)
@@ -335,6 +338,8 @@ def _encode_passphrase(passphrase: str) -> bytes:
 
 
 def _derive(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
     kdf = Argon2id(
         salt=salt,
         length=KEY_SIZE,
@@ -368,6 +373,8 @@ def _make_slot(keys: Keys, passphrase: str, comment: str, params: KdfParams) -> 
     salt = os.urandom(SALT_SIZE)
     kek = _derive(passphrase, salt, params)
     nonce = os.urandom(NONCE_SIZE)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     wrapped = AESGCM(kek).encrypt(nonce, keys._material(), _slot_aad(slot_id))
     doc = {
         "version": SLOT_VERSION,
@@ -478,6 +485,9 @@ def _read_slots(backend: Backend) -> tuple[list[_Slot], dict[str, _BadSlot]]:
 
 
 def _unwrap(slot: _Slot, passphrase: str) -> Keys | None:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     kek = _derive(passphrase, slot.salt, slot.info.kdf)
     try:
         material = AESGCM(kek).decrypt(slot.nonce, slot.wrapped, _slot_aad(slot.info.slot_id))

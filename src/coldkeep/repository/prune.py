@@ -99,6 +99,12 @@ def prune(repo: Repository, *, max_unused_pct: float = 5.0, dry_run: bool = Fals
         writer.finish()  # writes its own small index too, superseded below
         new_packs = dict(writer._written)
         result.packs_written = len(new_packs)
+        # Never delete a pack the new index lists.  After a killed prune the repacked pack can
+        # already exist and, the blob rows of the cache pointing at its old twin, look unused;
+        # repacking the same blobs again then yields the same bytes and id (put_if_absent keeps
+        # the existing pack), so without this the rerun deleted the pack its own index needs.
+        delete -= set(new_packs)
+        result.packs_deleted = len(delete)
         # 3. one full index of every surviving pack
         all_packs = {**keep, **new_packs}
         sizes = {p: stored.get(p, 0) for p in keep} | dict(writer._sizes)

@@ -157,7 +157,7 @@ class RetryBackend(WrapperBackend):
         if not is_transient(exc) or tried >= self.attempts:
             raise exc
         delay = self._delay(tried)
-        log.warning(
+        log.info(  # not a warning: retrying is the normal answer; a final failure is the error
             "%s on %s failed (try %d of %d), retrying in %.1fs: %s",
             what,
             self.inner.describe(),

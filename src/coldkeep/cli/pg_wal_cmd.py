@@ -1,0 +1,126 @@
+"""``coldkeep pg setup | check | wal-push | wal-fetch``: the WAL archive commands.
+
+Mounted into the ``pg`` group by :mod:`coldkeep.cli.pg_cmd` (``WAL_COMMANDS``).  ``wal-push`` and
+``wal-fetch`` normally never get here: :func:`coldkeep.cli.app.run` runs them on the lean path of
+:mod:`coldkeep.cli.walfast`; these click commands serve ``--help`` and unusual command lines and
+call the same functions, so the behaviour (and exit codes) are the same.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.walfast import Flags, fetch_main, push_main
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def _flags(app: AppContext) -> Flags:
+    return Flags(config=app.config_path, json=app.out.json, quiet=app.out.quiet, verbose=app.out.verbose)
+
+
+@click.command("setup")
+@click.option("--apply", is_flag=True, help="apply the settings with ALTER SYSTEM and record the cluster")
+@click.option("--synchronous", is_flag=True, help="also a replication slot for a synchronous WAL receiver")
+@click.option("--new-lineage", is_flag=True, help="after pg_upgrade: archive the new system identifier apart")
+@click.option("--coldkeep-path", metavar="PATH", help="absolute coldkeep executable for archive_command")
+@pass_app
+def setup(
+    app: AppContext, apply: bool, synchronous: bool, new_lineage: bool, coldkeep_path: str | None
+) -> int:
+    """Show (or --apply) the settings WAL archiving needs; says whether a restart is needed."""
+    from coldkeep.postgres.archiving import setup as run_setup
+    from coldkeep.repository.setup import open_repository
+
+    config = app.config()
+    with open_repository(config) as repo:
+        result = run_setup(config, repo, apply=apply, synchronous=synchronous, new_lineage=new_lineage,
+                           executable=coldkeep_path)  # fmt: skip
+    for warning in result.warnings:
+        app.out.warn(warning)
+
+    def human(console: Console) -> None:
+        for s in result.settings:
+            if not s.changes:
+                console.print(f"  ok       {s.name} = {s.current or chr(39) * 2}", markup=False)
+                continue
+            how = "restart" if s.context == "postmaster" else "reload"
+            if not s.apply:
+                how = "not applied: " + s.note
+            console.print(f"  change   {s.name}: {s.current or chr(39) * 2} -> {s.desired or chr(39) * 2} ({how})",
+                          markup=False)  # fmt: skip
+        lineage = f" ({result.lineage['prefix']})" if result.lineage else ""
+        console.print(f"system identifier {result.system_identifier}, WAL lineage: {result.lineage_action}{lineage}",
+                      markup=False)  # fmt: skip
+        if result.slot:
+            console.print(f"replication slot {result.slot['name']}: {'exists' if result.slot['exists'] else 'missing'}",
+                          markup=False)  # fmt: skip
+        restart = [s.name for s in result.settings if s.changes and s.apply and s.context == "postmaster"]
+        if not result.applied:
+            console.print("nothing changed (shown only); apply with --apply"
+                          + (f"; that needs a restart for {', '.join(restart)}" if restart else ""), markup=False)  # fmt: skip
+        elif restart:
+            console.print(f"applied; RESTART PostgreSQL for {', '.join(restart)}", markup=False)
+        else:
+            console.print("applied; no restart needed", markup=False)
+
+    app.out.emit(result.to_json(), human)
+    return 0
+
+
+@click.command("check")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="seconds to wait for the switched segment")  # fmt: skip
+@pass_app
+def check(app: AppContext, timeout: float) -> int:
+    """Switch to a new WAL segment and confirm it reaches the repository."""
+    from coldkeep.postgres.archiving import check as run_check
+    from coldkeep.repository.setup import open_repository
+
+    config = app.config()
+    with open_repository(config) as repo:
+        result = run_check(config, repo, timeout=timeout)
+    app.out.emit(result.to_json(), lambda c: c.print(
+        f"ok: {result.segment} archived and verified {result.elapsed_s:.2f} s after the switch "
+        f"(archiver: {result.archiver['archived_count']} archived, {result.archiver['failed_count']} failed)",
+        markup=False))  # fmt: skip
+    return 0
+
+
+@click.command("wal-push")
+@click.argument("path")
+@pass_app
+def wal_push(app: AppContext, path: str) -> int:
+    """Archive one WAL file (archive_command: `coldkeep --config FILE pg wal-push %p`).
+
+    Exits 0 once the file is durable in the repository (or an identical copy already was),
+    3 if a different file with that name is archived or the file is not the segment its name
+    says, 1 on other failures."""
+    return push_main(_flags(app), path)
+
+
+@click.command("wal-fetch")
+@click.option(
+    "--lineage", metavar="PREFIX", help="WAL lineage of the backup being restored (default: current)"
+)
+@click.argument("name")
+@click.argument("dest")
+@pass_app
+def wal_fetch(app: AppContext, lineage: str | None, name: str, dest: str) -> int:
+    """Restore one archived WAL file (restore_command: `... pg wal-fetch %f %p`).
+
+    Exits 1 only when NAME is not archived, 126 on any other failure (so that PostgreSQL stops
+    recovery instead of ending it early)."""
+    return fetch_main(_flags(app), name, dest, lineage)
+
+
+WAL_COMMANDS: list[click.Command] = [setup, check, wal_push, wal_fetch]
+
+#: a standalone group with just these commands (``pg_cmd.pg`` is the real one)
+pg = click.Group("pg", help="PostgreSQL WAL archive commands.")
+for _command in WAL_COMMANDS:
+    pg.add_command(_command)

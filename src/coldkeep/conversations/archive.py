@@ -1,0 +1,941 @@
+"""``conversations archive`` and ``conversations compact``: exactly-once, streamed, batched.
+
+One run, under the archive lock (:func:`coldkeep.conversations.db.archive_lock`):
+
+1. **Recover.**  Delete ``*.tmp`` files and final-named batch files the ledger does not list (a
+   run that died before its commit); note ledger batches whose file is missing.
+2. **Archive.**  One ``COPY (SELECT id, xmin, row_to_json(row) …) TO STDOUT`` per window of up to
+   12 months streams the eligible rows (``archived IS NOT TRUE AND timestamp < cutoff``); PostgreSQL
+   builds each JSON line, so ``metadata`` is the jsonb's own text and nothing is re-encoded here.
+   Lines go to one open :class:`~coldkeep.conversations.files.BatchWriter` per UTC month; a writer
+   that reaches ``batch_rows`` rows (or 256 MiB) is handed to a committer thread, which makes the
+   file durable (fsync, rename, fsync dir) and then runs ONE transaction: insert the ledger row
+   (file, SHA-256, size, row count, the sorted ids and their SHA-256) and
+   ``UPDATE … SET archived = true, archive_file = F FROM unnest(ids, xmins) WHERE id = … AND xmin = …``.
+   If a row changed since it was read (its ``xmin`` differs) the count falls short: the transaction
+   rolls back, the file is deleted, and another pass re-reads what is left.  Memory is bounded by
+   the open writers (≤ 12 months × ~1 MiB of lines + a compressor) and the committers' queue.
+3. **Store** each ledger batch not yet in the repository as a write-once named object
+   (``conversations/<schema.table>/<YYYY-MM>/<file>``) and record its name in the ledger.
+4. **Purge** (``--purge``): for each stored, unpurged batch whose repository copy reads back with the
+   ledger's SHA-256 and whose local file re-verifies (SHA-256, row count, ids), delete in one transaction the
+   rows whose current JSON line still hashes (md5) to the archived line; rows changed since are kept
+   and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from coldkeep import clock
+from coldkeep.config import Config
+from coldkeep.conversations import db
+from coldkeep.conversations.db import ArchiveIntegrityError, Target, connect, open_target
+from coldkeep.conversations.files import (
+    ArchiveDir,
+    BatchReader,
+    BatchWriter,
+    compacted_relpath,
+    copy_with_digest,
+    id_of,
+    kill_point,
+)
+from coldkeep.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_OK, ColdkeepError, UsageError
+
+WINDOW_MONTHS = 12
+CHUNK_BYTES = 1 << 20
+#: a batch ends at this many bytes of JSON lines ...
+MAX_BATCH_BYTES = 256 << 20
+#: ... or when its file could exceed this (the repository stores a batch file as one object, in memory)
+MAX_FILE_BYTES = 12 << 20
+MAX_PASSES = 3
+COMMITTERS = 2
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+
+#: the row as one JSON object, built by PostgreSQL (``c`` is the table's alias)
+ROW_JSON = (
+    '(SELECT row_to_json(r) FROM (SELECT c.id, c.session_id, c."timestamp", c.speaker, c.content, '
+    "c.metadata) r)"
+)
+#: COPY's CSV mode with delimiter/quote bytes that JSON never contains raw: lines pass untouched
+CSV_RAW = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
+
+
+def month_start(ts: datetime) -> datetime:
+    return datetime(ts.year, ts.month, 1, tzinfo=UTC)
+
+
+def add_months(ts: datetime, n: int) -> datetime:
+    y, m = divmod(ts.month - 1 + n, 12)
+    return datetime(ts.year + y, m + 1, 1, tzinfo=UTC)
+
+
+def parse_month(text: str) -> datetime:
+    try:
+        year, month = (int(p) for p in text.split("-"))
+        if len(text) != 7:
+            raise ValueError
+        return datetime(year, month, 1, tzinfo=UTC)
+    except ValueError:
+        raise UsageError(f"not a month: {text!r}", hint="write YYYY-MM, e.g. 2025-01") from None
+
+
+@dataclass
+class ArchiveResult:
+    table: str
+    archive_dir: str
+    cutoff: str
+    dry_run: bool = False
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    months: dict[str, dict[str, int]] = field(default_factory=dict)
+    rows_archived: int = 0
+    bytes_written: int = 0
+    orphans_removed: list[str] = field(default_factory=list)
+    retried_rows: int = 0
+    passes: int = 0
+    repo: dict[str, Any] = field(default_factory=dict)
+    purge: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    phases_s: dict[str, float] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.problems:
+            return EXIT_INTEGRITY
+        if self.purge is not None and self.purge.get("refused"):
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "archive_dir": self.archive_dir,
+            "cutoff": self.cutoff,
+            "dry_run": self.dry_run,
+            "rows_archived": self.rows_archived,
+            "bytes_written": self.bytes_written,
+            "files": len(self.batches),
+            "months": self.months,
+            "batches": self.batches,
+            "orphans_removed": self.orphans_removed,
+            "retried_rows": self.retried_rows,
+            "passes": self.passes,
+            "repository": self.repo,
+            "purge": self.purge,
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "phases_s": self.phases_s,
+            "duration_s": self.duration_s,
+            "rows_per_s": round(self.rows_archived / self.duration_s) if self.duration_s else 0,
+            "exit_code": self.exit_code,
+        }
+
+
+@contextlib.contextmanager
+def _phase(result: ArchiveResult, name: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        result.phases_s[name] = round(time.monotonic() - started, 3)
+
+
+class _Mismatch(Exception):
+    def __init__(self, updated: int) -> None:
+        super().__init__(updated)
+        self.updated = updated
+
+
+Hook = Callable[..., None]
+
+
+class _Pipeline:
+    """Committer threads, each with its own connection, fed by a bounded queue of full writers."""
+
+    def __init__(self, archiver: Archiver, conns: list[psycopg.Connection[Any]]) -> None:
+        self.archiver = archiver
+        self.queue: queue.Queue[BatchWriter | None] = queue.Queue(maxsize=max(1, len(conns)))
+        self.pool = ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)), thread_name_prefix="ck-compress")
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.committed: list[dict[str, Any]] = []
+        self.mismatched_rows = 0
+        self.threads = [
+            threading.Thread(target=self._loop, args=(c,), name=f"ck-commit-{i}", daemon=True)
+            for i, c in enumerate(conns)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, writer: BatchWriter) -> None:
+        writer.flush_chunk()
+        while True:
+            if self.error is not None:
+                writer.discard()
+                raise self.error
+            try:
+                self.queue.put(writer, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _loop(self, conn: psycopg.Connection[Any]) -> None:
+        while True:
+            writer = self.queue.get()
+            if writer is None:
+                return
+            if self.error is not None:
+                writer.discard()
+                continue
+            try:
+                self.archiver._commit(conn, writer, self)
+            except BaseException as exc:
+                with self.lock:
+                    if self.error is None:
+                        self.error = exc
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join()
+        self.pool.shutdown(wait=True)
+        if self.error is not None:
+            raise self.error
+
+
+class Archiver:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        older_than: timedelta | None = None,
+        batch_rows: int | None = None,
+        dry_run: bool = False,
+        purge: bool = False,
+        lock_wait: float = 30.0,
+        committers: int | None = None,
+        store: bool = True,
+        hooks: dict[str, Hook] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.cfg = config.conversations
+        self.older_than = (
+            older_than if older_than is not None else timedelta(days=self.cfg.archive_after_days)
+        )
+        self.batch_rows = batch_rows or self.cfg.batch_rows
+        self.dry_run = dry_run
+        self.purge = purge
+        self.lock_wait = lock_wait
+        env_committers = os.environ.get("COLDKEEP_CONV_COMMITTERS", "")
+        self.committers = committers or (int(env_committers) if env_committers.isdigit() else COMMITTERS)
+        self.store = store
+        self.hooks = hooks or {}
+        self.log = log or (lambda _msg: None)
+        self.adir = ArchiveDir(Path(self.cfg.archive_dir))
+        self.fmt = self.cfg.format
+        self._repo: Any = None
+        self._repo_error: str | None = None
+        self._target: Target
+
+    def _hook(self, stage: str, **info: Any) -> None:
+        fn = self.hooks.get(stage)
+        if fn is not None:
+            fn(**info)
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def run(self) -> ArchiveResult:
+        started = time.monotonic()
+        cutoff = clock.now() - self.older_than
+        conn = connect(self.config.postgres, "conversations archive")
+        try:
+            target = self._target = open_target(conn, self.cfg)
+            result = ArchiveResult(
+                table=target.qualified,
+                archive_dir=str(self.adir.root),
+                cutoff=clock.isoformat(cutoff),
+                dry_run=self.dry_run,
+            )
+            if not target.scan_index_exists:
+                result.warnings.append(
+                    f"index {target.scan_index_name} is missing; the scan reads the whole table "
+                    "(`coldkeep conversations init-schema` creates it)"
+                )
+            if self.dry_run:
+                self._dry_run(conn, target, cutoff, result)
+            else:
+                with db.archive_lock(conn, target, wait_s=self.lock_wait):
+                    self.adir.ensure({**db.system_identity(conn), "table": target.qualified})
+                    with _phase(result, "recover"):
+                        recover(conn, target, self.adir, result)
+                    with _phase(result, "archive"):
+                        self._archive(conn, target, cutoff, result)
+                    if self.store:
+                        with _phase(result, "store"):
+                            self._store(conn, target, result)
+                    if self.purge:
+                        with _phase(result, "purge"):
+                            self._purge(conn, target, result)
+        finally:
+            conn.close()
+            if self._repo is not None:
+                with contextlib.suppress(Exception):
+                    self._repo.close()
+        result.duration_s = round(time.monotonic() - started, 3)
+        return result
+
+    def _dry_run(
+        self, conn: psycopg.Connection[Any], target: Target, cutoff: datetime, result: ArchiveResult
+    ) -> None:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT to_char(\"timestamp\", 'YYYY-MM'), count(*), sum(octet_length(content))::bigint "
+                'FROM {t} WHERE archived IS NOT TRUE AND "timestamp" >= %s AND "timestamp" < %s '
+                "GROUP BY 1 ORDER BY 1"
+            ).format(t=target.table),
+            (EARLIEST, cutoff),
+        ).fetchall()
+        for month, count, content_bytes in rows:
+            result.months[str(month)] = {"rows": int(count), "content_bytes": int(content_bytes or 0)}
+            result.rows_archived += int(count)
+        known = {str(r[0]) for r in conn.execute(sql.SQL("SELECT file FROM {}").format(target.ledger))}
+        scan = self.adir.scan()
+        result.orphans_removed = sorted(scan.tmp + [f for f in scan.final if f not in known])
+        result.warnings.append("dry run: nothing written; orphans_removed lists what a real run would delete")
+
+    # -- archiving -------------------------------------------------------------------------------
+
+    def _windows(
+        self, conn: psycopg.Connection[Any], target: Target, cutoff: datetime
+    ) -> list[tuple[datetime, datetime]]:
+        row = conn.execute(
+            sql.SQL(
+                'SELECT min("timestamp") FROM {t} WHERE archived IS NOT TRUE AND "timestamp" >= %s AND "timestamp" < %s'
+            ).format(t=target.table),
+            (EARLIEST, cutoff),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return []
+        lo = month_start(row[0].astimezone(UTC))
+        windows = []
+        while lo < cutoff:
+            hi = add_months(lo, WINDOW_MONTHS)
+            windows.append((lo, min(hi, cutoff)))
+            lo = hi
+        return windows
+
+    def _archive(
+        self, conn: psycopg.Connection[Any], target: Target, cutoff: datetime, result: ArchiveResult
+    ) -> None:
+        for pass_no in range(1, MAX_PASSES + 1):
+            windows = self._windows(conn, target, cutoff)
+            if not windows:
+                break
+            result.passes = pass_no
+            with contextlib.ExitStack() as stack:
+                reader = stack.enter_context(connect(self.config.postgres, "conversations archive reader"))
+                committers = [
+                    stack.enter_context(connect(self.config.postgres, "conversations archive commit"))
+                    for _ in range(self.committers)
+                ]
+                for c in committers:
+                    db.acquire(c, target.lock_key(db.LOCK_COMMITTERS), wait_s=self.lock_wait, shared=True)
+                pipe = _Pipeline(self, committers)
+                try:
+                    for lo, hi in windows:
+                        self._stream(reader, target, lo, hi, pipe)
+                finally:
+                    pipe.close()
+            for batch in pipe.committed:
+                result.batches.append(batch)
+                result.rows_archived += batch["rows"]
+                result.bytes_written += batch["bytes"]
+                m = result.months.setdefault(batch["month"], {"rows": 0, "files": 0, "bytes": 0})
+                m["rows"] += batch["rows"]
+                m["files"] += 1
+                m["bytes"] += batch["bytes"]
+            result.retried_rows += pipe.mismatched_rows
+            if pipe.mismatched_rows == 0:
+                break
+            self.log(f"{pipe.mismatched_rows} rows changed while being archived; reading them again")
+        else:
+            if result.retried_rows:
+                result.warnings.append(
+                    "some rows kept changing while being archived; the next run archives them"
+                )
+
+    def _stream(
+        self, reader: psycopg.Connection[Any], target: Target, lo: datetime, hi: datetime, pipe: _Pipeline
+    ) -> None:
+        query = sql.SQL(
+            'COPY (SELECT c.id, c.xmin, {row} FROM {t} c WHERE c.archived IS NOT TRUE AND c."timestamp" >= {lo} '
+            'AND c."timestamp" < {hi}) TO STDOUT {csv}'
+        ).format(
+            row=sql.SQL(ROW_JSON),
+            t=target.table,
+            lo=sql.Literal(lo),
+            hi=sql.Literal(hi),
+            csv=sql.SQL(CSV_RAW),
+        )
+        root, fmt, pool, batch_rows = self.adir.root, self.fmt, pipe.pool, self.batch_rows
+        writers: dict[bytes, BatchWriter] = {}
+        try:
+            with reader.cursor() as cur, cur.copy(query) as copy:
+                rest = b""
+                for data in copy:
+                    row = bytes(data)
+                    if rest or row[-1:] != b"\n" or row.count(b"\n") != 1:
+                        # the server sends one row per message; cope with any other framing
+                        rest += row
+                        *rows, rest = rest.split(b"\n")
+                        for r in rows:
+                            self._route(r + b"\n", writers, root, fmt, pool, batch_rows, pipe)
+                        continue
+                    i, x, line = row.split(b"\x02", 2)
+                    k = line.find(b',"timestamp":"')
+                    month = line[k + 14 : k + 21]
+                    w = writers.get(month)
+                    if w is None:
+                        w = writers[month] = BatchWriter(root, month.decode(), fmt, pool)
+                    w.lines.append(line)
+                    w.pending += len(line)
+                    w.rows += 1
+                    w.ids += i
+                    w.ids += b","
+                    w.xmins += x
+                    w.xmins += b","
+                    if w.pending >= CHUNK_BYTES or w.rows >= batch_rows:
+                        self._maybe_seal(w, writers, month, pipe)
+                if rest:
+                    raise ColdkeepError(f"COPY ended inside a row ({len(rest)} bytes without a newline)")
+            for month, w in list(writers.items()):
+                del writers[month]
+                pipe.submit(w)
+        except BaseException:
+            for w in writers.values():
+                w.discard()
+            raise
+
+    def _route(
+        self,
+        row: bytes,
+        writers: dict[bytes, BatchWriter],
+        root: Path,
+        fmt: str,
+        pool: Any,
+        batch_rows: int,
+        pipe: _Pipeline,
+    ) -> None:
+        i, x, line = row.split(b"\x02", 2)
+        k = line.find(b',"timestamp":"')
+        month = line[k + 14 : k + 21]
+        w = writers.get(month)
+        if w is None:
+            w = writers[month] = BatchWriter(root, month.decode(), fmt, pool)
+        w.lines.append(line)
+        w.pending += len(line)
+        w.rows += 1
+        w.ids += i + b","
+        w.xmins += x + b","
+        if w.pending >= CHUNK_BYTES or w.rows >= batch_rows:
+            self._maybe_seal(w, writers, month, pipe)
+
+    def _maybe_seal(
+        self, w: BatchWriter, writers: dict[bytes, BatchWriter], month: bytes, pipe: _Pipeline
+    ) -> None:
+        if w.pending >= CHUNK_BYTES:
+            w.flush_chunk()
+        if w.rows >= self.batch_rows or w.raw >= MAX_BATCH_BYTES or w.size_bound >= MAX_FILE_BYTES:
+            del writers[month]
+            pipe.submit(w)
+
+    def _commit(self, conn: psycopg.Connection[Any], w: BatchWriter, pipe: _Pipeline) -> None:
+        """Make ``w``'s file durable, then record it and mark its rows in one transaction."""
+        try:
+            w.finish()
+        except BaseException:
+            w.discard()
+            raise
+        kill_point("renamed")
+        self._hook("before_commit", batch_id=str(w.batch_id), file=w.rel, ids=w.ids_literal)
+        target = self._target
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {ledger} (batch_id, month, file, format, sha256, bytes, row_count, ids, "
+                        "ids_sha256, min_id, max_id, created_by) "
+                        "SELECT %(batch)s, %(month)s, %(file)s, %(fmt)s, %(sha)s, %(bytes)s, %(rows)s, s.ids, "
+                        "encode(sha256(convert_to(array_to_string(s.ids, ','), 'UTF8')), 'hex'), "
+                        "s.ids[1], s.ids[cardinality(s.ids)], %(by)s "
+                        "FROM (SELECT array_agg(x ORDER BY x) AS ids FROM unnest(%(ids)s::bigint[]) AS x) s"
+                    ).format(ledger=target.ledger),
+                    {
+                        "batch": w.batch_id,
+                        "month": w.month,
+                        "file": w.rel,
+                        "fmt": w.fmt,
+                        "sha": w.sha.hexdigest(),
+                        "bytes": w.bytes,
+                        "rows": w.rows,
+                        "ids": w.ids_literal,
+                        "by": db.run_label(),
+                    },
+                )
+                cur = conn.execute(
+                    sql.SQL(
+                        "UPDATE {t} c SET archived = true, archive_file = %(file)s "
+                        "FROM unnest(%(ids)s::bigint[], %(xmins)s::xid[]) AS b(id, x) "
+                        "WHERE c.id = b.id AND c.xmin = b.x AND c.archived IS NOT TRUE"
+                    ).format(t=target.table),
+                    {"file": w.rel, "ids": w.ids_literal, "xmins": w.xmins_literal},
+                )
+                if cur.rowcount != w.rows:
+                    raise _Mismatch(cur.rowcount)
+                kill_point("before_commit")
+        except _Mismatch as mismatch:
+            # rolled back: nothing refers to the file, so it goes now (else the next run would)
+            self.adir.remove([w.rel])
+            with pipe.lock:
+                pipe.mismatched_rows += w.rows - mismatch.updated
+            return
+        kill_point("committed")
+        batch = {
+            "batch_id": str(w.batch_id),
+            "month": w.month,
+            "file": w.rel,
+            "rows": w.rows,
+            "bytes": w.bytes,
+            "raw_bytes": w.raw,
+            "sha256": w.sha.hexdigest(),
+        }
+        with pipe.lock:
+            pipe.committed.append(batch)
+
+    # -- repository ------------------------------------------------------------------------------
+
+    def _open_repo(self) -> Any:
+        if self._repo is None and self._repo_error is None:
+            try:
+                from coldkeep.repository.setup import open_repository
+
+                self._repo = open_repository(self.config)
+            except ColdkeepError as exc:
+                self._repo_error = exc.message
+            except OSError as exc:
+                self._repo_error = str(exc)
+        return self._repo
+
+    def _store(self, conn: psycopg.Connection[Any], target: Target, result: ArchiveResult) -> None:
+        result.repo = store_pending(self, conn, target)
+
+    def _purge(self, conn: psycopg.Connection[Any], target: Target, result: ArchiveResult) -> None:
+        result.purge = purge(self, conn, target, result)
+
+
+# ------------------------------------------------------------------------------------------------
+# recovery
+
+
+def ledger_files(conn: psycopg.Connection[Any], target: Target) -> dict[str, dict[str, Any]]:
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT file, batch_id::text, month, format, sha256, bytes, row_count, ids_sha256, repo_object, "
+            "purged_at IS NOT NULL, kind FROM {} ORDER BY month, created_at, file"
+        ).format(target.ledger)
+    ).fetchall()
+    keys = (
+        "file",
+        "batch_id",
+        "month",
+        "format",
+        "sha256",
+        "bytes",
+        "row_count",
+        "ids_sha256",
+        "repo_object",
+        "purged",
+        "kind",
+    )
+    return {str(r[0]): dict(zip(keys, r, strict=True)) for r in rows}
+
+
+def recover(conn: psycopg.Connection[Any], target: Target, adir: ArchiveDir, result: ArchiveResult) -> None:
+    """Under the exclusive lock: remove what earlier runs left behind before committing."""
+    known = ledger_files(conn, target)
+    scan = adir.scan()
+    orphans = sorted(scan.tmp + [f for f in scan.final if f not in known])
+    if orphans:
+        adir.remove(orphans)
+        result.orphans_removed.extend(orphans)
+    for name in scan.unknown:
+        result.warnings.append(f"{adir.root / name}: not an archive file; left alone")
+    present = set(scan.final)
+    for name, batch in known.items():
+        if name not in present:
+            where = (
+                f" (a copy is in the repository as {batch['repo_object']})" if batch["repo_object"] else ""
+            )
+            result.problems.append(f"batch file {name} is missing from {adir.root}{where}")
+
+
+# ------------------------------------------------------------------------------------------------
+# storing in the repository
+
+
+def repo_name(target: Target, file: str) -> str:
+    """The repository's name for a batch file: ``conversations/<schema.table>/<YYYY-MM>/<file>``."""
+    return f"conversations/{target.qualified}/{file}"
+
+
+def store_pending(archiver: Archiver, conn: psycopg.Connection[Any], target: Target) -> dict[str, Any]:
+    """Store every ledger batch not yet in the repository as a write-once named object (an identical
+    re-store is a no-op, so a run killed between storing and recording just stores it again)."""
+    pending = conn.execute(
+        sql.SQL(
+            "SELECT batch_id::text, file, sha256, month, row_count FROM {} WHERE repo_object IS NULL "
+            "ORDER BY created_at, file"
+        ).format(target.ledger)
+    ).fetchall()
+    out: dict[str, Any] = {"stored_files": 0, "stored_bytes": 0, "pending_before": len(pending), "failed": []}
+    if not pending:
+        return out
+    repo = archiver._open_repo()
+    if repo is None:
+        out["error"] = f"repository not reachable: {archiver._repo_error}"
+        return out
+    from coldkeep.repository.locks import locked
+
+    root = archiver.adir.root
+    kill_point("before_store")
+    try:
+        with locked(repo.backend, "conversations archive", exclusive=False):
+            for batch_id, file, sha, month, rows in pending:
+                path = root / file
+                if not path.is_file():
+                    continue  # reported by recover()
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != sha:
+                    out["failed"].append(f"{file}: differs from its ledger SHA-256; not stored")
+                    continue
+                name = repo_name(target, file)
+                meta = {
+                    "table": target.qualified,
+                    "batch_id": batch_id,
+                    "month": month,
+                    "rows": rows,
+                    "sha256": sha,
+                }
+                repo.put_named(name, data, meta)
+                kill_point("stored")
+                conn.execute(
+                    sql.SQL("UPDATE {} SET repo_object = %s, stored_at = now() WHERE batch_id = %s").format(
+                        target.ledger
+                    ),
+                    (name, batch_id),
+                )
+                kill_point("store_recorded")
+                out["stored_files"] += 1
+                out["stored_bytes"] += len(data)
+                del data
+    except ColdkeepError as exc:
+        out["error"] = f"storing in the repository failed: {exc.message}"
+    if out["failed"]:
+        out["error"] = f"{len(out['failed'])} file(s) not stored: {out['failed'][:3]}"
+    return out
+
+
+def repo_copy_ok(repo: Any, batch: dict[str, Any]) -> str:
+    """Read the batch's repository object back (the repository verifies it) and compare it with the
+    ledger's SHA-256; ``""`` when it matches, else why not."""
+    try:
+        _meta, data = repo.get_named(batch["repo_object"])
+    except ColdkeepError as exc:
+        return f"repository copy unreadable: {exc.message}"
+    if hashlib.sha256(data).hexdigest() != batch["sha256"]:
+        return "repository copy differs from the ledger's SHA-256"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------
+# purge
+
+
+@dataclass
+class FileCheck:
+    ok: bool
+    reason: str = ""
+    ids: list[int] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+
+
+def reverify(path: Path, batch: dict[str, Any], *, want_hashes: bool = False) -> FileCheck:
+    """Re-read a batch file: SHA-256 and size as recorded, the recorded row count, and exactly the
+    recorded ids.  With ``want_hashes`` also the md5 of every line (what purge compares rows with)."""
+    if not path.is_file():
+        return FileCheck(False, "file missing")
+    reader = BatchReader(path, batch["format"])
+    ids: list[int] = []
+    hashes: list[str] = []
+    month = batch["month"].encode()
+    try:
+        for line in reader.lines():
+            if not line.startswith(b'{"id":') or not line.endswith(b"}"):
+                return FileCheck(False, f"line {reader.rows} is not an archive record")
+            ids.append(id_of(line))
+            k = line.find(b',"timestamp":"')
+            if line[k + 14 : k + 21] != month:
+                return FileCheck(False, f"line {reader.rows} is not from {batch['month']}")
+            if want_hashes:
+                hashes.append(hashlib.md5(line, usedforsecurity=False).hexdigest())
+    except (OSError, ValueError, EOFError) as exc:
+        return FileCheck(False, f"unreadable ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # zstandard.ZstdError and friends
+        return FileCheck(False, f"unreadable ({type(exc).__name__}: {exc})")
+    if reader.sha256 != batch["sha256"]:
+        return FileCheck(
+            False, f"SHA-256 {reader.sha256[:16]}… differs from the ledger's {batch['sha256'][:16]}…"
+        )
+    if reader.bytes != batch["bytes"]:
+        return FileCheck(False, f"{reader.bytes} bytes, the ledger says {batch['bytes']}")
+    if len(ids) != batch["row_count"]:
+        return FileCheck(False, f"{len(ids)} rows, the ledger says {batch['row_count']}")
+    digest = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
+    if digest != batch["ids_sha256"]:
+        return FileCheck(False, "its ids differ from the ledger's")
+    return FileCheck(True, ids=ids, hashes=hashes)
+
+
+def purge(
+    archiver: Archiver, conn: psycopg.Connection[Any], target: Target, result: ArchiveResult
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "refused": None,
+        "batches": 0,
+        "rows_deleted": 0,
+        "rows_kept": 0,
+        "kept_ids": [],
+        "failed": [],
+        "not_stored": 0,
+    }
+    if archiver._open_repo() is None:
+        out["refused"] = (
+            f"purge refused: the repository is not reachable ({archiver._repo_error}); archived rows stay in "
+            "the table until their batch files are stored in the repository"
+        )
+        return out
+    if result.repo.get("error"):
+        out["refused"] = f"purge refused: {result.repo['error']}"
+        return out
+    repo = archiver._repo
+    batches = ledger_files(conn, target)
+    for name, batch in batches.items():
+        if batch["purged"]:
+            continue
+        if not batch["repo_object"]:
+            out["not_stored"] += 1
+            continue
+        why = repo_copy_ok(repo, batch)
+        if why:
+            out["failed"].append(f"{name}: {why}")
+            continue
+        check = reverify(archiver.adir.root / name, batch, want_hashes=True)
+        if not check.ok:
+            out["failed"].append(f"{name}: {check.reason}")
+            continue
+        ids = "{" + ",".join(map(str, check.ids)) + "}"
+        hashes = "{" + ",".join(check.hashes) + "}"
+        with conn.transaction():
+            cur = conn.execute(
+                sql.SQL(
+                    "DELETE FROM {t} c USING unnest(%(ids)s::bigint[], %(hashes)s::text[]) AS b(id, h) "
+                    "WHERE c.id = b.id AND c.archived AND c.archive_file = %(file)s "
+                    "AND md5(convert_to({row}::text, 'UTF8')) = b.h"
+                ).format(t=target.table, row=sql.SQL(ROW_JSON)),
+                {"ids": ids, "hashes": hashes, "file": name},
+            )
+            deleted = cur.rowcount
+            kill_point("purge_deleted")
+            kept = conn.execute(
+                sql.SQL("SELECT id FROM {t} WHERE id = ANY(%s::bigint[]) ORDER BY id LIMIT 1000").format(
+                    t=target.table
+                ),
+                (ids,),
+            ).fetchall()
+            kept_count = len(kept)
+            if kept_count == 1000:
+                row = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {t} WHERE id = ANY(%s::bigint[])").format(t=target.table),
+                    (ids,),
+                ).fetchone()
+                kept_count = int(row[0]) if row else kept_count
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET purged_at = now(), purged_rows = purged_rows + %s, kept_rows = %s "
+                    "WHERE batch_id = %s"
+                ).format(target.ledger),
+                (deleted, kept_count, batch["batch_id"]),
+            )
+        kill_point("purged")
+        out["batches"] += 1
+        out["rows_deleted"] += deleted
+        out["rows_kept"] += kept_count
+        out["kept_ids"].extend(int(r[0]) for r in kept[: max(0, 20 - len(out["kept_ids"]))])
+    if out["failed"]:
+        result.problems.extend(f"purge skipped {f}" for f in out["failed"])
+    if out["rows_kept"]:
+        result.warnings.append(
+            f"{out['rows_kept']} archived row(s) changed after archiving and were kept in the table "
+            f"(e.g. ids {out['kept_ids'][:5]})"
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# compaction
+
+
+def compact_month(config: Config, month: str, *, lock_wait: float = 30.0) -> dict[str, Any]:
+    """Merge a finished month's batch files into ``conversations_YYYY-MM.jsonl.zst`` (zstd frames and
+    gzip members concatenate into valid files), atomically: new file durable, then ONE transaction
+    replaces the ledger rows and repoints ``archive_file``; the old files go afterwards."""
+    start = parse_month(month)
+    cfg = config.conversations
+    adir = ArchiveDir(Path(cfg.archive_dir))
+    archiver = Archiver(config, lock_wait=lock_wait)
+    out: dict[str, Any] = {"month": month, "compacted": False, "merged_files": [], "file": None, "rows": 0}
+    with connect(config.postgres, "conversations compact") as conn:
+        target = open_target(conn, cfg)
+        result = ArchiveResult(table=target.qualified, archive_dir=str(adir.root), cutoff="")
+        with db.archive_lock(conn, target, wait_s=lock_wait):
+            adir.ensure({**db.system_identity(conn), "table": target.qualified})
+            recover(conn, target, adir, result)
+            cutoff = clock.now() - timedelta(days=cfg.archive_after_days)
+            end = add_months(start, 1)
+            if end > cutoff:
+                raise UsageError(
+                    f"month {month} is not finished: rows up to {clock.isoformat(cutoff)} may still be archived",
+                    hint="compact months that end more than archive_after_days ago",
+                )
+            row = conn.execute(
+                sql.SQL(
+                    'SELECT count(*) FROM {t} WHERE archived IS NOT TRUE AND "timestamp" >= %s AND "timestamp" < %s'
+                ).format(t=target.table),
+                (start, end),
+            ).fetchone()
+            hot = int(row[0]) if row else 0
+            if hot:
+                raise UsageError(
+                    f"month {month} still has {hot} row(s) to archive",
+                    hint="run `coldkeep conversations archive` first",
+                )
+            batches = [b for b in ledger_files(conn, target).values() if b["month"] == month]
+            if len(batches) < 2:
+                out["message"] = f"{len(batches)} file(s) for {month}: nothing to merge"
+                out["file"] = batches[0]["file"] if batches else None
+                out["rows"] = batches[0]["row_count"] if batches else 0
+                return out
+            formats = {b["format"] for b in batches}
+            if len(formats) > 1:
+                raise UsageError(
+                    f"month {month} has batch files in several formats ({', '.join(sorted(formats))})"
+                )
+            fmt = formats.pop()
+            missing = [b["file"] for b in batches if not (adir.root / b["file"]).is_file()]
+            if missing:
+                raise ArchiveIntegrityError(
+                    f"cannot compact {month}: batch file(s) missing: {', '.join(missing)}"
+                )
+            taken = {b["file"] for b in batches}
+            rel = compacted_relpath(month, fmt)
+            if rel in taken or (adir.root / rel).exists():
+                rel = compacted_relpath(month, fmt, uuid.uuid4())
+            by_path = {adir.root / b["file"]: b for b in batches}
+
+            def check(src: Path, sha: str, size: int) -> None:
+                b = by_path[src]
+                if sha != b["sha256"] or size != b["bytes"]:
+                    raise ArchiveIntegrityError(f"batch file {b['file']} does not match its ledger checksum")
+
+            sha, size = copy_with_digest(list(by_path), adir.root / rel, check)
+            kill_point("compact_written")
+            new_id = uuid.uuid4()
+            old_ids = [b["batch_id"] for b in batches]
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {l} (batch_id, month, file, format, kind, sha256, bytes, row_count, ids, ids_sha256, "
+                        "min_id, max_id, replaces, purged_at, purged_rows, kept_rows, created_by) "
+                        "SELECT %(new)s, %(month)s, %(file)s, %(fmt)s, 'compacted', %(sha)s, %(bytes)s, s.n, s.ids, "
+                        "encode(sha256(convert_to(array_to_string(s.ids, ','), 'UTF8')), 'hex'), s.ids[1], "
+                        "s.ids[cardinality(s.ids)], %(old)s::uuid[], p.purged_at, p.purged_rows, p.kept_rows, %(by)s "
+                        "FROM (SELECT array_agg(x ORDER BY x) AS ids, count(*)::int AS n FROM {l} l, unnest(l.ids) x "
+                        "      WHERE l.batch_id = ANY(%(old)s::uuid[])) s, "
+                        "     (SELECT CASE WHEN bool_and(purged_at IS NOT NULL) THEN max(purged_at) END AS purged_at, "
+                        "             sum(purged_rows) AS purged_rows, sum(kept_rows) AS kept_rows "
+                        "      FROM {l} WHERE batch_id = ANY(%(old)s::uuid[])) p"
+                    ).format(l=target.ledger),
+                    {
+                        "new": new_id,
+                        "month": month,
+                        "file": rel,
+                        "fmt": fmt,
+                        "sha": sha,
+                        "bytes": size,
+                        "old": old_ids,
+                        "by": db.run_label(),
+                    },
+                )
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT row_count, (SELECT sum(row_count) FROM {l} WHERE batch_id = ANY(%s::uuid[])) FROM {l} WHERE batch_id = %s"
+                    ).format(l=target.ledger),
+                    (old_ids, new_id),
+                ).fetchone()
+                if row is None or int(row[0]) != int(row[1]):
+                    raise ArchiveIntegrityError(f"compacting {month}: row counts do not add up")
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {t} SET archive_file = %s WHERE id = ANY((SELECT ids FROM {l} WHERE batch_id = %s)) "
+                        "AND archive_file = ANY(%s::text[])"
+                    ).format(t=target.table, l=target.ledger),
+                    (rel, new_id, sorted(taken)),
+                )
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE batch_id = ANY(%s::uuid[])").format(target.ledger),
+                    (old_ids,),
+                )
+                kill_point("compact_before_commit")
+            kill_point("compact_committed")
+            adir.remove(sorted(taken))
+            out.update(
+                compacted=True, merged_files=sorted(taken), file=rel, rows=int(row[0]), bytes=size, sha256=sha
+            )
+            archiver._target = target
+            out["repository"] = store_pending(archiver, conn, target)
+            if archiver._repo is not None:
+                archiver._repo.close()
+    return out
+
+
+def iter_ledger(conn: psycopg.Connection[Any], target: Target) -> Iterator[dict[str, Any]]:
+    yield from ledger_files(conn, target).values()

@@ -1,0 +1,70 @@
+"""Base backups as the rest of ``coldkeep pg`` sees them: listing, choosing, status records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from coldkeep import clock
+from coldkeep.errors import NotFound, UsageError
+from coldkeep.postgres import wal
+from coldkeep.postgres.basebackup import backup_json
+from coldkeep.repository.repository import Repository, Snapshot
+
+STATUS_STATE = "pg-backup-status"
+
+
+def list_backups(repo: Repository) -> list[Snapshot]:
+    """Base backups, oldest first."""
+    return [s for s in repo.list_snapshots({"kind": "pg-base"}) if s.kind == "pg-base"]
+
+
+def find_backup(repo: Repository, ref: str) -> Snapshot:
+    backups = list_backups(repo)
+    if ref == "latest":
+        if not backups:
+            raise NotFound("there are no base backups", hint="take one with `coldkeep pg backup`")
+        return backups[-1]
+    matches = [b for b in backups if b.id.startswith(ref)]
+    if not matches:
+        raise NotFound(f"no base backup {ref!r}", hint="list them with `coldkeep pg backups`")
+    if len(matches) > 1:
+        raise UsageError(f"backup id prefix {ref!r} is ambiguous", hint="give more characters")
+    return matches[0]
+
+
+def stop_time(snap: Snapshot) -> datetime:
+    return clock.parse_timestamp(str(snap.meta["stop_time"]))
+
+
+def stop_lsn(snap: Snapshot) -> int:
+    return wal.parse_lsn(str(snap.meta["stop_lsn"]))
+
+
+def statuses(repo: Repository) -> dict[str, dict[str, Any]]:
+    doc = repo.get_state(STATUS_STATE) or {}
+    return dict(doc.get("backups", {}))
+
+
+def record_status(repo: Repository, backup_id: str, **fields: Any) -> None:
+    doc = repo.get_state(STATUS_STATE) or {"backups": {}}
+    doc.setdefault("backups", {}).setdefault(backup_id, {}).update(fields)
+    repo.put_state(STATUS_STATE, doc)
+
+
+def listing(repo: Repository) -> list[dict[str, Any]]:
+    status = statuses(repo)
+    rows = []
+    for snap in list_backups(repo):
+        st = status.get(snap.id, {})
+        rows.append(
+            backup_json(snap)
+            | {
+                "verified": bool(st.get("verify_ok")),
+                "verified_at": st.get("verified_at"),
+                "restore_tested": bool(st.get("restore_test_ok")),
+                "restore_tested_at": st.get("restore_tested_at"),
+                "restore_test_duration_s": st.get("restore_test_duration_s"),
+            }
+        )
+    return rows

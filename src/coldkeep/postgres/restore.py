@@ -1,0 +1,313 @@
+"""``pg restore``: a base backup plus archived WAL to a running server, to any recovery target.
+
+Recovery is PostgreSQL's own (PostgreSQL 12+): ``recovery.signal`` plus ``restore_command`` (our
+``pg wal-fetch``, which exits 1 only for "not archived" and 126 for anything else, so a damaged
+or unreachable archive stops recovery instead of promoting early), ``recovery_target_*`` and
+``recovery_target_action = 'promote'`` in ``postgresql.auto.conf``, replacing earlier lines rather
+than appending to them.  A restored copy does not archive (``archive_mode = off``) unless asked,
+so it never writes into the production archive.  An existing directory is moved aside, never
+deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from coldkeep import clock
+from coldkeep.config import Config, parse_size
+from coldkeep.errors import ColdkeepError, PostgresError, UsageError
+from coldkeep.postgres import catalog, wal
+from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, free_port, running_as_root
+from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.restore import Restorer
+
+TARGET_KINDS = ("time", "xid", "lsn", "name", "immediate", "latest")
+_MANAGED = re.compile(
+    r"^\s*(restore_command|recovery_target\w*|archive_mode|primary_conninfo|primary_slot_name)\s*=",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    value: str = ""
+
+    def settings(self) -> dict[str, str]:
+        if self.kind == "latest":
+            return {}
+        if self.kind == "immediate":
+            return {"recovery_target": "immediate"}
+        return {f"recovery_target_{self.kind}": self.value}
+
+    def describe(self) -> str:
+        return self.kind if not self.value else f"{self.kind} {self.value}"
+
+
+def make_target(
+    *, time_: str | None, xid: str | None, lsn: str | None, name: str | None, immediate: bool
+) -> Target:
+    given = [
+        (k, v) for k, v in (("time", time_), ("xid", xid), ("lsn", lsn), ("name", name)) if v is not None
+    ]
+    if immediate:
+        given.append(("immediate", ""))
+    if len(given) > 1:
+        raise UsageError("give at most one recovery target (--time, --xid, --lsn, --name, --immediate)")
+    if not given:
+        return Target("latest")
+    kind, value = given[0]
+    if kind == "time":
+        ts = clock.parse_timestamp(value, require_offset=True)
+        return Target("time", ts.isoformat())
+    if kind == "xid" and not value.isdigit():
+        raise UsageError(f"--xid must be a transaction id number, got {value!r}")
+    if kind == "lsn":
+        wal.parse_lsn(value)
+    return Target(kind, value)
+
+
+@dataclass
+class RestoreReport:
+    backup_id: str
+    target: str
+    data_dir: str
+    moved_aside: str | None = None
+    files: int = 0
+    bytes: int = 0
+    files_s: float = 0.0
+    started: bool = False
+    replay_s: float | None = None
+    wal_segments_replayed: int | None = None
+    reached: dict[str, Any] = field(default_factory=dict)
+    port: int | None = None
+    socket_dir: str | None = None
+    projection: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def restore_command(config: Config, lineage: str) -> str:
+    from coldkeep.postgres import archiving
+
+    if not config.source:
+        raise UsageError("restore needs a config file (PostgreSQL runs wal-fetch with --config)")
+    return archiving.restore_command(archiving.coldkeep_executable(), os.path.abspath(config.source), lineage)
+
+
+def choose_backup(backups: list[Snapshot], target: Target, ref: str | None) -> Snapshot:
+    if not backups:
+        raise PostgresError("there are no base backups to restore", hint="take one with `coldkeep pg backup`")
+    if ref:
+        matches = [b for b in backups if b.id.startswith(ref)]
+        if len(matches) != 1:
+            raise UsageError(
+                f"--backup {ref!r} matches {len(matches)} backups", hint="see `coldkeep pg backups`"
+            )
+        return matches[0]
+    if target.kind == "time":
+        when = clock.parse_timestamp(target.value)
+        fitting = [b for b in backups if catalog.stop_time(b) <= when]
+        if not fitting:
+            raise UsageError(
+                f"no backup finished before {target.value} (oldest stops {backups[0].meta['stop_time']})",
+                hint="choose a later time",
+            )
+        return fitting[-1]
+    if target.kind == "lsn":
+        lsn = wal.parse_lsn(target.value)
+        fitting = [b for b in backups if catalog.stop_lsn(b) <= lsn]
+        if not fitting:
+            raise UsageError(f"no backup stops at or before LSN {target.value}", hint="choose a later LSN")
+        return fitting[-1]
+    return backups[-1]
+
+
+def check_reachable(repo: Repository, backup: Snapshot, target: Target) -> None:
+    """Refuse targets that cannot be reached, before anything is written."""
+    from coldkeep.postgres import walchain as archive
+
+    if target.kind == "time":
+        when = clock.parse_timestamp(target.value)
+        if when < catalog.stop_time(backup):
+            raise UsageError(
+                f"target time {target.value} is before backup {backup.short_id} finished ({backup.meta['stop_time']})",
+                hint="choose a later time or an older --backup",
+            )
+        newest = archive.newest_segment_time(repo, str(backup.meta["wal_lineage"]))
+        if newest is not None and when > newest:
+            raise UsageError(
+                f"target time {target.value} is after the newest archived WAL ({clock.isoformat(newest)})",
+                hint="use --time with an earlier time, or omit the target to recover to the end of the archive",
+            )
+    if target.kind == "lsn":
+        lsn = wal.parse_lsn(target.value)
+        if lsn < catalog.stop_lsn(backup):
+            raise UsageError(f"target LSN {target.value} is before backup {backup.short_id}'s stop LSN "
+                             f"{backup.meta['stop_lsn']}")  # fmt: skip
+        end = archive.archive_end_lsn(
+            repo, str(backup.meta["wal_lineage"]), int(backup.meta["wal_segment_size"])
+        )
+        if end is not None and lsn > end:
+            raise UsageError(
+                f"target LSN {target.value} is beyond the newest archived WAL ({wal.format_lsn(end)})"
+            )
+
+
+def move_aside(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    if path.is_dir() and not any(path.iterdir()):
+        return None
+    pid_file = path / "postmaster.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError, OSError):
+            pass
+        else:
+            raise UsageError(f"a PostgreSQL server is running in {path} (pid {pid})", hint="stop it first")
+    aside = path.with_name(f"{path.name}.coldkeep-old-{clock.now().strftime('%Y%m%dT%H%M%S')}")
+    os.rename(path, aside)
+    return str(aside)
+
+
+def write_recovery_settings(data_dir: Path, settings: dict[str, str], os_user: str) -> None:
+    auto = data_dir / "postgresql.auto.conf"
+    lines = auto.read_text().splitlines() if auto.exists() else []
+    kept = [line for line in lines if not _MANAGED.match(line)]
+    kept.append("# --- written by coldkeep pg restore ---")
+    for key, value in settings.items():
+        kept.append(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'")
+    auto.write_text("\n".join(kept) + "\n")
+    (data_dir / "recovery.signal").write_text("")
+    for p in (auto, data_dir / "recovery.signal"):
+        chown_to(p, os_user)
+        os.chmod(p, 0o600)
+
+
+def _chown_tree(root: Path, os_user: str) -> None:
+    if not running_as_root():
+        return
+    subprocess.run(["chown", "-R", f"{os_user}:", str(root)], check=True)
+
+
+class PgRestore:
+    def __init__(self, config: Config, repo: Repository) -> None:
+        self.config = config
+        self.pg = config.postgres
+        self.repo = repo
+
+    def prepare(
+        self,
+        data_dir: Path,
+        *,
+        target: Target,
+        backup_ref: str | None = None,
+        timeline: str = "latest",
+        exclusive: bool = False,
+        archive_mode: str = "off",
+    ) -> tuple[RestoreReport, Snapshot]:
+        backup = choose_backup(catalog.list_backups(self.repo), target, backup_ref)
+        check_reachable(self.repo, backup, target)
+        data_dir = Path(os.path.abspath(data_dir))
+        report = RestoreReport(backup_id=backup.id, target=target.describe(), data_dir=str(data_dir))
+        report.moved_aside = move_aside(data_dir)
+        data_dir.mkdir(parents=True, mode=0o700)
+        started = time.monotonic()
+        result = Restorer(self.repo).run(backup, data_dir, includes=())
+        config_dir = data_dir / "_config"
+        if config_dir.exists():  # Debian keeps configuration outside the data directory
+            shutil.move(str(config_dir), str(data_dir.with_name(data_dir.name + ".config")))
+        if result.errors:
+            raise PostgresError(f"restoring backup {backup.short_id} failed: {result.errors[0]}",
+                                hint="run `coldkeep pg verify` and `coldkeep repo check --read-data`")  # fmt: skip
+        for sub in ("pg_wal", "pg_wal/archive_status"):
+            (data_dir / sub).mkdir(exist_ok=True)
+        _chown_tree(data_dir, self.pg.os_user)
+        os.chmod(data_dir, 0o700)
+        report.files, report.bytes = result.files, result.bytes
+        report.files_s = round(time.monotonic() - started, 3)
+        settings = {
+            "restore_command": restore_command(self.config, str(backup.meta["wal_lineage"])),
+            "recovery_target_timeline": timeline,
+            "recovery_target_action": "promote",
+            "archive_mode": "on" if archive_mode == "on" else "off",
+            **target.settings(),
+        }
+        if target.kind not in ("latest", "immediate"):
+            settings["recovery_target_inclusive"] = "false" if exclusive else "true"
+        write_recovery_settings(data_dir, settings, self.pg.os_user)
+        report.projection = self._projection(report)
+        return report, backup
+
+    def _projection(self, report: RestoreReport) -> dict[str, Any]:
+        mb_s = (report.bytes / 1e6) / report.files_s if report.files_s > 0 else None
+        out: dict[str, Any] = {"files_mb_s": round(mb_s, 1) if mb_s else None}
+        if self.pg.database_size and mb_s:
+            size = parse_size(self.pg.database_size)
+            out["database_size"] = self.pg.database_size
+            out["projected_files_s"] = round(size / 1e6 / mb_s, 1)
+        return out
+
+    def start(self, report: RestoreReport, *, port: int | None = None, timeout: float = 3600) -> TempCluster:
+        """Start the restored directory on a private socket/port and wait for promotion."""
+        data_dir = Path(report.data_dir)
+        run_dir = data_dir.with_name(data_dir.name + ".run")
+        cluster = TempCluster(run_dir, bin_dir=find_bin_dir(self.pg.bin_dir), os_user=self.pg.os_user,
+                              port=port or free_port(), data_dir=data_dir)  # fmt: skip
+        started = time.monotonic()
+        try:
+            cluster.start(timeout=timeout, options=["-c", "archive_mode=off"] if "archive_mode = 'on'" not in
+                          (data_dir / "postgresql.auto.conf").read_text() else [])  # fmt: skip
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    in_recovery = cluster.sql("SELECT pg_is_in_recovery()")[0][0]
+                except Exception:
+                    in_recovery = True
+                if not in_recovery:
+                    break
+                if not (data_dir / "postmaster.pid").exists() or time.monotonic() > deadline:
+                    raise PostgresError(f"recovery did not finish: {last_error(cluster.log_text())}",
+                                        hint=f"see {cluster.log_file}")  # fmt: skip
+                time.sleep(0.2)
+        except ColdkeepError as exc:
+            log = cluster.log_text()
+            raise PostgresError(f"{exc.message}; {last_error(log)}", hint=f"see {cluster.log_file}") from None
+        report.started = True
+        report.replay_s = round(time.monotonic() - started, 3)
+        log = cluster.log_text()
+        report.wal_segments_replayed = len(re.findall(r"restored log file \"[0-9A-F]{24}\"", log))
+        report.port, report.socket_dir = cluster.port, str(cluster.socket_dir)
+        report.reached = {
+            "lsn": str(cluster.sql("SELECT pg_current_wal_lsn()")[0][0]),
+            "timeline": int(str(cluster.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0])),
+            "recovery_stop": recovery_stop(log),
+        }
+        return cluster
+
+
+def last_error(log: str) -> str:
+    lines = [line for line in log.splitlines() if "FATAL" in line or "ERROR" in line or "PANIC" in line]
+    return lines[-1].strip() if lines else "no error in the server log"
+
+
+def recovery_stop(log: str) -> str:
+    lines = [line for line in log.splitlines() if "recovery stopping" in line or "consistent recovery state" in line
+             or "redo done" in line]  # fmt: skip
+    return lines[-1].split("LOG:", 1)[-1].strip() if lines else ""
+
+
+def target_from_time(value: datetime) -> Target:
+    return Target("time", value.isoformat())

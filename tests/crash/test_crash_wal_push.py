@@ -1,0 +1,142 @@
+"""``kill -9`` of ``pg wal-push``: at every storage call, at random instants, and under a real
+PostgreSQL archiver.  Each time the retry succeeds and the archive holds no torn segment."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.helpers import base_env, read_counts
+from tests.walsite import (
+    PG_USER,
+    WalSite,
+    generate_wal,
+    make_site,
+    remove_site,
+    server_environment,
+    wait_archived,
+)
+
+from coldkeep.postgres.cluster import TempCluster, chown_to
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.fixture
+def site(pg_cluster: TempCluster, pg_coldkeep: str) -> Iterator[WalSite]:
+    s = make_site(pg_cluster, pg_coldkeep)
+    s.setup_archiving(restart=False)
+    yield s
+    remove_site(s)
+
+
+def copy_segments(site: WalSite, names: list[str], dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        shutil.copy(site.wal_file(name), dest / name)
+        out.append(dest / name)
+    return out
+
+
+def assert_archive_intact(site: WalSite, sources: list[Path], tmp: Path) -> None:
+    """Every source is archived bit-exactly; every archived object verifies; `repo check` passes."""
+    for source in sources:
+        dest = tmp / f"fetched-{source.name}"
+        site.ok("pg", "wal-fetch", source.name, str(dest))
+        assert dest.read_bytes() == source.read_bytes(), source.name
+        dest.unlink()
+    check = site.json("repo", "check", "--read-data")
+    assert check["problems"] == [], check
+
+
+def test_kill_at_every_storage_call(site: WalSite, tmp_path: Path) -> None:
+    segment = copy_segments(site, ["000000010000000000000001"], tmp_path / "src")[0]
+    counts_file = tmp_path / "counts.json"
+    site.ok(
+        "pg",
+        "wal-push",
+        str(segment),
+        env={"COLDKEEP_FAULTS": "count", "COLDKEEP_FAULTS_COUNTS": str(counts_file)},
+    )
+    counts = read_counts(counts_file)
+    assert counts["put_if_absent"] == 1 and counts["any"] >= 3, counts
+    stored = site.archived_path(segment.name)
+    for n in range(1, counts["any"] + 1):
+        for when in ("before", "after"):
+            stored.unlink(missing_ok=True)
+            killed = site.run("pg", "wal-push", str(segment), env={"COLDKEEP_FAULTS": f"kill:any:{n}:{when}"})
+            assert killed.returncode == -signal.SIGKILL, (n, when, killed.stderr)
+            rerun = site.run("pg", "wal-push", str(segment))
+            assert rerun.returncode == 0, (n, when, rerun.stderr)
+            assert stored.is_file()
+    assert_archive_intact(site, [segment], tmp_path)
+
+
+def test_random_sigkills(site: WalSite, tmp_path: Path) -> None:
+    names = generate_wal(site.cluster, segments=4, rows=5000)
+    sources = copy_segments(site, names, tmp_path / "src")
+    started = time.monotonic()
+    site.ok("pg", "wal-push", str(sources[0]))
+    typical = time.monotonic() - started
+    rng = random.Random(20261126)
+    kills = 0
+    for i in range(12):
+        source = sources[1 + i % (len(sources) - 1)]
+        proc = subprocess.Popen(
+            [site.coldkeep, "--config", str(site.config), "pg", "wal-push", str(source)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=base_env(),
+        )  # fmt: skip
+        time.sleep(rng.uniform(0, typical * 1.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+        rerun = site.run("pg", "wal-push", str(source))
+        assert rerun.returncode == 0, (i, rerun.stderr)
+    assert kills >= 3  # the seed and the measured duration make most runs die somewhere inside
+    assert_archive_intact(site, sources, tmp_path)
+
+
+def test_postgres_retries_a_killed_archive_command(
+    site: WalSite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real archiver: the first attempt for a segment is SIGKILLed right after the object was
+    written (durable, but PostgreSQL never got the acknowledgement); the archiver dies, the
+    postmaster restarts it (after PostgreSQL's 10 s archiver restart interval), the retry finds the
+    identical object and succeeds.  The kill *before* the write is covered by the test above."""
+    markers = site.base / "attempted"
+    markers.mkdir()
+    chown_to(markers, PG_USER)
+    wrapper = site.base / "archive-wrapper.sh"
+    push = f"{site.coldkeep} --config {site.config} pg wal-push"
+    wrapper.write_text(f"""#!/bin/sh
+marker="{markers}/$(basename "$1")"
+if [ ! -e "$marker" ]; then
+  touch "$marker"
+  export COLDKEEP_FAULTS="kill:put_if_absent:1:after"
+fi
+exec {push} "$1"
+""")
+    wrapper.chmod(0o755)
+    site.cluster.sql(f"ALTER SYSTEM SET archive_command = '{wrapper} %p'")
+    with server_environment(monkeypatch):
+        site.cluster.stop()
+        site.cluster.start()
+    names = generate_wal(site.cluster, segments=1, rows=5000)
+    sources = copy_segments(site, names, tmp_path / "src")
+    stats = wait_archived(site.cluster, names[-1], timeout=90)
+    assert sorted(p.name for p in markers.iterdir()) >= names
+    log = site.cluster.log_text()
+    # the kills really happened under PostgreSQL (sh reports a SIGKILLed child as 137)
+    assert "archive command failed with exit code 137" in log or "terminated by signal 9" in log
+    assert stats["last_archived_wal"] >= names[-1]
+    assert_archive_intact(site, sources, tmp_path)
+    assert json.loads(site.ok("--json", "pg", "check", "--timeout", "60").stdout)["segment"]
