@@ -8,9 +8,9 @@ PostgreSQL 15 cluster (md5-text rows, like the peer benchmark's backlog):
 * ``push``: the lean path (``cli/walfast.py``: no click parsing, no rich, no pydantic, no
   cryptography for an unencrypted repository);
 * ``push-click``: the same through the click command (``COLDKEEP_WAL_FASTPATH=0``);
-* ``push-before``: the click command with ``cli/context.py``, ``cli/output.py`` and
-  ``repository/crypto.py`` as committed in git HEAD (eager pydantic/rich/cryptography imports) —
-  the cost before the import trimming; only when those files differ from HEAD;
+* ``push-before`` (with ``--before-rev REV``): the click command with ``cli/context.py``,
+  ``cli/output.py`` and ``repository/crypto.py`` as in git revision REV (``8347b9e``: eager
+  pydantic / rich / cryptography imports) — the cost before the import trimming;
 * ``push-encrypted``: the lean path into an encrypted repository (one Argon2id run per process);
 * ``fetch``: ``pg wal-fetch`` of the same segments.
 
@@ -50,13 +50,15 @@ def run_timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def before_tree(work: Path) -> Path | None:
-    """A copy of src/ with the import-trimmed files as in git HEAD (None if unchanged/unknown)."""
+def before_tree(work: Path, rev: str) -> Path | None:
+    """A copy of src/ with the import-trimmed files as in ``rev`` (None if unchanged/unknown)."""
     overlay = work / "before-src"
     shutil.copytree(ROOT / "src", overlay)
     changed = False
     for rel in TRIMMED:
-        proc = subprocess.run(["git", "-C", str(ROOT), "show", f"HEAD:{rel}"], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:{rel}"], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             return None
         target = overlay / Path(rel).relative_to("src")
@@ -70,6 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--segments", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="pushes of every segment per variant")
+    parser.add_argument(
+        "--before-rev", default="", help="git revision for the push-before variant (e.g. 8347b9e)"
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -121,7 +126,7 @@ def main() -> None:
         variants.append(("push", [COLDKEEP, "--config", str(plain), "pg", "wal-push"], env, str(plain_dir)))
         variants.append(("push-click", [COLDKEEP, "--config", str(plain), "pg", "wal-push"],
                          {**env, "COLDKEEP_WAL_FASTPATH": "0"}, str(plain_dir)))  # fmt: skip
-        overlay = before_tree(work)
+        overlay = before_tree(work, args.before_rev) if args.before_rev else None
         if overlay is not None:
             launcher = [
                 sys.executable,

@@ -7,8 +7,10 @@ virtualenv on PATH, no COLDKEEP_* variables, no writable cache dir configured).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,9 @@ from tests.walsite import (
 )
 
 from coldkeep.errors import RESTORE_COMMAND_FATAL
+from coldkeep.postgres import wal
 from coldkeep.postgres.cluster import TempCluster
+from coldkeep.postgres.prefetch import SPOOL_DIR, remove_spool
 
 pytestmark = pytest.mark.pg
 
@@ -334,3 +338,59 @@ def test_encrypted_repository_with_password_file(
         assert b"correct horse" not in site.archived_path(check["segment"]).read_bytes()
     finally:
         remove_site(site)
+
+
+# ------------------------------------------------------------------------------------------------
+# prefetch
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_fetch_prefetches_the_next_segments(registered: WalSite, tmp_path: Path) -> None:
+    site = registered
+    names = generate_wal(site.cluster, segments=4, rows=2000)
+    sources = {}
+    for name in names:
+        sources[name] = site.wal_file(name).read_bytes()
+        site.ok("pg", "wal-push", str(site.wal_file(name)))
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    dest = pg_wal / "RECOVERYXLOG"
+    first, *rest = names
+
+    result = json.loads(site.ok("--json", "pg", "wal-fetch", "--prefetch", "2", first, str(dest)).stdout)
+    assert result["name"] == first and dest.read_bytes() == sources[first]
+    spool_root = pg_wal / SPOOL_DIR
+    spooled = lambda: sorted(
+        p.name[:24] for d in spool_root.iterdir() for p in d.iterdir() if not p.name.startswith(".")
+    )  # noqa: E731
+    wait_for(lambda: spooled() == rest[:2])
+
+    # served from the spool, verified: even with the repository gone
+    site.repo_dir.rename(site.base / "repo-away")
+    try:
+        result = json.loads(
+            site.ok("--json", "pg", "wal-fetch", "--prefetch", "2", rest[0], str(dest)).stdout
+        )
+        assert result.get("prefetched") is True and dest.read_bytes() == sources[rest[0]]
+        # a damaged spool file is not served: it is dropped, and the repository (gone) is asked
+        (spool_file,) = [p for d in spool_root.iterdir() for p in d.iterdir() if p.name.startswith(rest[1])]
+        flip_byte(spool_file, 2 * 1024 * 1024)
+        proc = site.run("pg", "wal-fetch", "--prefetch", "2", rest[1], str(dest))
+        assert proc.returncode == RESTORE_COMMAND_FATAL, proc.stderr
+        assert not spool_file.exists()
+    finally:
+        (site.base / "repo-away").rename(site.repo_dir)
+    proc = site.ok("--json", "pg", "wal-fetch", "--prefetch", "2", rest[1], str(dest))
+    assert dest.read_bytes() == sources[rest[1]] and "prefetched" not in json.loads(proc.stdout)
+    # the end of the archive: the prefetcher stops there, PostgreSQL gets exit 1 for the next one
+    wait_for(lambda: spooled() == rest[2:])
+    after_last = wal.segment_name(1, wal.parse_name(names[-1]).segno + 1)
+    assert site.run("pg", "wal-fetch", "--prefetch", "2", after_last, str(dest)).returncode == 1
+    remove_spool(pg_wal)
+    assert not spool_root.exists()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coldkeep.cli.context import AppContext, pass_app
-from coldkeep.cli.walfast import Flags, fetch_main, push_main
+from coldkeep.cli.walfast import MAX_PREFETCH, Flags, fetch_main, push_main
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -107,15 +107,17 @@ def wal_push(app: AppContext, path: str) -> int:
 @click.option(
     "--lineage", metavar="PREFIX", help="WAL lineage of the backup being restored (default: current)"
 )
+@click.option("--prefetch", type=click.IntRange(0, MAX_PREFETCH), default=0, show_default=True, metavar="K",
+              help="fetch the next K segments ahead in the background (spool next to DEST)")  # fmt: skip
 @click.argument("name")
 @click.argument("dest")
 @pass_app
-def wal_fetch(app: AppContext, lineage: str | None, name: str, dest: str) -> int:
+def wal_fetch(app: AppContext, lineage: str | None, prefetch: int, name: str, dest: str) -> int:
     """Restore one archived WAL file (restore_command: `... pg wal-fetch %f %p`).
 
     Exits 1 only when NAME is not archived, 126 on any other failure (so that PostgreSQL stops
     recovery instead of ending it early)."""
-    return fetch_main(_flags(app), name, dest, lineage)
+    return fetch_main(_flags(app), name, dest, lineage, prefetch)
 
 
 WAL_COMMANDS: list[click.Command] = [setup, check, wal_push, wal_fetch]

@@ -171,6 +171,22 @@ def rebuild_cache(app: AppContext) -> None:
                  lambda c: c.print(f"cache rebuilt: {blobs} blobs ({cache.path})"))  # fmt: skip
 
 
+@repo.command("rebuild-index")
+@pass_app
+def rebuild_index(app: AppContext) -> int:
+    """Rebuild the index from the packs' own headers (after index documents were lost)."""
+    from coldkeep.repository.rebuild import rebuild_index as run_rebuild
+
+    with open_repo(app) as r:
+        result = run_rebuild(r)
+    app.out.emit(result.to_json(), lambda c: c.print(
+        f"indexed {result.blobs} blobs in {result.packs} packs; {len(result.unreadable)} unreadable pack(s)"))  # fmt: skip
+    if result.unreadable:
+        app.out.err.print(f"error: {result.unreadable[0]}", markup=False)
+        return EXIT_INTEGRITY
+    return 0
+
+
 @repo.group("key")
 def key() -> None:
     """Manage passphrases (key slots) of an encrypted repository."""

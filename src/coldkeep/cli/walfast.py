@@ -40,12 +40,15 @@ from coldkeep.errors import (
 )
 
 if TYPE_CHECKING:
+    from coldkeep.postgres.prefetch import Spool
     from coldkeep.repository.repository import Repository
 
 FASTPATH_ENV = "COLDKEEP_WAL_FASTPATH"
 SYSTEM_CONFIG = "/etc/coldkeep/coldkeep.toml"
 ENV_CONFIG = "COLDKEEP_CONFIG"
 EXIT_NOT_ARCHIVED = 1
+#: the most segments ``wal-fetch --prefetch`` fetches ahead
+MAX_PREFETCH = 64
 
 # ------------------------------------------------------------------------------------------------
 # [repository] without pydantic
@@ -243,9 +246,31 @@ def push_main(flags: Flags, path: str) -> int:
     return 0
 
 
-def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None) -> int:
-    """``coldkeep pg wal-fetch NAME DEST``; returns 0, 1 (not archived) or 126."""
+def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None, prefetch: int = 0) -> int:
+    """``coldkeep pg wal-fetch NAME DEST``; returns 0, 1 (not archived) or 126.
+
+    With ``prefetch`` > 0 a segment is first looked up in the prefetch spool next to ``dest``
+    (:mod:`coldkeep.postgres.prefetch`) and, when it had to come from the repository, the next
+    ``prefetch`` segments are fetched into that spool in the background."""
     try:
+        spool = None
+        if prefetch > 0:
+            from coldkeep.postgres import wal
+            from coldkeep.postgres.prefetch import Spool
+
+            if wal.parse_name(name).kind == "segment":
+                config_path = find_config_path(flags.config)
+                spool = Spool.for_dest(dest, config_path, lineage)
+                seg_size = spool.take(name, dest)
+                if seg_size is not None:  # served from the spool: keep it K segments ahead
+                    _start_prefetch(spool, config_path, name, seg_size, prefetch, lineage)
+                    _emit(
+                        flags,
+                        {"name": name, "dest": dest, "prefetched": True},
+                        f"restored {name} (prefetched)",
+                    )
+                    return 0
+
         from coldkeep.postgres.archive import NotArchived, wal_fetch
 
         try:
@@ -255,6 +280,8 @@ def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None) -
         except NotArchived as exc:
             _report_error(flags, exc)
             return EXIT_NOT_ARCHIVED
+        if spool is not None and result.seg_size:
+            _start_prefetch(spool, section.source, name, result.seg_size, prefetch, lineage)
         _emit(
             flags,
             result.to_json(),
@@ -275,6 +302,39 @@ def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None) -
             traceback.print_exc()
         _report_error(flags, _internal(exc), f"cannot restore WAL file {name}: {type(exc).__name__}: {exc}")
         return RESTORE_COMMAND_FATAL
+
+
+def _start_prefetch(
+    spool: Spool, config_path: str, name: str, seg_size: int, count: int, lineage: str | None
+) -> None:
+    """Fetch the segments after ``name`` that are neither spooled nor being fetched into the
+    spool, from a detached process (best effort: any failure there only means the next fetch
+    goes to the repository itself)."""
+    from coldkeep.postgres import prefetch
+
+    try:
+        spool.clean(name)
+        names = [n for n in prefetch.next_segments(name, seg_size, count) if not spool.pending(n)]
+        if not names:
+            return
+        spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (OSError, ColdkeepError):
+        return
+
+    def work() -> None:
+        from coldkeep.postgres.archive import NotArchived, read_archived
+
+        with open_repository_lean(load_repository_section(config_path)) as repo:
+
+            def fetch(segment: str) -> bytes | None:
+                try:
+                    return read_archived(repo, segment, prefix=lineage)[2]
+                except NotArchived:
+                    return None
+
+            spool.fill(names, fetch)
+
+    prefetch.spawn(work)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,10 +423,13 @@ def run_fast(args: Sequence[str]) -> int | None:
                 raise _Fallback
             return push_main(flags, positional[0])
         if rest[1] == "wal-fetch":
-            values, positional = _split_command(rest[2:], ("--lineage",))
+            values, positional = _split_command(rest[2:], ("--lineage", "--prefetch"))
             if len(positional) != 2:
                 raise _Fallback
-            return fetch_main(flags, positional[0], positional[1], values.get("--lineage"))
+            prefetch = values.get("--prefetch", "0")
+            if not prefetch.isdigit() or int(prefetch) > MAX_PREFETCH:
+                raise _Fallback  # click reports the bad value (exit 126 for wal-fetch)
+            return fetch_main(flags, positional[0], positional[1], values.get("--lineage"), int(prefetch))
     except _Fallback:
         return None
     return None

@@ -360,9 +360,13 @@ class Archiver:
                 for c in committers:
                     db.acquire(c, target.lock_key(db.LOCK_COMMITTERS), wait_s=self.lock_wait, shared=True)
                 pipe = _Pipeline(self, committers)
+                read_started = time.monotonic()
                 try:
                     for lo, hi in windows:
                         self._stream(reader, target, lo, hi, pipe)
+                    result.phases_s["read"] = round(
+                        result.phases_s.get("read", 0.0) + time.monotonic() - read_started, 3
+                    )
                 finally:
                     pipe.close()
             for batch in pipe.committed:

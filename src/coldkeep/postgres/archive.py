@@ -248,6 +248,7 @@ class FetchResult:
     dest: str
     bytes: int
     duration_s: float
+    seg_size: int | None = None  # from the header, for segments
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -272,6 +273,10 @@ def read_archived(
     if parsed.is_segment_data:
         wal.check_segment(parsed, data, int(lineage["system_identifier"]))
     return parsed, key, data
+
+
+def _seg_size(parsed: wal.WalName, data: bytes) -> int | None:
+    return wal.read_header(data, parsed.name).seg_size if parsed.is_segment_data else None
 
 
 def write_atomically(dest: str | os.PathLike[str], data: bytes, *, sync: bool = False) -> None:
@@ -316,7 +321,14 @@ def wal_fetch(
         write_atomically(dest, data)
     except OSError as exc:
         raise WalDestUnwritable(f"{os.fspath(dest)}: {exc.strerror or exc}") from None
-    return FetchResult(parsed.name, key, os.fspath(dest), len(data), round(time.monotonic() - start, 4))
+    return FetchResult(
+        parsed.name,
+        key,
+        os.fspath(dest),
+        len(data),
+        round(time.monotonic() - start, 4),
+        _seg_size(parsed, data),
+    )
 
 
 # ------------------------------------------------------------------------------------------------

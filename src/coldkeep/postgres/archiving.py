@@ -100,13 +100,16 @@ def archive_command(executable: str, config_path: str) -> str:
     return " ".join(_pg_quote(p) for p in parts) + " %p"
 
 
-def restore_command(executable: str, config_path: str, lineage: str | None = None) -> str:
-    """``restore_command`` for a restore: ``wal-fetch`` exits 1 only for "not archived"."""
+def restore_command(executable: str, config_path: str, lineage: str | None = None, prefetch: int = 0) -> str:
+    """``restore_command`` for a restore: ``wal-fetch`` exits 1 only for "not archived";
+    ``prefetch`` > 0 fetches that many segments ahead (:mod:`coldkeep.postgres.prefetch`)."""
     if not os.path.isabs(executable) or not os.path.isabs(config_path):
         raise UsageError("restore_command needs absolute paths (PostgreSQL does not have our PATH or cwd)")
     parts = [executable, "--config", config_path, "pg", "wal-fetch"]
     if lineage:
         parts += ["--lineage", lineage]
+    if prefetch:
+        parts += ["--prefetch", str(int(prefetch))]
     return " ".join(_pg_quote(p) for p in parts) + " %f %p"
 
 

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Recovery time with ``restore_command = coldkeep pg wal-fetch`` — with and without ``--prefetch``.
+
+A throwaway PostgreSQL 15 cluster takes a plain base backup without WAL (``pg_basebackup -X
+none``), then writes ``--segments`` segments of md5-text rows; the archived WAL is pushed into a
+coldkeep repository.  Each run copies the backup into a fresh data directory, sets
+``restore_command`` (run by PostgreSQL as ``postgres``, like in production) and measures the time
+from ``pg_ctl start`` until the server has replayed everything and promoted.  Prints a markdown
+table (median / min / max seconds, segments/s).  Run as root:
+``.venv/bin/python bench/bench_wal_replay.py --segments 24 --runs 3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from tests.fixtures.pg_exec import build_postgres_runnable  # noqa: E402
+
+from coldkeep.postgres import archive, archiving  # noqa: E402
+from coldkeep.postgres.cluster import TempCluster, chown_to, free_port  # noqa: E402
+from coldkeep.repository.repository import Repository  # noqa: E402
+from coldkeep.storage import open_backend  # noqa: E402
+
+PG_USER = "postgres"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--segments", type=int, default=24)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--prefetch", type=int, nargs="*", default=[0, 2, 4])
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="coldkeep-benchreplay-"))
+    os.chmod(work, 0o755)
+    source = TempCluster(work / "source")
+    try:
+        coldkeep = build_postgres_runnable(work / "shim")
+        if coldkeep is None:
+            raise SystemExit("no coldkeep the postgres user can run")
+        spool = work / "archive-spool"
+        spool.mkdir()
+        chown_to(spool, PG_USER)
+        source.initdb(extra_conf={"archive_mode": "on", "archive_command": f"'cp %p {spool}/%f'",
+                                  "max_wal_size": "'1GB'"})  # fmt: skip
+        source.start()
+        backup = work / "base"
+        backup.mkdir()
+        chown_to(backup, PG_USER)
+        proc = source.run([str(source.bin_dir / "pg_basebackup"), "-h", str(source.socket_dir), "-p",
+                           str(source.port), "-U", "postgres", "-D", str(backup), "-X", "none", "-c", "fast"])  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr)
+        source.sql("CREATE TABLE t (id bigserial, v text)")
+        last = ""
+        for _ in range(args.segments):
+            source.sql(
+                "INSERT INTO t (v) SELECT md5(g::text) || md5((g*3)::text) FROM generate_series(1, 120000) g"
+            )
+            lsn = source.sql("SELECT pg_switch_wal()")[0][0]
+            last = str(source.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
+        rows = source.sql("SELECT count(*) FROM t")[0][0]
+        deadline = time.monotonic() + 300
+        while not (spool / last).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sysid = int(source.sql("SELECT system_identifier FROM pg_control_system()")[0][0])
+        source.stop()
+
+        repo_dir = work / "repo"
+        repo = Repository.init(open_backend(f"file://{repo_dir}", owner=PG_USER, create=True))
+        archive.record_system_identifier(repo, sysid)
+        for path in sorted(spool.iterdir()):
+            archive.wal_push(repo, path)
+        repo.close()
+        pushed = len(list(spool.iterdir()))
+        config = work / "coldkeep.toml"
+        config.write_text(f'[repository]\nurl = "file://{repo_dir}"\nowner = "{PG_USER}"\n')
+        config.chmod(0o644)
+
+        results: list[tuple[int, list[float]]] = []
+        for prefetch in args.prefetch:
+            times = []
+            for run in range(args.runs):
+                base = work / f"restore-{prefetch}-{run}"
+                base.mkdir()
+                subprocess.run(["cp", "-a", str(backup), str(base / "data")], check=True)
+                chown_to(base, PG_USER)
+                target = TempCluster(base, bin_dir=source.bin_dir, port=free_port())
+                command = archiving.restore_command(coldkeep, str(config), "wal", prefetch)
+                with open(target.data_dir / "postgresql.auto.conf", "a") as fh:
+                    fh.write(f"restore_command = '{command}'\narchive_mode = off\n")
+                (target.data_dir / "recovery.signal").touch()
+                chown_to(target.data_dir / "recovery.signal", PG_USER)
+                target.configure({"port": str(target.port)})
+                started = time.monotonic()
+                target.start(timeout=600)
+                while target.sql("SELECT pg_is_in_recovery()")[0][0]:
+                    time.sleep(0.05)
+                times.append(time.monotonic() - started)
+                assert target.sql("SELECT count(*) FROM t")[0][0] == rows
+                target.remove()
+            results.append((prefetch, times))
+        print(f"{pushed} WAL files archived ({args.segments} written segments of md5-text rows), "
+              f"{args.runs} recoveries per variant\n")  # fmt: skip
+        print("| restore_command | n | recovery s median | min-max | segments/s |")
+        print("|---|---|---|---|---|")
+        for prefetch, times in results:
+            med = statistics.median(times)
+            label = f"wal-fetch --prefetch {prefetch}" if prefetch else "wal-fetch"
+            print(
+                f"| {label} | {len(times)} | {med:.2f} | {min(times):.2f}-{max(times):.2f} | {pushed / med:.1f} |"
+            )
+    finally:
+        source.remove()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Prefetching WAL for recovery: ``pg wal-fetch --prefetch K``.
+
+PostgreSQL's startup process runs ``restore_command`` for one segment at a time and replays it
+before asking for the next, so every fetch (interpreter start, repository read, decompress,
+verify) adds to the recovery time.  With ``--prefetch K``, a fetch of segment N that had to go to
+the repository also starts a detached background process that fetches N+1 … N+K (same timeline)
+into a *spool* next to the destination, ``pg_wal/.coldkeep-prefetch/<tag>/``; a later request for
+a spooled segment is then a rename.
+
+Safety, because a wrong segment served to PostgreSQL could end recovery early:
+
+* a spooled file is named ``<segment>.<blake3 hex of its content>`` and was verified against the
+  repository (checksum, header, system identifier) before it was written; it is served only if
+  its content still hashes to its name and its header still matches the segment name — else it
+  is deleted and the segment is fetched from the repository as usual;
+* ``<tag>`` is derived from the config file and the lineage, so two restores into one directory
+  never share a spool;
+* files appear under their final name only through ``rename`` (readers never see partial files);
+  a prefetcher that dies leaves a claim file and at most a ``.tmp`` file, both ignored and
+  cleaned up later;
+* the prefetcher never creates the spool directory's parents and gives up silently on any
+  error: the foreground fetch is always the fallback.
+
+After recovery the spool holds at most K unused files; :func:`remove_spool` deletes it (the
+restore code calls it, and PostgreSQL itself ignores the directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from coldkeep.postgres import wal
+
+SPOOL_DIR = ".coldkeep-prefetch"
+#: a claim older than this belongs to a prefetcher that died
+CLAIM_TTL_S = 120.0
+
+
+def _digest(data: bytes) -> str:
+    import blake3
+
+    return str(blake3.blake3(data, max_threads=1).hexdigest())
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def for_dest(cls, dest: str | os.PathLike[str], config_path: str, lineage: str | None) -> Spool:
+        tag = hashlib.sha256(f"{os.path.abspath(config_path)}\0{lineage or ''}".encode()).hexdigest()[:16]
+        return cls(Path(os.path.abspath(dest)).parent / SPOOL_DIR / tag)
+
+    def _entries(self) -> list[str]:
+        try:
+            return os.listdir(self.root)
+        except OSError:
+            return []
+
+    def take(self, name: str, dest: str | os.PathLike[str]) -> int | None:
+        """Move a verified spooled ``name`` to ``dest`` and return its segment size; ``None``
+        when there is none (or it no longer verifies: then it is deleted)."""
+        parsed = wal.parse_name(name)
+        for entry in self._entries():
+            if not entry.startswith(name + "."):
+                continue
+            path = self.root / entry
+            seg_size = None
+            try:
+                data = path.read_bytes()
+                header = wal.check_segment(parsed, data)
+                if _digest(data) == entry[len(name) + 1 :]:
+                    seg_size = header.seg_size
+            except Exception:  # unreadable or not the segment: drop it, fetch from the repository
+                seg_size = None
+            if seg_size is not None:
+                try:
+                    os.replace(path, dest)
+                    return seg_size
+                except OSError:
+                    return None
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return None
+
+    def pending(self, name: str) -> bool:
+        """Spooled, or being fetched by a live prefetcher."""
+        if self.has(name):
+            return True
+        try:
+            return time.time() - (self.root / f".{name}.claim").stat().st_mtime <= CLAIM_TTL_S
+        except OSError:
+            return False
+
+    def clean(self, before: str) -> None:
+        """Drop spooled segments that sort before ``before`` (recovery is past them) and stale
+        claims and temp files."""
+        now = time.time()
+        for entry in self._entries():
+            path = self.root / entry
+            try:
+                if entry.startswith("."):
+                    if now - path.stat().st_mtime > CLAIM_TTL_S:
+                        path.unlink()
+                elif entry[:24] < before[:24]:
+                    path.unlink()
+            except OSError:
+                continue
+
+    def has(self, name: str) -> bool:
+        return any(e.startswith(name + ".") for e in self._entries())
+
+    def _claim(self, name: str) -> Path | None:
+        claim = self.root / f".{name}.claim"
+        for _ in range(2):
+            try:
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                return claim
+            except FileExistsError:
+                try:
+                    if time.time() - claim.stat().st_mtime <= CLAIM_TTL_S:
+                        return None
+                    claim.unlink()
+                except OSError:
+                    return None
+            except OSError:
+                return None
+        return None
+
+    def fill(self, names: list[str], fetch: Callable[[str], bytes | None]) -> int:
+        """Fetch ``names`` in order into the spool (``fetch`` returns verified bytes, or ``None``
+        when the segment is not archived: stop there).  Returns how many were spooled."""
+        done = 0
+        for name in names:
+            if not self.root.is_dir():
+                break
+            if self.has(name):
+                continue
+            claim = self._claim(name)
+            if claim is None:
+                continue
+            try:
+                data = fetch(name)
+                if data is None:
+                    break
+                tmp = self.root / f".{name}.tmp-{os.getpid()}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, self.root / f"{name}.{_digest(data)}")
+                done += 1
+            finally:
+                with contextlib.suppress(OSError):
+                    claim.unlink()
+        return done
+
+
+def next_segments(name: str, seg_size: int, count: int) -> list[str]:
+    parsed = wal.parse_name(name)
+    start = parsed.segno_for(seg_size)
+    return [wal.segment_name(parsed.timeline, start + i, seg_size) for i in range(1, count + 1)]
+
+
+def spawn(work: Callable[[], None]) -> None:
+    """Run ``work`` in a detached grandchild (own session, no stdio) and return at once.
+
+    PostgreSQL waits for ``restore_command``'s process, not for this one.  The grandchild leaves
+    through ``os._exit``: no atexit handlers, no flushing of buffers it inherited."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        with contextlib.suppress(BaseException):
+            work()
+    finally:
+        os._exit(0)
+
+
+def remove_spool(pg_wal: str | os.PathLike[str]) -> None:
+    """Delete ``pg_wal/.coldkeep-prefetch`` (after recovery)."""
+    import shutil
+
+    shutil.rmtree(Path(pg_wal) / SPOOL_DIR, ignore_errors=True)
