@@ -1,6 +1,8 @@
 # coldkeep — `make test` and `make demo` each work on a fresh machine: they create .venv,
 # install coldkeep with everything it needs, and install missing system packages (as root).
-PYTHON ?= python3
+# Prefer the system Python: PostgreSQL runs `coldkeep pg wal-push` as its own OS user, which
+# cannot execute an interpreter under a private home (e.g. pyenv in /root).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11) python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed

@@ -57,7 +57,7 @@ def main() -> None:
                                   "max_wal_size": "'1GB'"})  # fmt: skip
         source.start()
         backup = work / "base"
-        backup.mkdir()
+        backup.mkdir(mode=0o700)
         chown_to(backup, PG_USER)
         proc = source.run([str(source.bin_dir / "pg_basebackup"), "-h", str(source.socket_dir), "-p",
                            str(source.port), "-U", "postgres", "-D", str(backup), "-X", "none", "-c", "fast"])  # fmt: skip
@@ -105,7 +105,11 @@ def main() -> None:
                 chown_to(target.data_dir / "recovery.signal", PG_USER)
                 target.configure({"port": str(target.port)})
                 started = time.monotonic()
-                target.start(timeout=600)
+                try:
+                    target.start(timeout=600)
+                except Exception:
+                    print(target.log_text()[-3000:], file=sys.stderr)
+                    raise
                 while target.sql("SELECT pg_is_in_recovery()")[0][0]:
                     time.sleep(0.05)
                 times.append(time.monotonic() - started)

@@ -919,8 +919,8 @@ def compact_month(config: Config, month: str, *, lock_wait: float = 30.0) -> dic
                     raise ArchiveIntegrityError(f"compacting {month}: row counts do not add up")
                 conn.execute(
                     sql.SQL(
-                        "UPDATE {t} SET archive_file = %s WHERE id = ANY((SELECT ids FROM {l} WHERE batch_id = %s)) "
-                        "AND archive_file = ANY(%s::text[])"
+                        "UPDATE {t} c SET archive_file = %s FROM (SELECT unnest(ids) AS id FROM {l} WHERE batch_id = %s) b "
+                        "WHERE c.id = b.id AND c.archive_file = ANY(%s::text[])"
                     ).format(t=target.table, l=target.ledger),
                     (rel, new_id, sorted(taken)),
                 )
