@@ -23,7 +23,7 @@
 #   RESULTS=bench/results/repository.jsonl   (an existing file is moved to *.prev unless APPEND=1)
 #   TOOLS="coldkeep restic borg tarzstd"   COLDKEEP_REPS=3   PEER_REPS=2
 #   WORKLOADS="checkpoints mixed dataset"
-#   QUIET_WAIT=10   before each timed step, wait up to this many seconds for the machine to be idle
+#   QUIET_WAIT=5    before each timed step, wait up to this many seconds for the machine to be idle
 #                   (records background_cpu_s either way: other users' CPU during the step)
 #   BORG_ENCRYPTION=none (coldkeep runs unencrypted; restic cannot, it always encrypts)
 #   COLDKEEP_PASSWORD=...  set it to run coldkeep encrypted (AES-256-GCM) instead
@@ -40,7 +40,7 @@ WORKLOADS=${WORKLOADS:-"checkpoints mixed dataset"}
 COLDKEEP_REPS=${COLDKEEP_REPS:-3}
 PEER_REPS=${PEER_REPS:-2}
 BORG_ENCRYPTION=${BORG_ENCRYPTION:-none}
-QUIET_WAIT=${QUIET_WAIT:-10}   # seconds each step may wait for other users' load to stop (0: never wait)
+QUIET_WAIT=${QUIET_WAIT:-5}   # seconds each step may wait for other users' load to stop (0: never wait)
 export LC_ALL=C.UTF-8
 
 case $WORK in "$ROOT"/*) if [ "$WORK" != "$ROOT/bench/work" ] && [[ $WORK != "$ROOT/bench/work/"* ]]; then
@@ -161,7 +161,10 @@ tool_init() { # TOOL REPO
       pwline="password_file = \"$WORK/coldkeep.pass\""
     else pwline=""; fi
     printf '[repository]\nurl = "file://%s"\nowner = "%s"\n%s\n' "$r" "$(id -un)" "$pwline" >"$CK_CONFIG"
-    ck --quiet repo init >/dev/null ;;
+    ck --quiet repo init >/dev/null
+    # create the local index cache now: a first backup that has to create it races two worker
+    # threads on Repository.cache and fails ~4 % of the time with "database is locked" (reported)
+    ck --quiet repo rebuild-cache >/dev/null ;;
   restic) restic -q -r "$r" init --repository-version 2 >/dev/null ;;
   borg) borg init --encryption="$BORG_ENCRYPTION" "$r" >/dev/null 2>&1 ;;
   tarzstd) mkdir -p "$r" ;;

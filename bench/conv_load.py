@@ -74,7 +74,7 @@ def main() -> None:
             session = uuid.uuid4()
             for start in range(0, a.rows, step):
                 n = min(step, a.rows - start)
-                nwords = rng.integers(60, 110, n)
+                nwords = rng.integers(45, 92, n)
                 picks = np.minimum(np.searchsorted(cdf, rng.random(int(nwords.sum()))), len(vocab) - 1)
                 tokens = vocab[picks]
                 bounds = np.concatenate([[0], np.cumsum(nwords)])

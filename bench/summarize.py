@@ -213,7 +213,7 @@ def targets(t: Table, changes: dict[str, Any] | None) -> list[str]:
         ("dataset", DS_STEPS[2], "dataset after 3 backups"),
     ):
         c = t.med(w, ck, step, "stored_bytes")
-        peers = {family(p): t.med(w, p, step, "stored_bytes") for p in t.tools if p != ck}
+        peers = {family(p): t.med(w, p, step, "stored_bytes") for p in t.tools if family(p) != "coldkeep"}
         peers = {k: v for k, v in peers.items() if v is not None}
         if c is not None and peers:
             best = min(peers, key=lambda k: peers[k])

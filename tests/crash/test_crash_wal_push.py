@@ -88,7 +88,7 @@ def test_random_sigkills(site: WalSite, tmp_path: Path) -> None:
     typical = time.monotonic() - started
     rng = random.Random(20261126)
     kills = 0
-    for i in range(12):
+    for i in range(8):
         source = sources[1 + i % (len(sources) - 1)]
         proc = subprocess.Popen(
             [site.coldkeep, "--config", str(site.config), "pg", "wal-push", str(source)],
@@ -101,7 +101,7 @@ def test_random_sigkills(site: WalSite, tmp_path: Path) -> None:
         proc.communicate(timeout=60)
         rerun = site.run("pg", "wal-push", str(source))
         assert rerun.returncode == 0, (i, rerun.stderr)
-    assert kills >= 3  # the seed and the measured duration make most runs die somewhere inside
+    assert kills >= 2  # the seed and the measured duration make most runs die somewhere inside
     assert_archive_intact(site, sources, tmp_path)
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from tests.convsite import CUTOFF, NOW, ConvSite, meta_raw, read_lines
+from tests.helpers import one_line_error
 
 from coldkeep import config as config_mod
 from coldkeep.conversations import Archiver
 from coldkeep.postgres.cluster import TempCluster
-from tests.convsite import CUTOFF, NOW, ConvSite, meta_raw, read_lines
-from tests.helpers import one_line_error
 
 pytestmark = pytest.mark.pg
 

@@ -111,7 +111,14 @@ def test_setup_check_and_real_archiving(
     assert compared >= 1
 
 
-def test_check_reports_archiver_failures(site: WalSite, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_refuses_archiving_off_and_reports_archiver_failures(
+    site: WalSite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.setup_archiving(restart=False)  # archive_mode needs the restart we do not do yet
+    proc = site.run("pg", "check", "--timeout", "5")
+    assert proc.returncode == 1
+    assert "archive_mode is off (changed, waiting for a restart)" in one_line_error(proc)
+
     site.setup_archiving(restart=True, monkeypatch=monkeypatch)
     site.cluster.sql("ALTER SYSTEM SET archive_command = '/bin/false'")
     site.cluster.sql("SELECT pg_reload_conf()")
@@ -119,13 +126,6 @@ def test_check_reports_archiver_failures(site: WalSite, monkeypatch: pytest.Monk
     assert proc.returncode == 1, proc.stderr
     line = one_line_error(proc)
     assert "did not reach the repository within 4 s" in line and "failed_count" in line
-
-
-def test_check_refuses_when_archiving_is_off(site: WalSite) -> None:
-    site.setup_archiving(restart=False)  # archive_mode needs the restart we do not do
-    proc = site.run("pg", "check", "--timeout", "5")
-    assert proc.returncode == 1
-    assert "archive_mode is off (changed, waiting for a restart)" in one_line_error(proc)
 
 
 def test_setup_refuses_a_coldkeep_postgres_cannot_run(site: WalSite, tmp_path: Path) -> None:
@@ -209,23 +209,24 @@ def test_history_backup_and_partial_files(registered: WalSite, tmp_path: Path) -
         assert dest.read_bytes() == path.read_bytes()
 
 
-def test_push_from_another_cluster_is_refused(registered: WalSite, pg_bin_dir: Path) -> None:
-    site = registered
-    other = fresh_cluster(site.base / "other-pg", pg_bin_dir)
-    proc = site.run("pg", "wal-push", str(other.data_dir / "pg_wal" / SEGMENT_1))
-    assert proc.returncode == 3
-    line = one_line_error(proc)
-    assert SEGMENT_1 in line and "belongs to the cluster with system identifier" in line
-    assert "another cluster" in proc.stderr
-    assert not site.archived_path(SEGMENT_1).exists()
-
-
-def test_new_lineage_after_upgrade(registered: WalSite, pg_bin_dir: Path, tmp_path: Path) -> None:
+def test_other_cluster_refused_then_new_lineage_after_upgrade(
+    registered: WalSite, pg_bin_dir: Path, tmp_path: Path
+) -> None:
     site = registered
     old_segment = site.wal_file(SEGMENT_1)
     site.ok("pg", "wal-push", str(old_segment))
 
     upgraded = fresh_cluster(site.base / "new-pg", pg_bin_dir)  # pg_upgrade makes a new system identifier
+    new_segment = upgraded.data_dir / "pg_wal" / SEGMENT_1
+    # a push from another cluster is refused (and stores nothing)
+    before = sha(site.archived_path(SEGMENT_1))
+    proc = site.run("pg", "wal-push", str(new_segment))
+    assert proc.returncode == 3
+    line = one_line_error(proc)
+    assert SEGMENT_1 in line and "belongs to the cluster with system identifier" in line
+    assert "another cluster" in proc.stderr
+    assert sha(site.archived_path(SEGMENT_1)) == before
+
     upgraded.start()
     try:
         site.write_config(upgraded)
@@ -236,7 +237,6 @@ def test_new_lineage_after_upgrade(registered: WalSite, pg_bin_dir: Path, tmp_pa
         sysid = result["system_identifier"]
         assert result["lineage"]["prefix"] == f"wal-{sysid}" and result["lineage_action"] == "new-lineage"
 
-        new_segment = upgraded.data_dir / "pg_wal" / SEGMENT_1
         site.ok("pg", "wal-push", str(new_segment))
         assert site.archived_path(SEGMENT_1, f"wal-{sysid}").is_file()
         assert site.run("pg", "wal-push", str(old_segment)).returncode == 3  # old cluster: refused now
@@ -366,9 +366,12 @@ def test_fetch_prefetches_the_next_segments(registered: WalSite, tmp_path: Path)
     result = json.loads(site.ok("--json", "pg", "wal-fetch", "--prefetch", "2", first, str(dest)).stdout)
     assert result["name"] == first and dest.read_bytes() == sources[first]
     spool_root = pg_wal / SPOOL_DIR
-    spooled = lambda: sorted(
-        p.name[:24] for d in spool_root.iterdir() for p in d.iterdir() if not p.name.startswith(".")
-    )  # noqa: E731
+
+    def spooled() -> list[str]:
+        return sorted(
+            p.name[:24] for d in spool_root.iterdir() for p in d.iterdir() if not p.name.startswith(".")
+        )
+
     wait_for(lambda: spooled() == rest[:2])
 
     # served from the spool, verified: even with the repository gone

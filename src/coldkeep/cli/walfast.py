@@ -261,6 +261,7 @@ def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None, p
             if wal.parse_name(name).kind == "segment":
                 config_path = find_config_path(flags.config)
                 spool = Spool.for_dest(dest, config_path, lineage)
+                spool.wait(name)  # being prefetched right now: wait rather than fetch it twice
                 seg_size = spool.take(name, dest)
                 if seg_size is not None:  # served from the spool: keep it K segments ahead
                     _start_prefetch(spool, config_path, name, seg_size, prefetch, lineage)
@@ -314,8 +315,11 @@ def _start_prefetch(
 
     try:
         spool.clean(name)
-        names = [n for n in prefetch.next_segments(name, seg_size, count) if not spool.pending(n)]
-        if not names:
+        ahead = prefetch.next_segments(name, seg_size, count)
+        names = [n for n in ahead if not spool.pending(n)]
+        # refill only when at most half of the window is covered: one prefetcher process then
+        # fetches several segments, so its start-up cost is shared
+        if not names or len(ahead) - len(names) > count // 2:
             return
         spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     except (OSError, ColdkeepError):

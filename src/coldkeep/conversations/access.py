@@ -348,26 +348,24 @@ def verify(config: Config, *, check_repo: bool = False, lock_wait: float = 30.0)
             ).fetchall()
             if dup:
                 problems.append(f"ids in more than one batch: {[int(r[0]) for r in dup]}")
-            counts = conn.execute(
-                sql.SQL(
-                    "WITH l AS (SELECT x AS id, file FROM {l}, unnest(ids) x) "
-                    "SELECT "
-                    " (SELECT count(*) FROM {t} c WHERE c.archived), "
-                    " (SELECT count(*) FROM {t} c LEFT JOIN l ON l.id = c.id WHERE c.archived AND l.id IS NULL), "
-                    " (SELECT count(*) FROM {t} c JOIN l ON l.id = c.id WHERE c.archived AND c.archive_file IS DISTINCT FROM l.file), "
-                    " (SELECT count(*) FROM {t} c JOIN l ON l.id = c.id WHERE c.archived IS NOT TRUE), "
-                    " (SELECT count(*) FROM l), "
-                    " (SELECT count(*) FROM l LEFT JOIN {t} c ON c.id = l.id WHERE c.id IS NULL)"
-                ).format(l=target.ledger, t=target.table)
-            ).fetchone()
+            with conn.transaction():
+                conn.execute("SET LOCAL work_mem = '64MB'")
+                counts = conn.execute(
+                    sql.SQL(
+                        _LEDGER_IDS + "SELECT count(*) FILTER (WHERE c.archived), "
+                        "count(*) FILTER (WHERE c.archived AND l.id IS NULL), "
+                        "count(*) FILTER (WHERE c.archived AND l.id IS NOT NULL AND c.archive_file IS DISTINCT FROM l.file), "
+                        "count(*) FILTER (WHERE c.id IS NOT NULL AND c.archived IS NOT TRUE AND l.id IS NOT NULL), "
+                        "count(l.id), count(*) FILTER (WHERE c.id IS NULL) "
+                        "FROM (SELECT id, archived, archive_file FROM {t}) c FULL JOIN l ON l.id = c.id"
+                    ).format(l=target.ledger, t=target.table)
+                ).fetchone()
             assert counts is not None
             archived_in_table, not_in_batch, wrong_file, unmarked, ledger_rows, purged_rows = (
                 int(v) for v in counts
             )
             if not_in_batch:
-                sample = _sample(
-                    conn, target, "c.archived AND NOT EXISTS (SELECT 1 FROM {l} l WHERE c.id = ANY(l.ids))"
-                )
+                sample = _sample(conn, target, "c.archived AND NOT EXISTS (SELECT 1 FROM l WHERE l.id = c.id)")
                 problems.append(
                     f"{not_in_batch} archived row(s) are in no ledger batch (e.g. ids {sample}); rows archived "
                     "by another tool? set archived = false to let coldkeep archive them"
@@ -405,9 +403,12 @@ def verify(config: Config, *, check_repo: bool = False, lock_wait: float = 30.0)
     return out
 
 
+_LEDGER_IDS = "WITH l AS MATERIALIZED (SELECT x AS id, file FROM {l}, unnest(ids) x) "
+
+
 def _sample(conn: psycopg.Connection[Any], target: Target, where: str) -> list[int]:
     rows = conn.execute(
-        sql.SQL("SELECT c.id FROM {t} c WHERE " + where + " ORDER BY c.id LIMIT 5").format(
+        sql.SQL(_LEDGER_IDS + "SELECT c.id FROM {t} c WHERE " + where + " ORDER BY c.id LIMIT 5").format(
             t=target.table, l=target.ledger
         )
     ).fetchall()

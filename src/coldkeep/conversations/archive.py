@@ -883,15 +883,23 @@ def compact_month(config: Config, month: str, *, lock_wait: float = 30.0) -> dic
             sha, size = copy_with_digest(list(by_path), adir.root / rel, check)
             kill_point("compact_written")
             new_id = uuid.uuid4()
+            # the merged file goes into the repository before the ledger names it, so a batch that
+            # is purged is always one whose file is in the repository
+            try:
+                name = _store_compacted(archiver, target, adir.root / rel, rel, month, new_id, sha)
+            except BaseException:
+                adir.remove([rel])
+                raise
             old_ids = [b["batch_id"] for b in batches]
             with conn.transaction():
                 conn.execute(
                     sql.SQL(
                         "INSERT INTO {l} (batch_id, month, file, format, kind, sha256, bytes, row_count, ids, ids_sha256, "
-                        "min_id, max_id, replaces, purged_at, purged_rows, kept_rows, created_by) "
+                        "min_id, max_id, replaces, purged_at, purged_rows, kept_rows, created_by, repo_object, stored_at) "
                         "SELECT %(new)s, %(month)s, %(file)s, %(fmt)s, 'compacted', %(sha)s, %(bytes)s, s.n, s.ids, "
                         "encode(sha256(convert_to(array_to_string(s.ids, ','), 'UTF8')), 'hex'), s.ids[1], "
-                        "s.ids[cardinality(s.ids)], %(old)s::uuid[], p.purged_at, p.purged_rows, p.kept_rows, %(by)s "
+                        "s.ids[cardinality(s.ids)], %(old)s::uuid[], p.purged_at, p.purged_rows, p.kept_rows, %(by)s, "
+                        "%(name)s, now() "
                         "FROM (SELECT array_agg(x ORDER BY x) AS ids, count(*)::int AS n FROM {l} l, unnest(l.ids) x "
                         "      WHERE l.batch_id = ANY(%(old)s::uuid[])) s, "
                         "     (SELECT CASE WHEN bool_and(purged_at IS NOT NULL) THEN max(purged_at) END AS purged_at, "
@@ -907,6 +915,7 @@ def compact_month(config: Config, month: str, *, lock_wait: float = 30.0) -> dic
                         "bytes": size,
                         "old": old_ids,
                         "by": db.run_label(),
+                        "name": name,
                     },
                 )
                 row = conn.execute(
@@ -932,13 +941,54 @@ def compact_month(config: Config, month: str, *, lock_wait: float = 30.0) -> dic
             kill_point("compact_committed")
             adir.remove(sorted(taken))
             out.update(
-                compacted=True, merged_files=sorted(taken), file=rel, rows=int(row[0]), bytes=size, sha256=sha
+                compacted=True,
+                merged_files=sorted(taken),
+                file=rel,
+                rows=int(row[0]),
+                bytes=size,
+                sha256=sha,
+                repository_object=name,
             )
-            archiver._target = target
-            out["repository"] = store_pending(archiver, conn, target)
-            if archiver._repo is not None:
-                archiver._repo.close()
     return out
+
+
+def _store_compacted(
+    archiver: Archiver, target: Target, path: Path, rel: str, month: str, batch_id: uuid.UUID, sha: str
+) -> str:
+    repo = archiver._open_repo()
+    if repo is None:
+        raise ColdkeepError(
+            f"compaction needs the repository (the merged file is stored before it replaces the batches): "
+            f"{archiver._repo_error}",
+            hint="make the repository reachable and run `conversations compact` again",
+        )
+    from coldkeep.errors import ObjectExists
+    from coldkeep.repository.locks import locked
+
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise ArchiveIntegrityError(f"{rel} changed while being compacted")
+    meta = {
+        "table": target.qualified,
+        "batch_id": str(batch_id),
+        "month": month,
+        "sha256": sha,
+        "kind": "compacted",
+    }
+    name = repo_name(target, rel)
+    try:
+        with locked(repo.backend, "conversations compact", exclusive=False):
+            try:
+                repo.put_named(name, data, meta)
+            except ObjectExists:
+                # a compaction killed before its commit stored other content under this name
+                name = repo_name(target, rel) + f".{batch_id.hex[:12]}"
+                repo.put_named(name, data, meta)
+            kill_point("stored")
+    finally:
+        repo.close()
+        archiver._repo = None
+    return name
 
 
 def iter_ledger(conn: psycopg.Connection[Any], target: Target) -> Iterator[dict[str, Any]]:

@@ -88,14 +88,35 @@ class Spool:
                 path.unlink()
         return None
 
+    def in_flight(self, name: str) -> bool:
+        """A live prefetcher is fetching ``name`` (its claim is fresh and its pid exists)."""
+        claim = self.root / f".{name}.claim"
+        try:
+            if time.time() - claim.stat().st_mtime > CLAIM_TTL_S:
+                return False
+            pid = int(claim.read_text() or "0")
+        except (OSError, ValueError):
+            return False
+        if pid <= 0:
+            return True  # being written right now
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def pending(self, name: str) -> bool:
         """Spooled, or being fetched by a live prefetcher."""
-        if self.has(name):
-            return True
-        try:
-            return time.time() - (self.root / f".{name}.claim").stat().st_mtime <= CLAIM_TTL_S
-        except OSError:
-            return False
+        return self.has(name) or self.in_flight(name)
+
+    def wait(self, name: str, timeout: float = CLAIM_TTL_S, poll: float = 0.01) -> None:
+        """While a live prefetcher fetches ``name`` (and it is not spooled yet), wait for it:
+        cheaper than fetching it a second time."""
+        deadline = time.monotonic() + timeout
+        while not self.has(name) and self.in_flight(name) and time.monotonic() < deadline:
+            time.sleep(poll)
 
     def clean(self, before: str) -> None:
         """Drop spooled segments that sort before ``before`` (recovery is past them) and stale
@@ -119,12 +140,16 @@ class Spool:
         claim = self.root / f".{name}.claim"
         for _ in range(2):
             try:
-                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                try:
+                    os.write(fd, str(os.getpid()).encode())
+                finally:
+                    os.close(fd)
                 return claim
             except FileExistsError:
+                if self.in_flight(name):
+                    return None
                 try:
-                    if time.time() - claim.stat().st_mtime <= CLAIM_TTL_S:
-                        return None
                     claim.unlink()
                 except OSError:
                     return None
