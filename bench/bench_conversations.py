@@ -105,7 +105,7 @@ class Bench:
         return out.stdout.strip()
 
     def fresh(self, name: str = "run") -> str:
-        self.sql("postgres", f"DROP DATABASE IF EXISTS {name}")
+        self.sql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         self.sql("postgres", f"CREATE DATABASE {name} TEMPLATE tmpl STRATEGY FILE_COPY")
         self.sql("postgres", "CHECKPOINT")
         return name

@@ -467,7 +467,7 @@ if has_stage replay; then
     kill -0 "$PGB" 2>/dev/null || { echo "pgbench stopped early" >&2; exit 1; }
     sleep 0.5
   done
-  kill -INT "$PGB"; wait "$PGB" || true
+  kill -TERM "$PGB"; wait "$PGB" || true   # (SIGINT is ignored by background jobs of a script)
   q "SELECT pg_switch_wal()" >/dev/null
   lsn1=$(q "SELECT pg_current_wal_lsn()")
   walb=$(q "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")

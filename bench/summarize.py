@@ -1,6 +1,6 @@
 """Markdown tables (and the issue's targets, met or missed) from ``bench/bench_repository.sh`` results.
 
-    .venv/bin/python bench/summarize.py bench/results/repository.jsonl \\
+    .venv/bin/python bench/summarize.py bench/results/repository.jsonl [more.jsonl ...] \\
         [--machine bench/results/machine.txt] [--changes /tmp/coldkeep-bench/data/checkpoints/changes.json]
 
 Times are medians over the repetitions that other processes did not disturb (``n`` = undisturbed /
@@ -273,11 +273,12 @@ def targets(t: Table, changes: dict[str, Any] | None) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", type=Path)
+    ap.add_argument("results", type=Path, nargs="+", help="one or more JSON-lines files (runs are pooled)")
     ap.add_argument("--machine", type=Path)
     ap.add_argument("--changes", type=Path)
     a = ap.parse_args()
-    t = Table(load(a.results))
+    recs = [r for path in a.results for r in load(path)]
+    t = Table(recs)
     changes = json.loads(a.changes.read_text()) if a.changes and a.changes.exists() else None
     out: list[str] = []
     if a.machine and a.machine.exists():
@@ -292,7 +293,7 @@ def main() -> None:
         *step_table(t, "checkpoints", CKPT_STEPS, changed),
     ]
     mixed_changed = {}
-    rs = [r for r in load(a.results) if r["workload"] == "mixed" and r.get("changed_tensor_bytes")]
+    rs = [r for r in recs if r["workload"] == "mixed" and r.get("changed_tensor_bytes")]
     if rs:
         mixed_changed[MIXED_STEPS[1]] = float(rs[0]["changed_tensor_bytes"])
     out += ["", "### Mixed shards only (3 shards: frozen attention + changed MLP)", ""]

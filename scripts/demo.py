@@ -69,35 +69,15 @@ def sha_tree(root: Path) -> dict[str, str]:
 
 
 def runnable_coldkeep(os_user: str) -> str:
-    """A coldkeep executable the PostgreSQL OS user can run (archive_command runs as that user).
+    """A coldkeep executable the PostgreSQL OS user can run (archive_command runs as that user)."""
+    from coldkeep.postgres.runnable import build_runnable
 
-    The venv's own script if that user can run it; otherwise a copy of this environment's
-    packages in a world-readable directory under demo-run (a root-only Python, e.g. pyenv under
-    /root, is common on lab machines)."""
-    own = COLDKEEP
-    probe = ["runuser", "-u", os_user, "--", own, "--version"] if os.geteuid() == 0 else [own, "--version"]
-    if subprocess.run(probe, capture_output=True, cwd="/", check=False).returncode == 0:
-        return own
-    import sysconfig
-
-    system_python = shutil.which(f"python3.{sys.version_info.minor}", path="/usr/bin:/usr/local/bin")
-    if system_python is None:
+    path = build_runnable(RUN / "pg-runner", os_user)
+    if path is None:
         raise SystemExit(
-            f"demo failed: {os_user} cannot run {own} and there is no system Python to copy onto"
+            f"demo failed: {os_user} cannot run {COLDKEEP} and there is no system Python to copy onto"
         )
-    runner = RUN / "pg-runner"
-    subprocess.run([system_python, "-m", "venv", "--without-pip", str(runner)], check=True)
-    site = subprocess.run([str(runner / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-    shutil.copytree(sysconfig.get_paths()["purelib"], site, dirs_exist_ok=True, symlinks=True)
-    shutil.copytree(ROOT / "src" / "coldkeep", Path(site) / "coldkeep", dirs_exist_ok=True)
-    script = runner / "bin" / "coldkeep"
-    script.write_text(
-        f"#!{runner / 'bin' / 'python'}\nimport sys\nfrom coldkeep.cli.app import main\nsys.exit(main())\n"
-    )
-    script.chmod(0o755)
-    subprocess.run(["chmod", "-R", "a+rX", str(runner)], check=True)
-    return str(script)
+    return path
 
 
 def pg_section(cluster: object) -> None:

@@ -32,7 +32,7 @@ CUTOFF = NOW - dt.timedelta(days=90)
 #: awkward text: quotes, backslashes, JSON-looking text, control characters, non-ASCII
 ODD_CONTENT = [
     'he said "hi" \\ and left',
-    'tab\tnewline\ncr\r vt\x0b bell\x07 esc\x1b us\x1f del\x7f',
+    "tab\tnewline\ncr\r vt\x0b bell\x07 esc\x1b us\x1f del\x7f",
     "naïve café – 日本語 – emoji 🎉 – RTL עברית",
     '{"id":1,"session_id":"x","metadata":{"a":1}}',
     "\\N looks like COPY's NULL, \\. like its end marker",
@@ -149,7 +149,9 @@ class ConvSite:
     def ok(self, *args: str, as_json: bool = True, env: Mapping[str, str] | None = None) -> Any:
         full = ("--json", *args) if as_json else args
         proc = self.run(*full, env=env)
-        assert proc.returncode == 0, f"coldkeep {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, (
+            f"coldkeep {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
         return json.loads(proc.stdout) if as_json else proc.stdout
 
     # -- data ------------------------------------------------------------------------------------
@@ -181,11 +183,16 @@ class ConvSite:
             sid = None if odd and i % 89 == 0 else session
             buf.append((sid, ts, speaker, content, meta))
         for _ in range(big):
-            buf.append((session, NOW - dt.timedelta(days=200), "user", "x" * (10 * 1024 * 1024), '{"big": true}'))
+            buf.append(
+                (session, NOW - dt.timedelta(days=200), "user", "x" * (10 * 1024 * 1024), '{"big": true}')
+            )
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            with conn.cursor() as cur, cur.copy(
-                f"COPY {self.table} (session_id, timestamp, speaker, content, metadata) FROM STDIN"
-            ) as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    f"COPY {self.table} (session_id, timestamp, speaker, content, metadata) FROM STDIN"
+                ) as copy,
+            ):
                 for row in buf:
                     copy.write_row(row)
             conn.execute(f"ANALYZE {self.table}")
@@ -198,7 +205,9 @@ class ConvSite:
         return {int(r[0]): tuple(r[1:]) for r in got}
 
     def ledger(self) -> list[dict[str, Any]]:
-        cols = "batch_id::text, month, file, format, sha256, bytes, row_count, ids, repo_object, purged_at, kind"
+        cols = (
+            "batch_id::text, month, file, format, sha256, bytes, row_count, ids, repo_object, purged_at, kind"
+        )
         keys = [c.split("::")[0] for c in cols.split(", ")]
         return [
             dict(zip(keys, r, strict=True))
@@ -241,7 +250,9 @@ class ConvSite:
             f"ledger: {len(set(ledger_ids) - eligible)} ids not eligible, {len(eligible - set(ledger_ids))} missing"
         )
         on_disk = {f"{p.parent.name}/{p.name}" for p in self.archive_dir.glob("*/conversations_*")}
-        assert on_disk == {b["file"] for b in ledger}, f"files not in the ledger: {on_disk ^ {b['file'] for b in ledger}}"
+        assert on_disk == {b["file"] for b in ledger}, (
+            f"files not in the ledger: {on_disk ^ {b['file'] for b in ledger}}"
+        )
         lines = self.archived_lines()
         assert {i: f for i, (f, _) in lines.items()} == ledger_ids
         for i, (_file, line) in lines.items():
@@ -258,7 +269,9 @@ class ConvSite:
             assert doc["content"] == content
             assert meta_raw(line) == (meta.encode() if meta is not None else b"null"), i
         table = self.rows()
-        flags = {int(r[0]): (r[1], r[2]) for r in self.sql(f"SELECT id, archived, archive_file FROM {self.table}")}
+        flags = {
+            int(r[0]): (r[1], r[2]) for r in self.sql(f"SELECT id, archived, archive_file FROM {self.table}")
+        }
         for i, row in original.items():
             if i in eligible:
                 if i in table:

@@ -91,13 +91,13 @@ def template(pg_cluster: TempCluster, tmp_path: Path) -> tuple[ConvSite, dict[in
 
 
 def clone(template: ConvSite, root: Path, name: str) -> ConvSite:
-    site = ConvSite(template.cluster, root / name, dbname=name, batch_rows=BATCH_ROWS, repo_url=template.repo_url)
+    site = ConvSite(
+        template.cluster, root / name, dbname=name, batch_rows=BATCH_ROWS, repo_url=template.repo_url
+    )
     return site.create(template=template.dbname, repo=False)
 
 
-def kill_and_rerun(
-    site: ConvSite, point: Point, args: list[str], check: Callable[[], object]
-) -> Outcome:
+def kill_and_rerun(site: ConvSite, point: Point, args: list[str], check: Callable[[], object]) -> Outcome:
     if point.stage is not None:
         proc = site.run(*args, env={"COLDKEEP_CONV_KILL_AT": point.stage})
         assert proc.returncode == -signal.SIGKILL, (
@@ -161,7 +161,9 @@ def test_kill_archive_at_every_stage_and_at_random(
     assert sum(o.killed for o in outcomes) >= MIN_KILLS, [o.label for o in outcomes if not o.killed]
 
 
-def test_kill_compact_and_restore(template: tuple[ConvSite, dict[int, tuple[Any, ...]]], tmp_path: Path) -> None:
+def test_kill_compact_and_restore(
+    template: tuple[ConvSite, dict[int, tuple[Any, ...]]], tmp_path: Path
+) -> None:
     tmpl, original = template
     base = clone(tmpl, tmp_path, "base")
     base.ok("conversations", "archive", "--purge")

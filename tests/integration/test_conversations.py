@@ -82,6 +82,19 @@ def test_a_missing_column_is_a_one_line_error_naming_it(
         assert f'has no column "{missing}"' in one_line_error(proc)
 
 
+def test_commands_need_the_conversations_section(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\n')
+    from tests.helpers import COLDKEEP
+
+    for args in (["archive"], ["stats"], ["verify"], ["get", "--id", "1"], ["init-schema"]):
+        proc = subprocess.run(
+            [COLDKEEP, "--config", str(cfg), "conversations", *args], capture_output=True, text=True
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "the [conversations] section is missing" in one_line_error(proc)
+
+
 def test_wrong_type_and_missing_table(pg_cluster: TempCluster, tmp_path: Path) -> None:
     s = ConvSite(pg_cluster, tmp_path / "s")
     s.create(schema=False)
@@ -114,7 +127,9 @@ def test_round_trip_archive_purge_restore_is_exact(site: ConvSite) -> None:
     for month in months_of(site):
         for tool in ("zstdcat",):
             shell = f"{tool} {site.archive_dir}/{month}/*.jsonl.zst | jq -c '[.id, .timestamp[0:7]]'"
-            got = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, check=True)
+            got = subprocess.run(
+                ["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, check=True
+            )
             assert {json.loads(x)[1] for x in got.stdout.splitlines()} == {month}
     # restore month by month: the six data columns come back exactly
     for month in months_of(site):
@@ -123,7 +138,9 @@ def test_round_trip_archive_purge_restore_is_exact(site: ConvSite) -> None:
         again = site.ok("conversations", "restore", "--month", month)
         assert again["rows_restored"] == 0 and again["rows_already_present"] == res["rows_in_archive"]
     assert site.rows() == original
-    flags = site.sql("SELECT count(*) FILTER (WHERE archived), count(*) FILTER (WHERE archived IS NOT TRUE) FROM conversations")
+    flags = site.sql(
+        "SELECT count(*) FILTER (WHERE archived), count(*) FILTER (WHERE archived IS NOT TRUE) FROM conversations"
+    )
     assert flags[0][0] == stats["eligible"]
     # restored rows are not archived twice, and a later purge removes them again
     rerun = site.ok("conversations", "archive", "--purge")
@@ -276,7 +293,9 @@ def test_a_row_edited_while_its_batch_is_written_is_not_half_archived(
             return
         victim = int(ids.strip("{}").split(",")[0])
         with psycopg.connect(site.dsn, autocommit=True) as conn:
-            conn.execute("UPDATE conversations SET content = 'edited while archiving' WHERE id = %s", (victim,))
+            conn.execute(
+                "UPDATE conversations SET content = 'edited while archiving' WHERE id = %s", (victim,)
+            )
         edited.append(victim)
 
     cfg = config_mod.load(site.config_path)
@@ -316,7 +335,9 @@ def test_second_run_waits_for_or_is_refused_the_lock(site: ConvSite) -> None:
 # repository
 
 
-def test_purge_is_refused_while_the_repository_is_unreachable(pg_cluster: TempCluster, tmp_path: Path) -> None:
+def test_purge_is_refused_while_the_repository_is_unreachable(
+    pg_cluster: TempCluster, tmp_path: Path
+) -> None:
     s = ConvSite(pg_cluster, tmp_path / "s", repo_url=f"file://{tmp_path}/no-repo-yet").create(repo=False)
     s.load(500, seed=12)
     original = s.rows()
@@ -384,13 +405,19 @@ def test_compact_merges_a_finished_month(site: ConvSite) -> None:
     site.ok("conversations", "archive")
     site.ok("conversations", "archive", "--purge", "--older-than", "60d")  # purge part of it
     before = site.ledger()
-    month = next(m for m in months_of(site) if sum(1 for b in before if b["month"] == m) > 2 and m < "2025-10")
+    month = next(
+        m for m in months_of(site) if sum(1 for b in before if b["month"] == m) > 2 and m < "2025-10"
+    )
     rows = sum(b["row_count"] for b in before if b["month"] == month)
     out = site.ok("conversations", "compact", "--month", month)
-    assert out["compacted"] and out["file"] == f"{month}/conversations_{month}.jsonl.zst" and out["rows"] == rows
+    assert (
+        out["compacted"] and out["file"] == f"{month}/conversations_{month}.jsonl.zst" and out["rows"] == rows
+    )
     after = [b for b in site.ledger() if b["month"] == month]
     assert len(after) == 1 and after[0]["kind"] == "compacted" and after[0]["repo_object"]
-    assert sorted(p.name for p in (site.archive_dir / month).iterdir()) == [f"conversations_{month}.jsonl.zst"]
+    assert sorted(p.name for p in (site.archive_dir / month).iterdir()) == [
+        f"conversations_{month}.jsonl.zst"
+    ]
     got = subprocess.run(["bash", "-o", "pipefail", "-c", f"zstdcat {site.archive_dir}/{out['file']} | jq -r .id | wc -l"],
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert int(got.stdout) == rows

@@ -203,15 +203,18 @@ def get(app: AppContext, row_id: int | None, session: str | None) -> None:
     result = get_rows(app.config(), row_id=row_id, session=session)
 
     def human(c: Console) -> None:
-        table = Table("id", "timestamp", "speaker", "content", "source")
+        table = Table("id", "timestamp", "speaker", "source", "content")
+        table.columns[4].overflow = "ellipsis"
+        table.columns[4].no_wrap = True
+        table.columns[4].ratio = 1
         for r in result["rows"]:
-            content = str(r.get("content") or "")
-            shown = content if len(content) <= 80 else content[:77] + "..."
+            content = " ".join(str(r.get("content") or "").split())
             source = r["source"] if r["source"] == "table" else f"archive {r['archive_file']}"
             if r["source"] == "table" and r["archived"]:
-                source += f" (archived in {r['archive_file']})"
-            table.add_row(str(r["id"]), str(r.get("timestamp")), str(r.get("speaker")), shown, source)
+                source += " (archived)"
+            table.add_row(str(r["id"]), str(r.get("timestamp")), str(r.get("speaker")), source, content)
         c.print(table)
+        c.print(f"{result['from_table']} row(s) from the table, {result['from_archive']} from the archive")
 
     app.out.emit(result, human)
 

@@ -100,6 +100,7 @@ def get_rows(config: Config, *, row_id: int | None = None, session: str | None =
     """Rows by id or session, from the table or the archive, each saying where it came from."""
     if (row_id is None) == (session is None):
         raise UsageError("give exactly one of --id and --session")
+    db.require_section(config)
     if session is not None:
         try:
             session = str(uuid.UUID(session))
@@ -198,6 +199,7 @@ def restore_rows(
     Idempotent: rows whose id is in the table are left as they are."""
     if (month is None) == (session is None):
         raise UsageError("give exactly one of --month and --session")
+    db.require_section(config)
     needle = b""
     if month is not None:
         parse_month(month)
@@ -302,6 +304,7 @@ def restore_rows(
 def verify(config: Config, *, check_repo: bool = False, lock_wait: float = 30.0) -> dict[str, Any]:
     """Every ledger batch against its file; every archived row in exactly one batch (its file);
     no unarchived row in a batch; purged batches stored in the repository."""
+    db.require_section(config)
     cfg = config.conversations
     adir = ArchiveDir(Path(cfg.archive_dir))
     problems: list[str] = []
@@ -365,7 +368,9 @@ def verify(config: Config, *, check_repo: bool = False, lock_wait: float = 30.0)
                 int(v) for v in counts
             )
             if not_in_batch:
-                sample = _sample(conn, target, "c.archived AND NOT EXISTS (SELECT 1 FROM l WHERE l.id = c.id)")
+                sample = _sample(
+                    conn, target, "c.archived AND NOT EXISTS (SELECT 1 FROM l WHERE l.id = c.id)"
+                )
                 problems.append(
                     f"{not_in_batch} archived row(s) are in no ledger batch (e.g. ids {sample}); rows archived "
                     "by another tool? set archived = false to let coldkeep archive them"
@@ -378,7 +383,7 @@ def verify(config: Config, *, check_repo: bool = False, lock_wait: float = 30.0)
                 sample = _sample(
                     conn,
                     target,
-                    "c.archived IS NOT TRUE AND EXISTS (SELECT 1 FROM {l} l WHERE c.id = ANY(l.ids))",
+                    "c.archived IS NOT TRUE AND EXISTS (SELECT 1 FROM l WHERE l.id = c.id)",
                 )
                 problems.append(
                     f"{unmarked} row(s) are in a batch but not marked archived (e.g. ids {sample}); the next "
@@ -439,6 +444,7 @@ def _check_repo(config: Config, batches: dict[str, dict[str, Any]], problems: li
 
 def stats(config: Config) -> dict[str, Any]:
     """Rows hot / archived (still in the table) / purged per UTC month, and archive bytes."""
+    db.require_section(config)
     cfg = config.conversations
     with connect(config.postgres, "conversations stats") as conn:
         target = open_target(conn, cfg, need_ledger=False)

@@ -65,6 +65,8 @@ MAX_BATCH_BYTES = 256 << 20
 MAX_FILE_BYTES = 12 << 20
 MAX_PASSES = 3
 COMMITTERS = 2
+#: a batch may be handed to an idle committer once it has batch_rows / EARLY_DIVISOR rows
+EARLY_DIVISOR = 4
 EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 #: the row as one JSON object, built by PostgreSQL (``c`` is the table's alias)
@@ -175,6 +177,8 @@ class _Pipeline:
         self.pool = ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)), thread_name_prefix="ck-compress")
         self.error: BaseException | None = None
         self.lock = threading.Lock()
+        #: committers waiting for work (read without the lock: a hint, not a guarantee)
+        self.idle = 0
         self.committed: list[dict[str, Any]] = []
         self.mismatched_rows = 0
         self.threads = [
@@ -196,9 +200,17 @@ class _Pipeline:
             except queue.Full:
                 continue
 
+    def hungry(self) -> bool:
+        """Is a committer waiting with nothing queued?"""
+        return self.idle > 0 and self.queue.empty()
+
     def _loop(self, conn: psycopg.Connection[Any]) -> None:
         while True:
+            with self.lock:
+                self.idle += 1
             writer = self.queue.get()
+            with self.lock:
+                self.idle -= 1
             if writer is None:
                 return
             if self.error is not None:
@@ -242,6 +254,10 @@ class Archiver:
             older_than if older_than is not None else timedelta(days=self.cfg.archive_after_days)
         )
         self.batch_rows = batch_rows or self.cfg.batch_rows
+        env_early = os.environ.get("COLDKEEP_CONV_EARLY_DIV", "")
+        self.early_rows = max(
+            1, self.batch_rows // (int(env_early) if env_early.isdigit() else EARLY_DIVISOR)
+        )
         self.dry_run = dry_run
         self.purge = purge
         self.lock_wait = lock_wait
@@ -264,6 +280,7 @@ class Archiver:
     # -- the run -----------------------------------------------------------------------------------
 
     def run(self) -> ArchiveResult:
+        db.require_section(self.config)
         started = time.monotonic()
         cutoff = clock.now() - self.older_than
         conn = connect(self.config.postgres, "conversations archive")
@@ -468,7 +485,15 @@ class Archiver:
     ) -> None:
         if w.pending >= CHUNK_BYTES:
             w.flush_chunk()
-        if w.rows >= self.batch_rows or w.raw >= MAX_BATCH_BYTES or w.size_bound >= MAX_FILE_BYTES:
+        if (
+            w.rows >= self.batch_rows
+            or w.raw >= MAX_BATCH_BYTES
+            or w.size_bound >= MAX_FILE_BYTES
+            # a committer has nothing to do: hand it a part-full batch rather than let it idle
+            # (when ids do not follow timestamps, every month fills at once and full batches
+            # would only be ready near the end of the scan)
+            or (w.rows >= self.early_rows and pipe.hungry())
+        ):
             del writers[month]
             pipe.submit(w)
 
@@ -822,6 +847,7 @@ def compact_month(config: Config, month: str, *, lock_wait: float = 30.0) -> dic
     """Merge a finished month's batch files into ``conversations_YYYY-MM.jsonl.zst`` (zstd frames and
     gzip members concatenate into valid files), atomically: new file durable, then ONE transaction
     replaces the ledger rows and repoints ``archive_file``; the old files go afterwards."""
+    db.require_section(config)
     start = parse_month(month)
     cfg = config.conversations
     adir = ArchiveDir(Path(cfg.archive_dir))

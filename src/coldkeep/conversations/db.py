@@ -31,6 +31,7 @@ from coldkeep.config import Config, ConversationsConfig, PostgresConfig
 from coldkeep.errors import (
     EXIT_LOCKED,
     ColdkeepError,
+    ConfigError,
     IntegrityError,
     NotFound,
     PostgresUnreachable,
@@ -115,6 +116,18 @@ class ArchiveLocked(ColdkeepError):
 
 class ArchiveIntegrityError(IntegrityError):
     hint = "run `coldkeep conversations verify`; each batch file is also a named object in the repository"
+
+
+def require_section(config: Config) -> None:
+    """The conversation commands act only on a config that asks for them (else the defaults would
+    point them at /mnt/hdd/conversation_archives on a machine that never configured it)."""
+    if not config.conversations.in_use:
+        where = f"{config.source}: " if config.source else ""
+        state = "has enabled = false" if config.conversations.enabled is False else "is missing"
+        raise ConfigError(
+            f"{where}the [conversations] section {state}",
+            hint="add [conversations] with at least archive_dir (and [postgres].dsn) to the config",
+        )
 
 
 def connect(pg: PostgresConfig, purpose: str = "conversations") -> psycopg.Connection[tuple[Any, ...]]:
@@ -252,6 +265,7 @@ def open_target(
 def init_schema(config: Config) -> dict[str, Any]:
     """Create the spec's table if missing, else add only what is missing (archive columns, the
     scan index, an index on ``id`` if there is none, the ledger).  Never drops or rewrites."""
+    require_section(config)
     cfg = config.conversations
     done: list[str] = []
     with connect(config.postgres, "conversations init-schema") as conn:
