@@ -193,7 +193,7 @@ if has_stage load; then
   rec type=env key=versions \
     postgres="\"$($PGBIN/postgres --version)\"" pgbackrest="\"$(pgbackrest version)\"" \
     coldkeep="\"$("$CK" --version) (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo '+local changes'))\"" \
-    runner_python="\"$("$WORK/runner/bin/python" --version 2>&1)\"" zstd="\"$(zstd --version)\"" \
+    runner_python="\"$("$WORK/runner/bin/python" --version 2>&1)\"" zstd="\"$(zstd --version | tr -d '*' | sed 's/^ *//; s/ *$//')\"" \
     kernel="\"$(uname -r)\"" cpus="$(nproc)" mem_gib="$(free -g | awk '/Mem/{print $2}')" \
     cpu_model="\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')\"" \
     os="\"$(. /etc/os-release; echo "$PRETTY_NAME")\"" \

@@ -139,9 +139,10 @@ def _import_top(stderr: str, top: int = 10) -> tuple[float, list[tuple[str, floa
     for line in stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        _, self_us, cum_us, name = [p.strip() for p in line[len("import time:"):].split("|")]  # noqa: E203
-        depth = (len(name) - len(name.lstrip())) // 2
-        if depth == 0:
+        self_us, cum_us, raw = line[len("import time:") :].split("|")
+        name = raw.rstrip()
+        depth = (len(name) - len(name.lstrip()) - 1) // 2  # " |" + two spaces per level; top level is 1
+        if depth == 1:
             pkg = name.strip().split(".")[0]
             per_pkg[pkg] = per_pkg.get(pkg, 0.0) + int(cum_us) / 1000
             total += int(cum_us) / 1000
@@ -194,7 +195,8 @@ def segcost(a: list[str]) -> None:
     # start-up + imports + one read + the duplicate check; the import table is what matters)
     _, _, err = _timed(as_pg + [py, "-X", "importtime", ck, "--config", ckcfg, "pg", "wal-push", str(segs[0])], env)
     total, ranked = _import_top(err)
-    mods = sorted({line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")})
+    mods = sorted({line.split("|")[-1].strip() for line in err.splitlines()
+                   if line.startswith("import time:") and "cumulative" not in line})
     record_doc(out, {"workload": "segcost", "tool": "coldkeep pg wal-push", "step": "imports",
                      "import_ms_total": round(total, 1), "import_top": ranked, "modules": len(mods),
                      "heavy_loaded": [m for m in ("click", "rich", "pydantic", "cryptography", "boto3", "botocore",
