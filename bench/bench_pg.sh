@@ -27,6 +27,7 @@
 #        TPS_VARIANTS="noop coldkeep pgbackrest-sync pgbackrest-async" (also: cp)
 #        DRAIN_VARIANTS="cp coldkeep pgbackrest-sync pgbackrest-async"
 #        REPLAY_VARIANTS="cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async"
+#        BB_DAYS="0 DAYS-1" (days pg_basebackup -z runs; the others are interpolated in the summary; "all")
 #        PREFETCH=8 SEGCOST_N=12 QUIET_WAIT=5 (seconds each timed step may wait for an idle machine)
 #        WORK=/tmp/coldkeep-pgbench PORT=55440 STAGES="load setup days restore tps drain replay segcost"
 set -euo pipefail
@@ -44,6 +45,8 @@ DURATION=${DURATION:-60}
 RESTORE_REPEATS=${RESTORE_REPEATS:-2}
 BACKLOG_MB=${BACKLOG_MB:-1024}
 REPLAY_MB=${REPLAY_MB:-1024}
+BB_DAYS=${BB_DAYS:-"0 $((DAYS - 1))"}   # days pg_basebackup -z runs (gzip is slow); "all" for every day
+[ "$BB_DAYS" = all ] && BB_DAYS=$(seq -s " " 0 $((DAYS - 1)))
 TPS_VARIANTS=${TPS_VARIANTS:-"noop coldkeep pgbackrest-sync pgbackrest-async"}
 DRAIN_VARIANTS=${DRAIN_VARIANTS:-"cp coldkeep pgbackrest-sync pgbackrest-async"}
 REPLAY_VARIANTS=${REPLAY_VARIANTS:-"cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async"}
@@ -184,6 +187,9 @@ cp "$BENCH/measure.py" "$WORK/measure.py"     # a snapshot: bench/measure.py is 
 
 ( while :; do echo "$(date +%s) $(cut -d' ' -f1-3 /proc/loadavg)"; sleep 5; done ) >>"$RESULTS_DIR/pg-loadavg.log" &
 SAMPLER=$!
+if ! has_stage load && [ -f "$DATA/PG_VERSION" ] && [ ! -f "$DATA/postmaster.pid" ]; then
+  as_pg pg_ctl -D "$DATA" -l "$WORK/pg/server.log" -w -t 300 start >/dev/null   # a partial rerun (STAGES=...)
+fi
 
 if has_stage load; then
   stage load
@@ -197,7 +203,7 @@ if has_stage load; then
     kernel="\"$(uname -r)\"" cpus="$(nproc)" mem_gib="$(free -g | awk '/Mem/{print $2}')" \
     cpu_model="\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')\"" \
     os="\"$(. /etc/os-release; echo "$PRETTY_NAME")\"" \
-    knobs="\"DB_MB=$DB_MB DAYS=$DAYS TPS_REPEATS=$TPS_REPEATS DURATION=$DURATION RESTORE_REPEATS=$RESTORE_REPEATS BACKLOG_MB=$BACKLOG_MB REPLAY_MB=$REPLAY_MB\""
+    knobs="\"DB_MB=$DB_MB DAYS=$DAYS BB_DAYS=$BB_DAYS TPS_REPEATS=$TPS_REPEATS DURATION=$DURATION RESTORE_REPEATS=$RESTORE_REPEATS BACKLOG_MB=$BACKLOG_MB REPLAY_MB=$REPLAY_MB\""
 
   log "initdb + load (~$DB_MB MB: 25 % pgbench, 75 % conversations)"
   as_pg initdb -D "$DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --data-checksums >/dev/null
@@ -309,6 +315,7 @@ if has_stage days; then
           extra day="$day" rows="$rows" \
             repo="{\"total\": $(bytes_of "$PGBR_REPO"), \"wal\": $(bytes_of "$PGBR_REPO/archive"), \"backup\": $(bytes_of "$PGBR_REPO/backup")}" ;;
         pg_basebackup)
+          [[ " $BB_DAYS " == *" $day "* ]] || continue
           install -d -o postgres -g postgres "$BB/day$day"
           measure backup pg_basebackup full "$day" --stored "$BB" -- \
             runuser -u postgres -- pg_basebackup -h "$SOCK" -p "$PORT" -U postgres -D "$BB/day$day" -Ft -z -X stream -c fast

@@ -20,7 +20,9 @@
 #
 # Environment knobs:
 #   WORK=/tmp/coldkeep-bench   data, repositories, caches, restores (never inside the git tree)
-#   RESULTS=bench/results/repository.jsonl   (an existing file is moved to *.prev unless APPEND=1)
+#   RESULTS=bench/results/repository.jsonl   (an existing file is moved to *.prev unless APPEND=1;
+#           the summary goes to repository-summary.md and the machine description to
+#           repository-machine.txt next to it)
 #   TOOLS="coldkeep restic borg tarzstd"   COLDKEEP_REPS=3   PEER_REPS=2
 #   WORKLOADS="checkpoints mixed dataset"
 #   QUIET_WAIT=5    before each timed step, wait up to this many seconds for the machine to be idle
@@ -71,6 +73,7 @@ need restic restic; need borg borgbackup; need zstd zstd; need tar tar
 [ -x /usr/bin/time ] || { echo "missing /usr/bin/time: apt-get install -y time" >&2; exit 2; }
 [ -x "$COLDKEEP_BIN" ] || { echo "missing $COLDKEEP_BIN: make venv" >&2; exit 2; }
 
+RUN_ID=$(date +%Y%m%dT%H%M%S)
 mkdir -p "$WORK" "$DATA" "$LOGS" "$(dirname "$RESULTS")"
 if [ "${APPEND:-0}" != 1 ] && [ -f "$RESULTS" ]; then mv "$RESULTS" "$RESULTS.prev"; fi
 
@@ -127,7 +130,7 @@ log "checkpoints: ${CK_BYTES[*]:1} bytes; changed tensors per step $CHANGED_BYTE
   echo "changed tensor bytes per checkpoint: $CHANGED_BYTES (mixed shards: $MIXED_CHANGED_BYTES)"
   echo "dataset: $DS_FILES files, $DS_BYTES bytes"
   echo "coldkeep encrypted: $([ -n "${COLDKEEP_PASSWORD:-}" ] && echo yes || echo no); borg encryption: $BORG_ENCRYPTION"
-} >"$(dirname "$RESULTS")/machine.txt"
+} >"$(dirname "$RESULTS")/repository-machine.txt"
 
 # ---------------------------------------------------------------------------------------------
 # tools: init REPO / backup REPO NAME SRC(absolute) / restore REPO NAME SRC TARGET
@@ -145,7 +148,7 @@ M() { # WORKLOAD TOOL STEP REP [measure.py options] -- command
   local w=$1 t=$2 s=$3 r=$4; shift 4
   sync
   "$PY" "$BENCH/measure.py" --out "$RESULTS" --workload "$w" --tool "$(label "$t")" --step "$s" --rep "$r" \
-    --quiet-wait "$QUIET_WAIT" "$@"
+    --quiet-wait "$QUIET_WAIT" --set "run=$RUN_ID" "$@"
 }
 
 ck() { "$COLDKEEP_BIN" --config "$CK_CONFIG" "$@"; }
@@ -271,5 +274,5 @@ for rep in $(seq 1 "$maxrep"); do
 done
 rm -rf "$REPOS" "$RESTORE" "$CACHE"
 log "done in $(( $(date +%s) - started )) s; results in $RESULTS"
-"$PY" "$BENCH/summarize.py" "$RESULTS" --machine "$(dirname "$RESULTS")/machine.txt" \
-  --changes "$CKPT/changes.json" | tee "$(dirname "$RESULTS")/summary.md"
+"$PY" "$BENCH/summarize.py" "$RESULTS" --machine "$(dirname "$RESULTS")/repository-machine.txt" \
+  --changes "$CKPT/changes.json" | tee "$(dirname "$RESULTS")/repository-summary.md"

@@ -380,10 +380,10 @@ class Summary:
             )
         imp = next((r for r in recs if r["step"] == "imports"), None)
         if imp:
-            top = ", ".join(f"{k} {v:.0f}" for k, v in imp["import_top"])
-            self.out("", f"`wal-push` imports ({imp['modules']} modules, `-X importtime`, top-level cumulative ms): "
-                         f"{imp['import_ms_total']:.0f} ms in total; {top}. Heavy packages loaded: "
-                         f"{', '.join(imp['heavy_loaded']) or 'none'}.")
+            parts = ", ".join(f"`{k}` {v:.0f}" for k, v in imp["import_ms"].items())
+            self.out("", f"`wal-push` imports (`python -X importtime`, median of 5, as postgres): {imp['modules']} modules, "
+                         f"{imp['import_ms_total']:.0f} ms in total; cumulative ms of selected modules (nested ones are "
+                         f"included in their importer's figure): {parts}. Not in the list: not imported.")
         self.out("")
 
     # --------------------------------------------------------------------------------------------

@@ -132,22 +132,24 @@ def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, f
     return wall, cpu, proc.stderr
 
 
-def _import_top(stderr: str, top: int = 10) -> tuple[float, list[tuple[str, float]]]:
-    """(total import ms, [(top-level package, cumulative ms)]) from -X importtime output."""
-    per_pkg: dict[str, float] = {}
+KEY_MODULES = ("coldkeep.cli.app", "click", "logging", "coldkeep.cli.walfast", "coldkeep.postgres.archive",
+               "coldkeep.repository.repository", "coldkeep.repository.crypto", "secrets", "socket",
+               "concurrent.futures", "sqlite3", "pyfastcdc", "zstandard", "blake3", "cryptography", "rich", "pydantic")
+
+
+def _importtime(stderr: str) -> tuple[float, dict[str, float]]:
+    """(total ms of top-level imports, {module: cumulative ms}) from ``-X importtime`` output."""
+    cum: dict[str, float] = {}
     total = 0.0
     for line in stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        self_us, cum_us, raw = line[len("import time:") :].split("|")
+        _self_us, cum_us, raw = line[len("import time:") :].split("|")
         name = raw.rstrip()
-        depth = (len(name) - len(name.lstrip()) - 1) // 2  # " |" + two spaces per level; top level is 1
-        if depth == 1:
-            pkg = name.strip().split(".")[0]
-            per_pkg[pkg] = per_pkg.get(pkg, 0.0) + int(cum_us) / 1000
+        if len(name) - len(name.lstrip()) == 1:  # top level: "| name"; nested ones are indented further
             total += int(cum_us) / 1000
-    ranked = sorted(per_pkg.items(), key=lambda kv: -kv[1])[:top]
-    return total, [(k, round(v, 1)) for k, v in ranked]
+        cum.setdefault(name.strip(), int(cum_us) / 1000)
+    return total, cum
 
 
 def segcost(a: list[str]) -> None:
@@ -191,16 +193,22 @@ def segcost(a: list[str]) -> None:
                "segs_per_s_serial": round(len(walls) / sum(walls), 2)}  # fmt: skip
         record_doc(out, rec)
         print(f"[segcost] {name}: wall {rec['wall_ms_median']} ms, cpu {rec['cpu_ms_median']} ms", file=sys.stderr)
-    # import profile of one wal-push (a segment already archived: the object exists, so this is
-    # start-up + imports + one read + the duplicate check; the import table is what matters)
-    _, _, err = _timed(as_pg + [py, "-X", "importtime", ck, "--config", ckcfg, "pg", "wal-push", str(segs[0])], env)
-    total, ranked = _import_top(err)
-    mods = sorted({line.split("|")[-1].strip() for line in err.splitlines()
-                   if line.startswith("import time:") and "cumulative" not in line})
+    # import profile of wal-push (median of 5 runs; a segment already archived: start-up, imports,
+    # one read and the duplicate check — the import table is what matters here)
+    totals: list[float] = []
+    per_mod: dict[str, list[float]] = {}
+    mods: set[str] = set()
+    for _ in range(5):
+        _, _, err = _timed(as_pg + [py, "-X", "importtime", ck, "--config", ckcfg, "pg", "wal-push", str(segs[0])], env)
+        total, cum = _importtime(err)
+        totals.append(total)
+        mods |= set(cum)
+        for m in KEY_MODULES:
+            if m in cum:
+                per_mod.setdefault(m, []).append(cum[m])
     record_doc(out, {"workload": "segcost", "tool": "coldkeep pg wal-push", "step": "imports",
-                     "import_ms_total": round(total, 1), "import_top": ranked, "modules": len(mods),
-                     "heavy_loaded": [m for m in ("click", "rich", "pydantic", "cryptography", "boto3", "botocore",
-                                                  "psycopg", "numpy") if m in mods]})  # fmt: skip
+                     "import_ms_total": round(statistics.median(totals), 1), "modules": len(mods),
+                     "import_ms": {m: round(statistics.median(v), 1) for m, v in per_mod.items()}})  # fmt: skip
     shutil.rmtree(fetch_dir, ignore_errors=True)
 
 

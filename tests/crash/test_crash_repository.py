@@ -58,7 +58,7 @@ def kill_points(count: int, seconds: float, seed: int) -> list[Point]:
         points.append(Point(fault, fault=fault, full_restore=i % 3 == 0))
     rng = random.Random(seed)
     for i in range(RANDOM_RUNS):
-        delay = round(rng.uniform(0.3, 0.95) * seconds, 3)
+        delay = round(rng.uniform(0.1, 0.7) * seconds, 3)
         points.append(Point(f"random-{i}:{delay}s", delay=delay, full_restore=True))
     assert len({p.fault for p in points if p.fault}) >= MIN_POINTS
     return points
@@ -114,7 +114,18 @@ def run_points(root: Path, points: list[Point], scenario: Callable[[Path, Point]
     failures = [f"--- {label}\n{tb}" for label, _, tb in results if tb]
     assert not failures, f"{len(failures)} of {len(points)} kill points failed:\n" + "\n".join(failures)
     randoms = [killed for label, killed, _ in results if label.startswith("random")]
-    assert any(randoms), "no random kill landed before the operation finished"
+    # a machine's speed varies (2 shared cores): when every random delay came too late, try again
+    # with shorter delays, so the test never depends on timing to pass
+    extra = [p for p in points if p.delay is not None]
+    attempt = 0
+    while not any(randoms) and extra and attempt < 4:
+        attempt += 1
+        retry = Point(f"random-retry-{attempt}", delay=round(min(p.delay or 0 for p in extra) / 2**attempt, 3),
+                      full_restore=True)  # fmt: skip
+        label, killed, tb = one((len(points) + attempt, retry))
+        assert not tb, f"--- {label}\n{tb}"
+        randoms.append(bool(killed))
+    assert any(randoms), "no random kill landed before the operation finished, even with short delays"
 
 
 # ------------------------------------------------------------------------------------------------

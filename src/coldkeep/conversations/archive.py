@@ -804,19 +804,20 @@ def purge(
             )
             deleted = cur.rowcount
             kill_point("purge_deleted")
-            kept = conn.execute(
-                sql.SQL("SELECT id FROM {t} WHERE id = ANY(%s::bigint[]) ORDER BY id LIMIT 1000").format(
-                    t=target.table
-                ),
+            # (no ORDER BY: with one, the planner may walk the whole primary key testing = ANY)
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {t} WHERE id = ANY(%s::bigint[])").format(t=target.table),
                 (ids,),
-            ).fetchall()
-            kept_count = len(kept)
-            if kept_count == 1000:
-                row = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {t} WHERE id = ANY(%s::bigint[])").format(t=target.table),
+            ).fetchone()
+            kept_count = int(row[0]) if row else 0
+            kept: list[tuple[Any, ...]] = []
+            if kept_count:
+                kept = conn.execute(
+                    sql.SQL(
+                        "SELECT c.id FROM unnest(%s::bigint[]) AS b(id) JOIN {t} c ON c.id = b.id LIMIT 20"
+                    ).format(t=target.table),
                     (ids,),
-                ).fetchone()
-                kept_count = int(row[0]) if row else kept_count
+                ).fetchall()
             conn.execute(
                 sql.SQL(
                     "UPDATE {} SET purged_at = now(), purged_rows = purged_rows + %s, kept_rows = %s "

@@ -123,9 +123,8 @@ def require_section(config: Config) -> None:
     point them at /mnt/hdd/conversation_archives on a machine that never configured it)."""
     if not config.conversations.in_use:
         where = f"{config.source}: " if config.source else ""
-        state = "has enabled = false" if config.conversations.enabled is False else "is missing"
         raise ConfigError(
-            f"{where}the [conversations] section {state}",
+            f"{where}the [conversations] section is missing or has enabled = false",
             hint="add [conversations] with at least archive_dir (and [postgres].dsn) to the config",
         )
 
