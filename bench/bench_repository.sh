@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Repository benchmark: coldkeep vs restic, borg and `tar | zstd -T0 -3` on the same data, in one run.
 #
-#   bench/bench_repository.sh            (~10-15 min on 2 vCPUs, + ~80 s data generation on first use)
+#   bench/bench_repository.sh   (2 vCPUs: 15-23 min on a busy shared machine, ~10 min idle (estimated);
+#                                + ~80 s data generation on first use)
 #
 # Workloads (data from bench/gen_data.py, generated once into $WORK/data and reused while the
 # generator and its arguments are unchanged):

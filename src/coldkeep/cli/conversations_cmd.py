@@ -18,7 +18,7 @@ from rich.table import Table
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.errors import EXIT_INTEGRITY
-from coldkeep.ops.doctor import _human_bytes as human_bytes
+from coldkeep.units import human_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
 

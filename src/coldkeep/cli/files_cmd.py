@@ -12,7 +12,7 @@ from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import open_repo, parse_tags, progress
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError
-from coldkeep.ops.doctor import _human_bytes as human_bytes
+from coldkeep.units import human_bytes
 
 
 @click.command()

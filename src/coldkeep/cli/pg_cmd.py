@@ -16,7 +16,7 @@ from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import open_repo, progress
 from coldkeep.errors import EXIT_INTEGRITY
-from coldkeep.ops.doctor import _human_bytes as human_bytes
+from coldkeep.units import human_bytes
 
 
 @click.group()

@@ -9,7 +9,7 @@ from rich.table import Table
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
-from coldkeep.ops.doctor import _human_bytes as human_bytes
+from coldkeep.units import human_bytes
 
 
 @click.group()

@@ -5,7 +5,8 @@ The service behind ``coldkeep conversations …`` (see docs/design.md, "Conversa
 * :mod:`.db` — connections, the table's shape, ``init-schema``, the ledger, the advisory lock;
 * :mod:`.files` — file names and layout, writing a batch file durably, reading one back;
 * :mod:`.archive` — ``archive`` (stream → batch files → one transaction per batch), storing new
-  files in the repository, ``purge``, and ``compact``;
+  files in the repository, and ``purge``;
+* :mod:`.compact` — ``compact`` (merge a finished month's files);
 * :mod:`.access` — ``get``, ``restore`` (rehydrate), ``verify`` and ``stats``.
 """
 
@@ -17,7 +18,8 @@ from coldkeep.conversations.access import (
     stats,
     verify,
 )
-from coldkeep.conversations.archive import Archiver, ArchiveResult, compact_month
+from coldkeep.conversations.archive import Archiver, ArchiveResult
+from coldkeep.conversations.compact import compact_month
 from coldkeep.conversations.db import Target, init_schema, open_target
 
 __all__ = [

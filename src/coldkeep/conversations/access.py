@@ -267,6 +267,7 @@ def restore_rows(
                             )
                         if not matched:
                             continue
+                        db.by_id_lookups(conn)
                         cur2 = conn.execute(
                             sql.SQL(
                                 'INSERT INTO {t} (id, session_id, "timestamp", speaker, content, metadata, archived, '

@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from coldkeep.config import Config, ConversationsConfig, PostgresConfig
 from coldkeep.errors import (
@@ -131,7 +132,13 @@ def require_section(config: Config) -> None:
 
 def connect(pg: PostgresConfig, purpose: str = "conversations") -> psycopg.Connection[tuple[Any, ...]]:
     """An autocommit connection in UTC and UTF-8 (what the archive's JSON and months rely on)."""
-    kwargs: dict[str, Any] = {"autocommit": True, "application_name": f"coldkeep {purpose}"}
+    # prepare_threshold=None: never server-prepared, so every statement is planned with its actual
+    # parameter values (a batch's ids, the jsonb maps) rather than a generic plan
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": f"coldkeep {purpose}",
+        "prepare_threshold": None,
+    }
     if pg.passfile:
         kwargs["passfile"] = pg.passfile
     try:
@@ -402,6 +409,26 @@ def archive_lock(
     finally:
         with contextlib.suppress(psycopg.Error):
             release(conn, target.lock_key(LOCK_MAIN), shared=shared)
+
+
+def by_id_lookups(conn: psycopg.Connection[Any]) -> None:
+    """Inside a transaction: make the planner join a batch's ids to the table by primary-key lookups.
+
+    A batch is a few thousand ids out of millions of rows, but right after a run marked (or a purge
+    deleted) most of the table, the statistics still describe the table before it.  Joining the
+    table to ``unnest(ids, …)`` was seen to run for minutes: the planner put a full scan of the table
+    outside a nested loop over the ids (stale statistics said almost no row would qualify).  So the
+    per-batch statements never join: ``id = ANY(ids)`` (one index probe per id) and a lookup of each
+    row's expected value in a jsonb map; and with sequential scans, hash and merge joins off for the
+    transaction the index is the only way in."""
+    conn.execute("SET LOCAL enable_seqscan = off")
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
+
+
+def jsonb_text(text: str) -> Jsonb:
+    """A parameter typed jsonb (parsed once by the server) from JSON text built by the caller."""
+    return Jsonb(text, dumps=lambda obj: str(obj))
 
 
 def run_label() -> str:

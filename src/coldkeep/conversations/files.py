@@ -306,9 +306,10 @@ class BatchWriter:
     def ids_literal(self) -> str:
         return "{" + self.ids[:-1].decode() + "}"
 
-    @property
-    def xmins_literal(self) -> str:
-        return "{" + self.xmins[:-1].decode() + "}"
+    def xmin_map(self) -> str:
+        """``{"id":"xmin",…}``: each row's xmin as read, for the marking UPDATE to compare with."""
+        pairs = zip(self.ids[:-1].split(b","), self.xmins[:-1].split(b","), strict=True)
+        return "{" + ",".join(f'"{i.decode()}":"{x.decode()}"' for i, x in pairs) + "}"
 
 
 # ------------------------------------------------------------------------------------------------

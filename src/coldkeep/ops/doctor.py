@@ -22,6 +22,7 @@ from typing import Any, Literal
 from coldkeep import clock
 from coldkeep.config import Config, Location, check_paths, parse_size
 from coldkeep.errors import ColdkeepError
+from coldkeep.units import human_bytes as _human_bytes
 
 Status = Literal["pass", "warn", "fail", "skip"]
 
@@ -34,14 +35,6 @@ class Check:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} PB"  # pragma: no cover
 
 
 def _pg_env(config: Config) -> dict[str, str]:

@@ -267,6 +267,7 @@ class Repository:
         self.keys = keys
         self.config = config
         self._cache: IndexCache | None = None
+        self._cache_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -333,11 +334,13 @@ class Repository:
 
     @property
     def cache(self) -> IndexCache:
-        if self._cache is None:
-            cache = IndexCache(self.config.id)
-            cache.sync(self.backend, self.keys)
-            self._cache = cache
-        return self._cache
+        # worker threads reach for the cache at once on a first backup: open it exactly once
+        with self._cache_lock:
+            if self._cache is None:
+                cache = IndexCache(self.config.id)
+                cache.sync(self.backend, self.keys)
+                self._cache = cache
+            return self._cache
 
     def refresh_cache(self, *, full: bool = False) -> IndexCache:
         self.cache.sync(self.backend, self.keys, full=full)
