@@ -103,7 +103,13 @@ def rows_text(text: Text, rng: np.random.Generator, first_id: int, n: int, t0: f
         content = " ".join(tokens[bounds[i] : bounds[i + 1]])
         if user[i]:
             speaker = "user"
-            meta = '{"lang": "en", "turn": %d, "client": "%s"}' % (turn[i], "web" if i % 7 else "api")
+            meta = (
+                '{"lang": "en", "turn": '
+                + str(turn[i])
+                + ', "client": "'
+                + ("web" if i % 7 else "api")
+                + '"}'
+            )
         else:
             speaker = "assistant"
             meta = json.dumps({"model": "m-70b" if (first_id + i) % 5 == 0 else "m-7b",
@@ -128,7 +134,13 @@ def info(conn: psycopg.Connection) -> dict[str, object]:
         f"pg_database_size(current_database()) FROM {TABLE}"
     ).fetchone()
     assert row is not None
-    return {"rows": row[0], "max_id": row[1], "table_bytes": row[2], "index_bytes": row[3], "database_bytes": row[4]}
+    return {
+        "rows": row[0],
+        "max_id": row[1],
+        "table_bytes": row[2],
+        "index_bytes": row[3],
+        "database_bytes": row[4],
+    }
 
 
 def cmd_load(a: argparse.Namespace) -> None:
@@ -152,8 +164,8 @@ def cmd_day(a: argparse.Namespace) -> None:
     t = time.time()
     with psycopg.connect(a.dsn, autocommit=True) as conn:
         before = info(conn)
-        n_ins = int(round(before["rows"] * a.insert_frac))  # type: ignore[operator]
-        n_upd = int(round(before["rows"] * a.update_frac))  # type: ignore[operator]
+        n_ins = round(before["rows"] * a.insert_frac)  # type: ignore[operator]
+        n_upd = round(before["rows"] * a.update_frac)  # type: ignore[operator]
         max_id = int(before["max_id"])  # type: ignore[arg-type]
         ids = np.sort(rng.choice(np.arange(1, max_id + 1), n_upd, replace=False)).tolist()
         ratings = rng.integers(1, 6, n_upd).tolist()

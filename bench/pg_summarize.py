@@ -12,6 +12,7 @@ busy time during the step, including other users' work on this shared machine).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from collections import defaultdict
@@ -69,7 +70,9 @@ class Summary:
         self.lines.extend(lines)
 
     def of(self, workload: str, tool: str | None = None) -> list[Rec]:
-        return [r for (w, t, _), rs in self.m.items() if w == workload and (tool is None or t == tool) for r in rs]
+        return [
+            r for (w, t, _), rs in self.m.items() if w == workload and (tool is None or t == tool) for r in rs
+        ]
 
     def typed(self, t: str) -> list[Rec]:
         return [r for r in self.recs if r.get("type") == t]
@@ -97,7 +100,9 @@ class Summary:
                 f"({mb(db.get('pgbench_bytes'))} MB with indexes) + `conversations` {ld.get('rows', 0):,} rows "
                 f"({mb(ld.get('table_bytes'))} MB heap+TOAST, {mb(ld.get('index_bytes'))} MB indexes, "
                 f"{db.get('avg_content_bytes')} bytes of text per row on average). The conversations heap "
-                f"compresses {heap / zst:.2f}x with `zstd -3` (pgbench's tables ~20x)." if heap and zst else "",
+                f"compresses {heap / zst:.2f}x with `zstd -3` (pgbench's tables ~20x)."
+                if heap and zst
+                else "",
             )
         self.out("")
 
@@ -178,7 +183,9 @@ class Summary:
             "Per day (wall s / MB added to the store, WAL included; coldkeep's `new_stored_bytes` = "
             "new chunks of that backup):",
             "",
-            "| day | rows | " + " | ".join(f"{t} wall s | {t} +MB" for t in PEER_ORDER) + " | coldkeep new_stored MB |",
+            "| day | rows | "
+            + " | ".join(f"{t} wall s | {t} +MB" for t in PEER_ORDER)
+            + " | coldkeep new_stored MB |",
             "|---|---" + "|---|---" * len(PEER_ORDER) + "|---|",
         )
         prev: dict[str, float] = {}
@@ -201,18 +208,28 @@ class Summary:
         self.out("")
         ck, pb = times.get("coldkeep"), times.get("pgbackrest")
         if ck and pb:
-            for key, what in (("first", "first (full) backup"), ("later", "daily backup after day 0 (median)")):
+            for key, what in (
+                ("first", "first (full) backup"),
+                ("later", "daily backup after day 0 (median)"),
+            ):
                 a, b = ck[key], pb[key]
                 if a is not None and b is not None:
-                    self.targets.append((f"backup no slower than pgBackRest: {what}", a <= b,
-                                         f"coldkeep {a:.2f} s vs pgBackRest {b:.2f} s ({pct(a, b)})"))
+                    self.targets.append(
+                        (
+                            f"backup no slower than pgBackRest: {what}",
+                            a <= b,
+                            f"coldkeep {a:.2f} s vs pgBackRest {b:.2f} s ({pct(a, b)})",
+                        )
+                    )
             sc, sp = stored["coldkeep"], stored["pgbackrest"]
-            self.targets.append((
-                f"{ndays} daily backups stored in no more than pgBackRest's full + {ndays - 1} incrementals",
-                sc["backup"] <= sp["backup"],
-                f"backups: coldkeep {mb(sc['backup'])} MB vs pgBackRest {mb(sp['backup'])} MB ({pct(sc['backup'], sp['backup'])}); "
-                f"with the WAL archive: {mb(sc['total'])} vs {mb(sp['total'])} MB ({pct(sc['total'], sp['total'])})",
-            ))
+            self.targets.append(
+                (
+                    f"{ndays} daily backups stored in no more than pgBackRest's full + {ndays - 1} incrementals",
+                    sc["backup"] <= sp["backup"],
+                    f"backups: coldkeep {mb(sc['backup'])} MB vs pgBackRest {mb(sp['backup'])} MB ({pct(sc['backup'], sp['backup'])}); "
+                    f"with the WAL archive: {mb(sc['total'])} vs {mb(sp['total'])} MB ({pct(sc['total'], sp['total'])})",
+                )
+            )
 
     # --------------------------------------------------------------------------------------------
 
@@ -221,7 +238,8 @@ class Summary:
         if not recs:
             return
         self.out(
-            "### Restore to a running server", "",
+            "### Restore to a running server",
+            "",
             "Latest backup into an empty directory, then started on a private socket and waited for until "
             "`pg_is_in_recovery()` is false (immediate recovery target: consistency, then promote); the row count "
             "of `conversations` was checked after every restore. coldkeep: `coldkeep pg restore --target-dir DIR "
@@ -247,8 +265,13 @@ class Summary:
         self.out("")
         a, b = walls.get("coldkeep"), walls.get("pgbackrest")
         if a is not None and b is not None:
-            self.targets.append(("restore no slower than pgBackRest", a <= b,
-                                 f"coldkeep {a:.2f} s vs pgBackRest {b:.2f} s ({pct(a, b)})"))
+            self.targets.append(
+                (
+                    "restore no slower than pgBackRest",
+                    a <= b,
+                    f"coldkeep {a:.2f} s vs pgBackRest {b:.2f} s ({pct(a, b)})",
+                )
+            )
 
     # --------------------------------------------------------------------------------------------
 
@@ -256,20 +279,25 @@ class Summary:
         recs = [r for r in self.of("tps") if r.get("rc") == 0]
         if not recs:
             return
-        variants = list(dict.fromkeys(r["tool"] for r in sorted(recs, key=lambda r: (r["rep"], r["epoch"] if "epoch" in r else 0))))
+        variants = list(
+            dict.fromkeys(r["tool"] for r in sorted(recs, key=lambda r: (r["rep"], r.get("epoch", 0))))
+        )
         order = ["noop", "cp", "coldkeep", "pgbackrest-sync", "pgbackrest-async"]
         variants.sort(key=lambda v: order.index(v) if v in order else 99)
         reps = sorted({r["rep"] for r in recs})
         dur = recs[0]["step"]
         self.out(
-            f"### WAL archiving under load: `{dur}`", "",
+            f"### WAL archiving under load: `{dur}`",
+            "",
             "pgbench's TPC-B-like script on the benchmark database (its pgbench tables), `max_wal_size=64MB`, "
             "`min_wal_size=32MB` (frequent checkpoints: many full-page images, ~1.5-2 segments/s — the peer "
             "benchmark's setting), `archive_timeout=300`. One run per variant per round; rounds alternate the "
             "order. `noop` is `archive_command='/bin/true'` (archiving off). Right after each run: `.ready` files "
             "(backlog), `pg_stat_archiver`; then the time until the backlog is gone.",
             "",
-            "| variant | " + " | ".join(f"TPS round {i}" for i in reps) + " | median TPS | vs noop | .ready at end (max) "
+            "| variant | "
+            + " | ".join(f"TPS round {i}" for i in reps)
+            + " | median TPS | vs noop | .ready at end (max) "
             "| WAL MB/run | archived segs/s during load | failed | drain after load s (max) |",
             "|---|" + "---|" * len(reps) + "---|---|---|---|---|---|---|",
         )
@@ -283,7 +311,8 @@ class Summary:
             ready_max[v] = max(int(r.get("ready_at_end") or 0) for r in rs)
             dur_s = float(dur.split("-T")[-1]) if "-T" in dur else 60.0
             self.out(
-                f"| {v} | " + " | ".join(f(by_rep[i].get("tps"), 0) if i in by_rep else "-" for i in reps)
+                f"| {v} | "
+                + " | ".join(f(by_rep[i].get("tps"), 0) if i in by_rep else "-" for i in reps)
                 + f" | {f(meds[v], 0)} | {pct(meds[v], noop) if v != 'noop' else '—'} | {ready_max[v]} | "
                 f"{mb(med([r.get('wal_bytes') for r in rs]), 0)} | "
                 f"{f(med([(r.get('archived_at_end') or 0) / dur_s for r in rs]))} | "
@@ -294,11 +323,21 @@ class Summary:
         if "coldkeep" in meds and noop:
             a = meds["coldkeep"]
             assert a is not None
-            self.targets.append(("median TPS with coldkeep's archive_command within 5 % of archiving off",
-                                 a >= 0.95 * noop, f"{a:,.0f} vs {noop:,.0f} TPS ({pct(a, noop)})"))
-            self.targets.append(("no backlog at the end of the load (coldkeep)", ready_max["coldkeep"] <= 1,
-                                 f"at most {ready_max['coldkeep']} `.ready` file(s) at the end of any run "
-                                 "(1 = the segment just completed, being archived)"))
+            self.targets.append(
+                (
+                    "median TPS with coldkeep's archive_command within 5 % of archiving off",
+                    a >= 0.95 * noop,
+                    f"{a:,.0f} vs {noop:,.0f} TPS ({pct(a, noop)})",
+                )
+            )
+            self.targets.append(
+                (
+                    "no backlog at the end of the load (coldkeep)",
+                    ready_max["coldkeep"] <= 1,
+                    f"at most {ready_max['coldkeep']} `.ready` file(s) at the end of any run "
+                    "(1 = the segment just completed, being archived)",
+                )
+            )
 
     # --------------------------------------------------------------------------------------------
 
@@ -307,7 +346,8 @@ class Summary:
         if not recs:
             return
         self.out(
-            "### Backlog drain (maximum archiving rate)", "",
+            "### Backlog drain (maximum archiving rate)",
+            "",
             "With `archive_command=''` (paused) a `CREATE TABLE AS` of md5-text rows writes the backlog (the peer "
             "benchmark's generator), then the variant is switched on and the time until no `.ready` file remains "
             "is measured. `cp` neither compresses nor fsyncs; coldkeep and pgBackRest compress (zstd-3) and fsync "
@@ -329,8 +369,13 @@ class Summary:
         self.out("")
         if "coldkeep" in rates and "pgbackrest-async" in rates:
             a, b = rates["coldkeep"], rates["pgbackrest-async"]
-            self.targets.append(("backlog drain at least pgBackRest async's rate (compression and fsync on)", a >= b,
-                                 f"coldkeep {a:.1f} vs pgBackRest async {b:.1f} segments/s ({pct(a, b)})"))
+            self.targets.append(
+                (
+                    "backlog drain at least pgBackRest async's rate (compression and fsync on)",
+                    a >= b,
+                    f"coldkeep {a:.1f} vs pgBackRest async {b:.1f} segments/s ({pct(a, b)})",
+                )
+            )
 
     # --------------------------------------------------------------------------------------------
 
@@ -340,7 +385,8 @@ class Summary:
             return
         wal = next((r for r in self.typed("replay_wal")), {})
         self.out(
-            "### WAL replay through restore_command", "",
+            "### WAL replay through restore_command",
+            "",
             f"A plain base backup (`pg_basebackup -Fp -X none`), then {mb(wal.get('wal_bytes'), 0)} MB of pgbench WAL "
             f"({wal.get('segments_archived')} segments) archived by `cp`, coldkeep and pgBackRest at once. Each variant: "
             "a fresh copy of the backup, `recovery.signal` + `restore_command`, `pg_ctl start` until promoted "
@@ -364,7 +410,8 @@ class Summary:
         if not recs:
             return
         self.out(
-            "### Per-segment process cost", "",
+            "### Per-segment process cost",
+            "",
             "One process per 16 MiB segment, run as `postgres` through `runuser` (as the archiver does), segments "
             "from the replay archive, into a scratch repository / stanza.",
             "",
@@ -381,9 +428,12 @@ class Summary:
         imp = next((r for r in recs if r["step"] == "imports"), None)
         if imp:
             parts = ", ".join(f"`{k}` {v:.0f}" for k, v in imp["import_ms"].items())
-            self.out("", f"`wal-push` imports (`python -X importtime`, median of 5, as postgres): {imp['modules']} modules, "
-                         f"{imp['import_ms_total']:.0f} ms in total; cumulative ms of selected modules (nested ones are "
-                         f"included in their importer's figure): {parts}. Not in the list: not imported.")
+            self.out(
+                "",
+                f"`wal-push` imports (`python -X importtime`, median of 5, as postgres): {imp['modules']} modules, "
+                f"{imp['import_ms_total']:.0f} ms in total; cumulative ms of selected modules (nested ones are "
+                f"included in their importer's figure): {parts}. Not in the list: not imported.",
+            )
         self.out("")
 
     # --------------------------------------------------------------------------------------------
@@ -399,16 +449,17 @@ class Summary:
                 if len(parts) >= 2:
                     samples.append((float(parts[0]), float(parts[1])))
         self.out(
-            "### Machine load during the run", "",
+            "### Machine load during the run",
+            "",
             "The machine is shared. 1-minute load average sampled every 5 s per stage (our own work is part of "
-            "it: ~1-3 during backups and pgbench); \"bg CPU s\" = whole-machine CPU minus the measured "
+            'it: ~1-3 during backups and pgbench); "bg CPU s" = whole-machine CPU minus the measured '
             "command's own, summed over the stage's timed steps (PostgreSQL server processes are in it too).",
             "",
             "| stage | minutes | load 1-min mean | max | bg CPU s in timed steps | timed wall s |",
             "|---|---|---|---|---|---|",
         )
         steps = [r for r in self.recs if "wall_s" in r and "epoch" not in r]
-        for a, b in zip(stages, stages[1:]):
+        for a, b in itertools.pairwise(stages):
             t0, t1 = a["epoch"], b["epoch"]
             vals = [v for t, v in samples if t0 <= t <= t1]
             # measure.py records have ts (no epoch): match by timestamp string

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Small helpers for bench/bench_pg.sh (standard library only, so any Python 3.11 runs it).
 
-    pg_util.py record OUT key=value ...        append one JSON record (values parsed as JSON if they parse)
-    pg_util.py extra OUT key=value ...         add fields to the LAST record of OUT
-    pg_util.py get OUT dotted.key              print a field of the last record (e.g. output.port)
-    pg_util.py runner DIR SRC SITE             build a coldkeep runnable by the postgres OS user
-    pg_util.py bytes PATH [PATH...]            apparent size of every file under the paths
-    pg_util.py ckrepo REPO                     coldkeep repository bytes split into wal / backup parts (JSON)
-    pg_util.py tps FILE                        TPS from pgbench output
-    pg_util.py segcost ...                     per-segment cost of the archive / restore commands
+pg_util.py record OUT key=value ...        append one JSON record (values parsed as JSON if they parse)
+pg_util.py extra OUT key=value ...         add fields to the LAST record of OUT
+pg_util.py get OUT dotted.key              print a field of the last record (e.g. output.port)
+pg_util.py runner DIR SRC SITE             build a coldkeep runnable by the postgres OS user
+pg_util.py bytes PATH [PATH...]            apparent size of every file under the paths
+pg_util.py ckrepo REPO                     coldkeep repository bytes split into wal / backup parts (JSON)
+pg_util.py tps FILE                        TPS from pgbench output
+pg_util.py segcost ...                     per-segment cost of the archive / restore commands
 """
 
 from __future__ import annotations
@@ -108,10 +108,14 @@ def runner(dest: str, src: str, site: str) -> None:
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     Path(purelib, "zz-project-venv.pth").write_text(f"import site; site.addsitedir({site!r})\n")
     script = d / "bin" / "coldkeep"
-    script.write_text(f"#!{d / 'bin' / 'python'}\nimport sys\nfrom coldkeep.cli.app import main\nsys.exit(main())\n")
+    script.write_text(
+        f"#!{d / 'bin' / 'python'}\nimport sys\nfrom coldkeep.cli.app import main\nsys.exit(main())\n"
+    )
     script.chmod(0o755)
     # byte-compile as root now: postgres cannot write __pycache__ here, and should not pay for it
-    subprocess.run([str(d / "bin" / "python"), "-m", "compileall", "-q", str(Path(purelib) / "coldkeep")], check=True)
+    subprocess.run(
+        [str(d / "bin" / "python"), "-m", "compileall", "-q", str(Path(purelib) / "coldkeep")], check=True
+    )
     subprocess.run(["chmod", "-R", "a+rX", str(d)], check=True)
     print(script)
 
@@ -132,9 +136,25 @@ def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, f
     return wall, cpu, proc.stderr
 
 
-KEY_MODULES = ("coldkeep.cli.app", "click", "logging", "coldkeep.cli.walfast", "coldkeep.postgres.archive",
-               "coldkeep.repository.repository", "coldkeep.repository.crypto", "secrets", "socket",
-               "concurrent.futures", "sqlite3", "pyfastcdc", "zstandard", "blake3", "cryptography", "rich", "pydantic")
+KEY_MODULES = (
+    "coldkeep.cli.app",
+    "click",
+    "logging",
+    "coldkeep.cli.walfast",
+    "coldkeep.postgres.archive",
+    "coldkeep.repository.repository",
+    "coldkeep.repository.crypto",
+    "secrets",
+    "socket",
+    "concurrent.futures",
+    "sqlite3",
+    "pyfastcdc",
+    "zstandard",
+    "blake3",
+    "cryptography",
+    "rich",
+    "pydantic",
+)
 
 
 def _importtime(stderr: str) -> tuple[float, dict[str, float]]:
@@ -173,12 +193,31 @@ def segcost(a: list[str]) -> None:
         ("python3.11 -c pass (runner interpreter)", [[py, "-c", "pass"] for _ in segs]),
         ("runuser -u postgres -- /bin/true", [["/bin/true"] for _ in segs]),
         ("coldkeep pg wal-push", [[ck, "--config", ckcfg, "pg", "wal-push", str(s)] for s in segs]),
-        ("coldkeep pg wal-fetch", [[ck, "--config", ckcfg, "pg", "wal-fetch", s.name, str(fetch_dir / s.name)]
-                                   for s in segs]),  # fmt: skip
-        ("pgbackrest archive-push (sync)", [["pgbackrest", f"--config={pgbr_conf}", f"--stanza={stanza}",
-                                             "archive-push", str(s)] for s in segs]),  # fmt: skip
-        ("pgbackrest archive-get (sync)", [["pgbackrest", f"--config={pgbr_conf}", f"--stanza={stanza}",
-                                            "archive-get", s.name, str(fetch_dir / ("g" + s.name))] for s in segs]),  # fmt: skip
+        (
+            "coldkeep pg wal-fetch",
+            [[ck, "--config", ckcfg, "pg", "wal-fetch", s.name, str(fetch_dir / s.name)] for s in segs],
+        ),
+        (
+            "pgbackrest archive-push (sync)",
+            [
+                ["pgbackrest", f"--config={pgbr_conf}", f"--stanza={stanza}", "archive-push", str(s)]
+                for s in segs
+            ],
+        ),
+        (
+            "pgbackrest archive-get (sync)",
+            [
+                [
+                    "pgbackrest",
+                    f"--config={pgbr_conf}",
+                    f"--stanza={stanza}",
+                    "archive-get",
+                    s.name,
+                    str(fetch_dir / ("g" + s.name)),
+                ]
+                for s in segs
+            ],
+        ),
     ]
     for name, argvs in variants:
         walls, cpus = [], []
@@ -192,14 +231,19 @@ def segcost(a: list[str]) -> None:
                "cpu_ms_median": round(statistics.median(cpus) * 1000, 1),
                "segs_per_s_serial": round(len(walls) / sum(walls), 2)}  # fmt: skip
         record_doc(out, rec)
-        print(f"[segcost] {name}: wall {rec['wall_ms_median']} ms, cpu {rec['cpu_ms_median']} ms", file=sys.stderr)
+        print(
+            f"[segcost] {name}: wall {rec['wall_ms_median']} ms, cpu {rec['cpu_ms_median']} ms",
+            file=sys.stderr,
+        )
     # import profile of wal-push (median of 5 runs; a segment already archived: start-up, imports,
     # one read and the duplicate check — the import table is what matters here)
     totals: list[float] = []
     per_mod: dict[str, list[float]] = {}
     mods: set[str] = set()
     for _ in range(5):
-        _, _, err = _timed(as_pg + [py, "-X", "importtime", ck, "--config", ckcfg, "pg", "wal-push", str(segs[0])], env)
+        _, _, err = _timed(
+            [*as_pg, py, "-X", "importtime", ck, "--config", ckcfg, "pg", "wal-push", str(segs[0])], env
+        )
         total, cum = _importtime(err)
         totals.append(total)
         mods |= set(cum)
