@@ -358,7 +358,7 @@ if has_stage restore; then
           install -d -m 700 -o postgres -g postgres "$R/data"
           measure restore pgbackrest "restore to running server" "$rep" --json-stdout -- bash -c "
             set -e; t0=\$(date +%s.%N)
-            runuser -u postgres -- $PGBR --pg1-path=$R/data --process-max=2 --type=immediate --target-action=promote restore
+            runuser -u postgres -- $PGBR --pg1-path=$R/data --process-max=2 --type=immediate --target-action=promote restore >&2
             t1=\$(date +%s.%N); $START_WAIT $R/data; t2=\$(date +%s.%N)
             echo \"{\\\"files_s\\\": \$(echo \"\$t1 - \$t0\" | bc), \\\"replay_s\\\": \$(echo \"\$t2 - \$t1\" | bc)}\""
           check_rows "$RSOCK" "$RPORT" ;;
