@@ -220,6 +220,7 @@ class Bench:
             "init_schema_s": init_s,
             "purged": (detail.get("purge") or {}).get("rows_deleted"),
         }
+        started = time.monotonic()
         verify = subprocess.run(
             [COLDKEEP, "--config", str(cfg), "--json", "conversations", "verify"],
             env=env,
@@ -227,6 +228,7 @@ class Bench:
             text=True,
         )
         r["verify_ok"] = verify.returncode == 0
+        r["detail"]["verify_s"] = round(time.monotonic() - started, 2)
         return r
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ One run, under the archive lock (:func:`coldkeep.conversations.db.archive_lock`)
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
@@ -49,10 +50,11 @@ from coldkeep.conversations.files import (
     ArchiveDir,
     BatchReader,
     BatchWriter,
+    bound_heap,
     id_of,
     kill_point,
 )
-from coldkeep.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_OK, ColdkeepError, UsageError
+from coldkeep.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_OK, ColdkeepError, StorageFull, UsageError
 
 WINDOW_MONTHS = 12
 CHUNK_BYTES = 1 << 20
@@ -278,6 +280,7 @@ class Archiver:
 
     def run(self) -> ArchiveResult:
         db.require_section(self.config)
+        bound_heap()
         started = time.monotonic()
         cutoff = clock.now() - self.older_than
         conn = connect(self.config.postgres, "conversations archive")
@@ -498,6 +501,13 @@ class Archiver:
         """Make ``w``'s file durable, then record it and mark its rows in one transaction."""
         try:
             w.finish()
+        except OSError as exc:
+            w.discard()
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull(str(self.adir.root)) from None
+            raise ColdkeepError(
+                f"cannot write batch file {self.adir.root / w.rel}: {exc.strerror or exc}"
+            ) from None
         except BaseException:
             w.discard()
             raise
