@@ -156,12 +156,32 @@ class PostgresConfig(ServiceSection):
     count_tables: list[str] = Field(default_factory=lambda: ["conversations"])
     check_sql: list[str] = Field(default_factory=list)
     database_size: Size = ""  # for projected restore times; empty: measure
+    # `pg receive-wal`: spool directory (empty: see coldkeep.postgres.receive.default_spool), the
+    # replication slot = application_name in synchronous_standby_names, and a DSN for the
+    # replication connection (empty: dsn)
+    receive_dir: str = ""
+    receive_slot: str = "coldkeep"
+    receive_dsn: str = ""
 
-    @field_validator("dsn")
+    @field_validator("dsn", "receive_dsn")
     @classmethod
     def _no_password(cls, v: str) -> str:
         if _PASSWORD_IN_DSN.search(v):
             raise ValueError("the DSN must not contain a password; use PGPASSFILE or [postgres].passfile")
+        return v
+
+    @field_validator("receive_slot")
+    @classmethod
+    def _slot_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", v):
+            raise ValueError(f"a replication slot name is 1-63 of a-z, 0-9 and _ (got {v!r})")
+        return v
+
+    @field_validator("receive_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if v and not os.path.isabs(v):
+            raise ValueError(f"must be an absolute path (got {v!r})")
         return v
 
     @field_validator("database_size")
@@ -444,6 +464,8 @@ def check_paths(config: Config) -> list[str]:
         need_file("postgres.passfile", pg.passfile)
         if pg.config_dir:
             need_dir("postgres.config_dir", pg.config_dir)
+        if pg.receive_dir:
+            need_dir("postgres.receive_dir", pg.receive_dir, may_be_created=True)
     if config.checkpoints.in_use:
         need_dir("checkpoints.root", config.checkpoints.root)
     if config.datasets.in_use:

@@ -1,7 +1,7 @@
 """``coldkeep pg …``: base backups, verification, restore/PITR, restore tests, expiry.
 
-The WAL commands (setup, check, wal-push, wal-fetch) live in :mod:`coldkeep.cli.pg_wal_cmd` and
-are mounted here.
+The WAL commands (setup, check, wal-push, wal-fetch) live in :mod:`coldkeep.cli.pg_wal_cmd`,
+``receive-wal`` in :mod:`coldkeep.cli.pg_receive_cmd`; they are mounted here.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def _mount_wal_commands() -> None:
 
     for command in WAL_COMMANDS:
         pg.add_command(command)
+    from coldkeep.cli.pg_receive_cmd import receive_wal
+
+    pg.add_command(receive_wal)
 
 
 _mount_wal_commands()

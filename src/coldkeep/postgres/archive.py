@@ -316,7 +316,15 @@ def wal_fetch(
 ) -> FetchResult:
     """Fetch, verify and write one archived WAL file to ``dest`` (PostgreSQL's ``%p``)."""
     start = time.monotonic()
-    parsed, key, data = read_archived(repo, name, prefix=prefix)
+    try:
+        parsed, key, data = read_archived(repo, name, prefix=prefix)
+    except NotArchived:  # not archived, but maybe streamed by `pg receive-wal` (coldkeep.postgres.walstream)
+        from coldkeep.postgres.walstream import read_streamed
+
+        streamed = read_streamed(repo, name, prefix=prefix)
+        if streamed is None:
+            raise
+        parsed, key, data = streamed
     try:
         write_atomically(dest, data)
     except OSError as exc:

@@ -11,9 +11,10 @@ them with ``ALTER SYSTEM`` + ``pg_reload_conf()``:
 * ``archive_library = ''`` (it would take precedence over ``archive_command``);
 * ``archive_timeout = [postgres].archive_timeout`` — the most WAL (in seconds of commits) a lost
   server can take with it when nothing fills a segment;
-* with ``synchronous``: the physical replication slot ``coldkeep`` and, only once a receiver
-  named ``coldkeep`` is streaming, ``synchronous_standby_names = 'coldkeep'`` (set without a
-  receiver, every commit would wait forever).
+* with ``synchronous``: the physical replication slot ``[postgres].receive_slot`` (default
+  ``coldkeep``) and, only once a receiver with that ``application_name`` is streaming
+  (``coldkeep pg receive-wal --synchronous``), ``synchronous_standby_names`` = that name (set
+  without a receiver, every commit would wait forever).
 
 The cluster's system identifier is recorded in the repository (the WAL lineage) *before*
 archiving is switched on, so the first ``wal-push`` finds it.
@@ -276,26 +277,30 @@ def setup(
         if "archive_library" in current:
             wanted.append(setting("archive_library", ""))
         slot: dict[str, Any] | None = None
+        slot_name = config.postgres.receive_slot
         if synchronous:
             row = conn.execute(
-                "SELECT slot_type, active FROM pg_replication_slots WHERE slot_name = %s", (SLOT_NAME,)
+                "SELECT slot_type, active FROM pg_replication_slots WHERE slot_name = %s", (slot_name,)
             ).fetchone()
             receiving = _value(
-                conn, "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s", (SLOT_NAME,)
+                conn,
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
+                (slot_name,),
             )
-            slot = {"name": SLOT_NAME, "exists": row is not None, "active": bool(row and row[1]),
+            slot = {"name": slot_name, "exists": row is not None, "active": bool(row and row[1]),
                     "receiver_streaming": bool(receiving)}  # fmt: skip
             if row is not None and row[0] != "physical":
-                raise PostgresError(f"a {row[0]} replication slot named {SLOT_NAME!r} already exists")
-            sync = setting("synchronous_standby_names", SLOT_NAME, apply=bool(receiving))
+                raise PostgresError(f"a {row[0]} replication slot named {slot_name!r} already exists")
+            sync = setting("synchronous_standby_names", slot_name, apply=bool(receiving))
             if not receiving:
                 sync.note = (
-                    "not applied: no receiver named coldkeep is streaming (commits would wait forever)"
+                    f"not applied: no receiver named {slot_name} is streaming (commits would wait forever)"
                 )
                 warnings.append(
-                    "synchronous_standby_names is left alone until a WAL receiver named 'coldkeep' streams; "
+                    f"synchronous_standby_names is left alone until a WAL receiver named {slot_name!r} streams "
+                    "(start `coldkeep pg receive-wal --synchronous`, then rerun this command); "
                     "the slot keeps WAL on the server until it does (drop it with "
-                    f"SELECT pg_drop_replication_slot('{SLOT_NAME}') if you do not start one)"
+                    f"SELECT pg_drop_replication_slot('{slot_name}') if you do not start one)"
                 )
             wanted.append(sync)
             if int(current.get("max_wal_senders", ("0",))[0]) < 1:
@@ -335,7 +340,7 @@ def setup(
             "unchanged" if not changed else "new-lineage" if lineage_before is not None else "recorded"
         )
         if synchronous and slot is not None and not slot["exists"]:
-            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (SLOT_NAME,))
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot_name,))
             slot["exists"] = True
             slot["created"] = True
         from psycopg import sql
