@@ -171,3 +171,37 @@ def test_wal_fetch_serves_a_streamed_partial_only_when_not_archived(
     assert archived.is_file()
     assert dest.read_bytes()[:offset] == data[:offset]
     assert receiver.terminate() == 0
+
+
+def test_pitr_to_a_time_only_the_stream_reaches(pgenv: Env, receivers: list[Receiver]) -> None:
+    """A target time after the newest archived segment but covered by a streamed state is
+    accepted (and reached); before `pg receive-wal` it was refused as beyond the archive."""
+    env, c = pgenv, pgenv.cluster
+    use_spool(env)
+    c.sql("INSERT INTO marks (label) VALUES ('base')")
+    env.ckj("pg", "backup")
+    receiver = Receiver(env, ("--interval", "0.05")).start()
+    receivers.append(receiver)
+    receiver.event("streaming")
+    c.sql("INSERT INTO marks (label) VALUES ('before-target')")
+    time.sleep(1.1)
+    target = str(c.sql("SELECT now()")[0][0].isoformat())
+    time.sleep(1.1)
+    c.sql("INSERT INTO marks (label) VALUES ('after-target')")
+    lsn = str(c.sql("SELECT pg_current_wal_lsn()")[0][0])
+    segment = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
+    offset = int(lsn.split("/")[1], 16) % (16 << 20)
+    receiver.wait_for(
+        lambda e: e.get("event") == "partial" and e["segment"] == segment and e["end"] >= offset - 64
+    )
+    time.sleep(0.5)  # the stored state is newer than the target time
+    assert receiver.terminate() == 0
+    assert not (env.base / "repo" / "named" / "wal" / segment[:8] / segment).exists()
+    restored = env.base / "pitr"
+    report: dict[str, Any] = env.ckj(
+        "pg", "restore", "--target-dir", str(restored), "--time", target, "--start"
+    )
+    try:
+        assert labels(report["port"], report["socket_dir"]) == ["base", "before-target"]
+    finally:
+        TempCluster(restored.with_name(restored.name + ".run"), bin_dir=c.bin_dir, data_dir=restored).stop()

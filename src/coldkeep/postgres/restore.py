@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,9 @@ def check_reachable(repo: Repository, backup: Snapshot, target: Target) -> None:
                 hint="choose a later time or an older --backup",
             )
         newest = archive.newest_segment_time(repo, str(backup.meta["wal_lineage"]))
+        streamed = _streamed_reach(repo, backup)  # `pg receive-wal` reaches further than the archiver
+        if streamed is not None and (newest is None or streamed[1] > newest):
+            newest = streamed[1]
         if newest is not None and when > newest:
             raise UsageError(
                 f"target time {target.value} is after the newest archived WAL ({clock.isoformat(newest)})",
@@ -157,10 +160,23 @@ def check_reachable(repo: Repository, backup: Snapshot, target: Target) -> None:
         end = archive.archive_end_lsn(
             repo, str(backup.meta["wal_lineage"]), int(backup.meta["wal_segment_size"])
         )
+        streamed = _streamed_reach(repo, backup)
+        if streamed is not None and (end is None or streamed[0] > end):
+            end = streamed[0]
         if end is not None and lsn > end:
             raise UsageError(
                 f"target LSN {target.value} is beyond the newest archived WAL ({wal.format_lsn(end)})"
             )
+
+
+def _streamed_reach(repo: Repository, backup: Snapshot) -> tuple[int, datetime] | None:
+    """End LSN and store time of the newest state streamed by `pg receive-wal`, if any."""
+    from coldkeep.postgres import walstream
+
+    reach = walstream.newest_reach(
+        repo, str(backup.meta["wal_lineage"]), int(backup.meta["wal_segment_size"])
+    )
+    return None if reach is None else (reach[0], datetime.fromtimestamp(reach[1], UTC))
 
 
 def move_aside(path: Path) -> str | None:

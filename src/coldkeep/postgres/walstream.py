@@ -182,3 +182,20 @@ def read_streamed(
     data = content + bytes(seg_size - len(content))
     wal.check_segment(parsed, data, int(lineage["system_identifier"]))
     return parsed, state.key, data
+
+
+def newest_reach(repo: Repository, lineage_prefix: str, seg_size: int) -> tuple[int, float] | None:
+    """How far the streamed states reach: ``(end LSN, store time as a POSIX timestamp)`` of the
+    newest state on the highest timeline, or ``None`` (for a restore's reachability checks)."""
+    from coldkeep.repository.format import NAMED_PREFIX
+
+    states = stream_states(repo, lineage_prefix)
+    if not states:
+        return None
+    top = max(states, key=lambda s: (s.timeline, wal.parse_name(s.segment).segno_for(seg_size), s.end))
+    start = wal.parse_name(top.segment).start_lsn(seg_size)
+    try:
+        mtime = repo.backend.stat(NAMED_PREFIX + top.key).mtime
+    except StorageError:
+        return None
+    return start + top.end, mtime
