@@ -4,6 +4,7 @@ and its data directory; the archiver and the receiver pushing the same segment i
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -205,3 +206,30 @@ def test_pitr_to_a_time_only_the_stream_reaches(pgenv: Env, receivers: list[Rece
         assert labels(report["port"], report["socket_dir"]) == ["base", "before-target"]
     finally:
         TempCluster(restored.with_name(restored.name + ".run"), bin_dir=c.bin_dir, data_dir=restored).stop()
+
+
+def test_expire_removes_streamed_states_no_kept_backup_needs(pgenv: Env, receivers: list[Receiver]) -> None:
+    env, c = pgenv, pgenv.cluster
+    use_spool(env)
+    receiver = Receiver(env, ("--interval", "0.05")).start()
+    receivers.append(receiver)
+    receiver.event("streaming")
+    c.sql("INSERT INTO marks (label) VALUES ('streamed')")
+    lsn = str(c.sql("SELECT pg_current_wal_lsn()")[0][0])
+    segment = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
+    receiver.wait_for(lambda e: e.get("event") == "partial" and e["segment"] == segment)
+    assert receiver.terminate() == 0
+    # the receiver is gone when the segment completes: its state stays behind (as after a kill -9)
+    env.switch_and_wait()
+    assert [p.parent.name for p in stream_objects(env)] == [segment]
+    for _ in range(2):
+        env.ckj("pg", "backup")
+        env.switch_and_wait()
+    os.environ["COLDKEEP_NOW"] = "2099-01-01T00:00:00+00:00"
+    try:
+        env.ckj("pg", "expire")
+    finally:
+        os.environ.pop("COLDKEEP_NOW")
+    assert stream_objects(env) == []
+    env.ck("pg", "verify", "--all")
+    assert env.ckj("repo", "check", "--read-data")["problems"] == []

@@ -4,8 +4,8 @@ Keep every backup that stopped within the window, plus the newest one that stopp
 ``now - retention_days`` (so any time in the window can be reached), and never fewer than one
 verified backup.  Keep every WAL segment from the oldest kept backup's start segment onward, on
 every timeline; history files always.  Backups are deleted first (oldest first), then the WAL that
-only they needed (oldest first, so an interrupted run never leaves a gap), then prune reclaims
-the chunks.  Decisions are pure (:func:`plan`) and printed with their reasons.
+only they needed (oldest first, so an interrupted run never leaves a gap) and the partial
+segments ``pg receive-wal`` streamed before the oldest kept backup, then prune reclaims the chunks.  Decisions are pure (:func:`plan`) and printed with their reasons.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from coldkeep.postgres import catalog, wal, walchain
+from coldkeep.postgres import catalog, wal, walchain, walstream
 from coldkeep.repository.repository import Repository, Snapshot
 
 
@@ -78,6 +78,7 @@ def plan(repo: Repository, retention_days: int, now: datetime) -> ExpirePlan:
     kept_ids = {d.id for d in result.backups if d.keep}
     kept = [b for b in backups if b.id in kept_ids]
     current = walchain.current_lineage(repo)
+    streamed: list[str] = []
     for lineage in walchain.lineages(repo):
         prefix = str(lineage["prefix"])
         lineage_kept = [b for b in kept if b.meta.get("wal_lineage") == prefix]
@@ -89,6 +90,7 @@ def plan(repo: Repository, retention_days: int, now: datetime) -> ExpirePlan:
                 result.wal_delete += [
                     n for n in walchain.archived_names(repo, prefix) if not n.endswith(".history")
                 ]
+                streamed += [s.key for s in walstream.stream_states(repo, prefix)]
             continue
         first = min(walchain.position(str(b.meta["start_wal"])) for b in lineage_kept)
         result.wal_keep_from[prefix] = min((str(b.meta["start_wal"]) for b in lineage_kept),
@@ -99,7 +101,12 @@ def plan(repo: Repository, retention_days: int, now: datetime) -> ExpirePlan:
                 continue
             if (parsed.log, parsed.seg) < first:
                 result.wal_delete.append(name)
+        # partial segments streamed by `pg receive-wal` that no kept backup reaches any more
+        streamed += [
+            s.key for s in walstream.stream_states(repo, prefix) if walchain.position(s.segment) < first
+        ]
     result.wal_delete.sort(key=lambda n: (walchain.position(n), n))
+    result.wal_delete += streamed  # not part of the chain: after it
     return result
 
 
