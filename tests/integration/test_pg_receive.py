@@ -233,3 +233,30 @@ def test_expire_removes_streamed_states_no_kept_backup_needs(pgenv: Env, receive
     assert stream_objects(env) == []
     env.ck("pg", "verify", "--all")
     assert env.ckj("repo", "check", "--read-data")["problems"] == []
+
+
+def test_reconnects_after_the_server_restarts(pgenv: Env, receivers: list[Receiver]) -> None:
+    env, c = pgenv, pgenv.cluster
+    use_spool(env)
+    receiver = Receiver(env, ()).start()
+    receivers.append(receiver)
+    first = receiver.event("streaming")
+    wait_replication(env)
+    c.stop()
+    gone = receiver.event("disconnected", timeout=60)
+    assert gone["retry_in_s"] == 1 and gone["error"]
+    wait_gone(int(first["pid"]))
+    time.sleep(2.5)  # a failed attempt or two while the server is down: the backoff grows
+    c.start()
+    second = receiver.wait_for(
+        lambda e: e.get("event") == "streaming" and e["pid"] != first["pid"], timeout=90
+    )
+    assert second
+    wait_replication(env)
+    lsn = c.sql("SELECT pg_switch_wal()")[0][0]
+    name = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
+    c.sql("SELECT txid_current()")
+    receiver.event("segment", name=name, timeout=60)
+    assert receiver.terminate() == 0
+    assert not receiver.of("error"), receiver.events
+    assert [e["retry_in_s"] for e in receiver.of("disconnected")][:2] == [1, 2]
