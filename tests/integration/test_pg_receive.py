@@ -260,3 +260,26 @@ def test_reconnects_after_the_server_restarts(pgenv: Env, receivers: list[Receiv
     assert receiver.terminate() == 0
     assert not receiver.of("error"), receiver.events
     assert [e["retry_in_s"] for e in receiver.of("disconnected")][:2] == [1, 2]
+
+
+def test_a_conflicting_segment_stops_the_receiver_loudly(
+    pgenv: Env, receivers: list[Receiver], tmp_path: Path
+) -> None:
+    env, c = pgenv, pgenv.cluster
+    spool = use_spool(env)
+    receiver = Receiver(env, ()).start()
+    receivers.append(receiver)
+    receiver.event("streaming")
+    c.sql("INSERT INTO marks (label) VALUES ('x')")
+    lsn = str(c.sql("SELECT pg_current_wal_lsn()")[0][0])
+    segment = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
+    receiver.wait_for(lambda e: e.get("event") == "partial" and e["segment"] == segment)
+    # someone archived a different segment under that name (a header-valid impostor)
+    impostor = bytearray((spool / f"{segment}.partial").read_bytes())
+    impostor[-100] ^= 0xFF
+    (tmp_path / segment).write_bytes(bytes(impostor))
+    env.ck("pg", "wal-push", str(tmp_path / segment))
+    c.sql("SELECT pg_switch_wal()")
+    assert receiver.proc is not None
+    assert receiver.proc.wait(timeout=60) == 3
+    assert any("DIFFERENT content" in line for line in receiver.stderr), receiver.stderr

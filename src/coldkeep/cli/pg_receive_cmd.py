@@ -70,7 +70,11 @@ def receive_wal(
 
     Completed segments are archived like wal-push does; the segment being written is stored
     whenever it grows (at most every --interval seconds) and when the connection ends, so
-    `wal-fetch` can serve it.  Reconnects with backoff; SIGTERM/SIGINT stop it cleanly."""
+    `wal-fetch` can serve it.  Reconnects with backoff; SIGTERM/SIGINT stop it cleanly.
+
+    \b
+    Exit codes: 0 stopped by SIGTERM/SIGINT (--once: pg_receivewal ended normally), 1 failed,
+    2 usage or configuration, 3 a streamed segment conflicts with the archived one."""
     from coldkeep.postgres.receive import ReceiveOptions, Receiver
     from coldkeep.repository.setup import open_repository
 

@@ -319,7 +319,17 @@ class Receiver:
 
     def run(self) -> int:
         """Stream until :meth:`stop` (returns 0), or with ``once`` until pg_receivewal ends
-        (0 if it ended normally, 1 otherwise)."""
+        (0 if it ended normally, 1 otherwise).  On an error (integrity: exit 3) pg_receivewal
+        is interrupted before the error propagates."""
+        try:
+            return self._run()
+        finally:
+            proc = self.proc
+            if proc is not None and proc.poll() is None:
+                self._interrupt(proc)
+            self.proc = None
+
+    def _run(self) -> int:
         self.prepare_spool()
         removed = cleanup(self.repo, self.prefix)
         self.emit({"event": "start", "spool": str(self.spool), "slot": self.options.slot,
