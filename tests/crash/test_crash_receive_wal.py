@@ -71,12 +71,14 @@ def stream_states(env: Env) -> list[Path]:
 
 
 def run_until_killed(receiver: Receiver) -> None:
-    """Wait for the fault-injected kill; its pg_receivewal must die with it."""
+    """Wait for the fault-injected kill (it may come before streaming starts, e.g. while the
+    start-up cleanup deletes what an earlier kill left); a pg_receivewal must die with it."""
     assert receiver.proc is not None
-    streaming = receiver.event("streaming", timeout=60)
     receiver.proc.wait(timeout=120)
     assert receiver.proc.returncode == -9, (receiver.proc.returncode, receiver.stderr[-5:])
-    wait_gone(int(streaming["pid"]))
+    time.sleep(0.3)  # the reader thread drains the last events
+    for event in receiver.of("streaming"):
+        wait_gone(int(event["pid"]))
 
 
 def test_kill_receive_wal_at_storage_calls_and_random_instants(pgenv: Env, tmp_path: Path) -> None:
