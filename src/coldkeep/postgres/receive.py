@@ -94,13 +94,20 @@ def default_spool(config: Config, repo: Repository) -> Path:
     return cache_root() / repo.config.id / "receive-wal"
 
 
-def _set_parent_death_signal() -> None:
-    """In the child (``preexec_fn``, after the user switch): die with SIGTERM when coldkeep dies,
-    so that a ``kill -9`` of the service does not leave a receiver holding the slot."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
-        os._exit(1)
+def _parent_death_signal() -> Callable[[], None]:
+    """A ``preexec_fn`` (run in the child after the user switch, which would reset it): die with
+    SIGTERM when coldkeep dies, so that a ``kill -9`` of the service does not leave a receiver
+    holding the slot.  libc is loaded here, in the parent: the child (forked while reader threads
+    run) only makes the one system call."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call
+            os._exit(1)
+
+    return preexec
 
 
 @dataclass
@@ -204,7 +211,7 @@ class Receiver:
         if log.isEnabledFor(logging.DEBUG):
             argv.append("-v")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, preexec_fn=_set_parent_death_signal,
+                                stderr=subprocess.PIPE, preexec_fn=_parent_death_signal(),
                                 **self._popen_kwargs())  # fmt: skip
         self._stderr.clear()
 
