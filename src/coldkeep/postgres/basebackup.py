@@ -4,7 +4,7 @@
 server injects ``backup_manifest`` at its end).  coldkeep reads it member by member with its own
 tar parser (:mod:`coldkeep.postgres.tarstream`; never a full-size staging copy on disk), reading
 member data straight from the pipe into a ring of chunk buffers, cuts relation files into
-``page_chunk`` (1 MiB, 128-page) chunks so unchanged pages deduplicate against earlier backups,
+``page_chunk`` (128 KiB, 16-page, by default) chunks so unchanged pages deduplicate against earlier backups,
 hashes/compresses/stores chunks on a thread pool while each file's SHA-256 runs on a thread of
 its own, and checks every file's SHA-256 and size against the manifest.  WAL is not in the backup: it comes
 from the archive, and the backup counts as complete only once every segment from its start to its
@@ -82,11 +82,11 @@ def _norm(name: str) -> str:
 class _Pipeline:
     """Ordered chunk storing with a bounded window of in-flight chunks."""
 
-    def __init__(self, writer: BlobWriter, threads: int) -> None:
+    def __init__(self, writer: BlobWriter, threads: int, limit: int = 0) -> None:
         self.writer = writer
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="coldkeep-pgchunk")
         self.window: collections.deque[Future[bytes]] = collections.deque()
-        self.limit = threads * 3
+        self.limit = limit or threads * 3
 
     def submit(self, data: bytes | memoryview) -> Future[bytes]:
         fut = self.pool.submit(self.writer.store, data)
@@ -149,6 +149,8 @@ class _Stream:
     label_text: str = ""
 
 
+#: bytes read from the pipe at a time (rounded down to whole page chunks, at least one)
+READ_SIZE = 1024 * 1024
 #: below this a file's SHA-256 is computed inline (a thread hand-off would cost more)
 INLINE_HASH = 256 * 1024
 
@@ -159,17 +161,20 @@ def _store_member(reader: TarReader, name: str, size: int, pipe: _Pipeline, hash
     futures: list[Future[bytes]] = []
     strategy = strategy_for(name)
     if strategy == "pages" and size > INLINE_HASH:
+        page_chunk = params.page_chunk
         remaining = size
-        while remaining > 0:
+        while remaining > 0:  # one read and one hash per buffer (several page chunks when they are small)
             n = min(ring.size, remaining)
             buf = ring.get()
             view = memoryview(buf)[:n]
             reader.readinto(view)
             remaining -= n
-            hashed = hasher.update(sha, view)
-            stored = pipe.submit(view)
-            ring.put(buf, [hashed, stored])
-            futures.append(stored)
+            users: list[Future[Any]] = [hasher.update(sha, view)]
+            for offset in range(0, n, page_chunk):
+                stored = pipe.submit(view[offset : offset + page_chunk])
+                users.append(stored)
+                futures.append(stored)
+            ring.put(buf, users)
             progress.add(0, n)
         return hasher.digest(sha), futures
     if size <= WHOLE_FILE_LIMIT:
@@ -219,9 +224,10 @@ def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: in
     stream (the caller then aborts the writer and records nothing)."""
     progress = progress or Progress()
     reader = TarReader(raw)
-    pipe = _Pipeline(writer, threads)
+    per_read = max(1, READ_SIZE // params.page_chunk)  # page chunks per read buffer
+    pipe = _Pipeline(writer, threads, limit=threads * 3 * per_read)
     hasher = _Hasher()
-    ring = _Buffers(pipe.limit + 2, params.page_chunk)
+    ring = _Buffers(threads * 3 + 2, per_read * params.page_chunk)
     out = _Stream()
     try:
         for member in reader:
