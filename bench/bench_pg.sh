@@ -28,6 +28,9 @@
 #        DRAIN_VARIANTS="cp coldkeep pgbackrest-sync pgbackrest-async"
 #        REPLAY_VARIANTS="cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async"
 #        BB_DAYS="0 DAYS-1" (days pg_basebackup -z runs; the others are interpolated in the summary; "all")
+#        BACKUP_TOOLS="coldkeep pgbackrest pg_basebackup" RESTORE_TOOLS="coldkeep pgbackrest pg_basebackup"
+#          (a subset skips the others, e.g. for a short coldkeep-vs-pgBackRest run; order still rotates)
+#        PAGE_CHUNK= (bytes; setup creates the coldkeep repository with this page-chunk size)
 #        PREFETCH=8 SEGCOST_N=12 QUIET_WAIT=5 (seconds each timed step may wait for an idle machine)
 #        WORK=/tmp/coldkeep-pgbench PORT=55440 STAGES="load setup days restore tps drain replay segcost"
 set -euo pipefail
@@ -54,6 +57,8 @@ PREFETCH=${PREFETCH:-8}
 SEGCOST_N=${SEGCOST_N:-12}
 QUIET_WAIT=${QUIET_WAIT:-5}
 STAGES=${STAGES:-"load setup days restore tps drain replay segcost"}
+BACKUP_TOOLS=${BACKUP_TOOLS:-"coldkeep pgbackrest pg_basebackup"}
+RESTORE_TOOLS=${RESTORE_TOOLS:-"coldkeep pgbackrest pg_basebackup"}
 PORT=${PORT:-55440}
 RPORT=$((PORT + 1))
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -278,7 +283,16 @@ pg1-port=$PORT
 pg1-user=postgres
 EOF
   chown postgres:postgres "$PGBR_CONF"
-  "$CK" --config "$CFG" -q repo init
+  if [ -n "${PAGE_CHUNK:-}" ]; then   # a repository with another page-chunk size (bytes; `repo init` has no option)
+    "$WORK/runner/bin/python" -c "
+from coldkeep.repository.chunker import ChunkerParams
+from coldkeep.repository.repository import Repository
+from coldkeep.storage.local import LocalBackend
+Repository.init(LocalBackend('$CKREPO'), chunker=ChunkerParams(page_chunk=$PAGE_CHUNK))"
+    chown -R postgres:postgres "$CKREPO"
+  else
+    "$CK" --config "$CFG" -q repo init
+  fi
   "$CK" --config "$CFG" pg setup --apply --coldkeep-path "$CK" | tee "$LOGS/pg-setup.txt" >&2
   [ "$(q "SHOW archive_command")" = "$(ck_push_cmd)" ] || { echo "unexpected archive_command from pg setup: $(q "SHOW archive_command")" >&2; exit 1; }
   as_pg $PGBR stanza-create >/dev/null
@@ -290,7 +304,8 @@ fi
 # ================================================================================================
 if has_stage days; then
   stage days
-  TOOLS=(coldkeep pgbackrest pg_basebackup)
+  read -r -a TOOLS <<<"$BACKUP_TOOLS"
+  NT=${#TOOLS[@]}
   for day in $(seq 0 $((DAYS - 1))); do
     if [ "$day" -gt 0 ]; then
       log "day $day: insert 2 % new rows, update 0.2 % at random"
@@ -301,8 +316,8 @@ if has_stage days; then
     rows=$(q "SELECT count(*) FROM conversations")
     echo "$rows" >"$WORK/rows-last"
     kind=$( [ "$day" = 0 ] && echo full || echo incr )
-    for i in 0 1 2; do
-      tool=${TOOLS[$(( (i + day) % 3 ))]}
+    for i in $(seq 0 $((NT - 1))); do
+      tool=${TOOLS[$(( (i + day) % NT ))]}
       log "day $day: $tool backup"
       case $tool in
         coldkeep)
@@ -342,11 +357,12 @@ check_rows() { # SOCKDIR PORT: the restored server must have the rows of the las
 if has_stage restore; then
   stage restore
   R=$WORK/restore
-  LASTBB=$(ls -d "$BB"/day* | sort -V | tail -1)
-  TOOLS=(coldkeep pgbackrest pg_basebackup)
+  LASTBB=$(ls -d "$BB"/day* 2>/dev/null | sort -V | tail -1 || true)
+  read -r -a TOOLS <<<"$RESTORE_TOOLS"
+  NT=${#TOOLS[@]}
   for rep in $(seq 1 "$RESTORE_REPEATS"); do
-    for i in 0 1 2; do
-      tool=${TOOLS[$(( (i + rep - 1) % 3 ))]}
+    for i in $(seq 0 $((NT - 1))); do
+      tool=${TOOLS[$(( (i + rep - 1) % NT ))]}
       log "restore rep $rep: $tool"
       rm -rf "$R/data" "$R/data.run" "$R/data.config" "$R/data.log"
       case $tool in

@@ -33,6 +33,8 @@ from coldkeep.repository.chunker import (
 
 MiB = 1024 * 1024
 DEFAULT = ChunkerParams()
+#: 1 MiB page chunks (the default before 128 KiB), for tests whose sizes are written for them
+MIB_PAGES = ChunkerParams(page_chunk=1024 * 1024)
 # small sizes so that property tests see many chunks in little data
 SMALL = ChunkerParams(min_size=512, avg_size=2048, max_size=8192, page_chunk=8192)
 
@@ -81,7 +83,7 @@ def test_defaults_and_the_fast_path() -> None:
         256 * 1024,
         MiB,
         4 * MiB,
-        MiB,
+        128 * 1024,
         0,
     )
     assert NORMALIZED_CHUNKING == 1
@@ -284,7 +286,7 @@ def test_stream_chunker_with_default_params_and_odd_pieces() -> None:
 
 
 def test_stream_chunker_lifecycle() -> None:
-    sc = StreamChunker("pages", DEFAULT)
+    sc = StreamChunker("pages", MIB_PAGES)
     assert sc.feed(b"x" * (2 * MiB)) == []  # chunks are cut when the 4-window buffer fills
     assert sc.feed(b"x" * (2 * MiB + 5)) == [b"x" * MiB] * 4
     assert sc.buffered == 5 and sc.offset == 4 * MiB
@@ -305,14 +307,14 @@ def test_pages_one_changed_page_changes_one_chunk(tmp_path: Path) -> None:
     rel.parent.mkdir(parents=True)
     data = bytearray(rand(10 * MiB, seed=4))
     rel.write_bytes(data)
-    with chunk_file(rel) as chunks:
+    with chunk_file(rel, "auto", MIB_PAGES) as chunks:
         assert chunks.strategy == "pages"
         before = [blake3.blake3(v).digest() for v in chunks]
     assert len(before) == 10
     page = 700  # page 700 lives in chunk 700 // 128 = 5
     data[page * 8192 : (page + 1) * 8192] = rand(8192, seed=5)
     rel.write_bytes(data)
-    with chunk_file(rel) as chunks:
+    with chunk_file(rel, "auto", MIB_PAGES) as chunks:
         after = [blake3.blake3(v).digest() for v in chunks]
     assert [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b] == [5]
 
@@ -321,7 +323,7 @@ def test_pages_file_truncated_while_read(tmp_path: Path) -> None:
     rel = tmp_path / "global" / "1262"
     rel.parent.mkdir()
     rel.write_bytes(rand(5 * MiB, seed=6))
-    with chunk_file(rel) as chunks:
+    with chunk_file(rel, "auto", MIB_PAGES) as chunks:
         first = next(chunks)
         os.truncate(rel, 2 * MiB + 8192)  # VACUUM truncating the relation under a hot backup
         rest = list(chunks)

@@ -1,10 +1,12 @@
 """``pg backup``: a base backup streamed from ``pg_basebackup`` straight into the repository.
 
 ``pg_basebackup -D - -Ft -X none --manifest-checksums=SHA256`` writes one tar stream (the
-server injects ``backup_manifest`` at its end).  coldkeep reads it member by member — never a
-full-size staging copy on disk — cuts relation files into 1 MiB (128-page) chunks so unchanged
-pages deduplicate against earlier backups, hashes/compresses/stores chunks on a thread pool, and
-checks every file's SHA-256 and size against the manifest.  WAL is not in the backup: it comes
+server injects ``backup_manifest`` at its end).  coldkeep reads it member by member with its own
+tar parser (:mod:`coldkeep.postgres.tarstream`; never a full-size staging copy on disk), reading
+member data straight from the pipe into a ring of chunk buffers, cuts relation files into
+``page_chunk`` (128 KiB, 16-page, by default) chunks so unchanged pages deduplicate against earlier backups,
+hashes/compresses/stores chunks on a thread pool while each file's SHA-256 runs on a thread of
+its own, and checks every file's SHA-256 and size against the manifest.  WAL is not in the backup: it comes
 from the archive, and the backup counts as complete only once every segment from its start to its
 stop LSN is there.
 """
@@ -16,24 +18,23 @@ import hashlib
 import json
 import os
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from coldkeep import clock
 from coldkeep.config import Config
 from coldkeep.errors import IntegrityError, PostgresError, UsageError
 from coldkeep.postgres import pgconn
 from coldkeep.postgres.cluster import as_user, find_bin_dir, server_version
+from coldkeep.postgres.tarstream import TarFormatError, TarReader, TarTruncated, set_pipe_size
 from coldkeep.repository.chunker import StreamChunker, chunk_buffer, strategy_for
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 PG_TAGS = {"service": "postgres", "kind": "pg-base"}
-READ_PIECE = 1024 * 1024
 WHOLE_FILE_LIMIT = 64 * 1024 * 1024
 
 
@@ -81,13 +82,13 @@ def _norm(name: str) -> str:
 class _Pipeline:
     """Ordered chunk storing with a bounded window of in-flight chunks."""
 
-    def __init__(self, writer: BlobWriter, threads: int) -> None:
+    def __init__(self, writer: BlobWriter, threads: int, limit: int = 0) -> None:
         self.writer = writer
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="coldkeep-pgchunk")
         self.window: collections.deque[Future[bytes]] = collections.deque()
-        self.limit = threads * 3
+        self.limit = limit or threads * 3
 
-    def submit(self, data: bytes) -> Future[bytes]:
+    def submit(self, data: bytes | memoryview) -> Future[bytes]:
         fut = self.pool.submit(self.writer.store, data)
         self.window.append(fut)
         while len(self.window) > self.limit:
@@ -98,45 +99,174 @@ class _Pipeline:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _store_member(
-    stream: IO[bytes], name: str, size: int, pipe: _Pipeline, params: Any, progress: Progress
-) -> tuple[str, list[Future[bytes]]]:
+class _Hasher:
+    """Whole-file SHA-256 on a thread of its own, in submission order (hashlib releases the GIL
+    for buffers over 2 KiB), so the manifest check overlaps reading and chunk storing instead of
+    running on the thread that drains the pipe."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="coldkeep-sha256")
+
+    def update(self, sha: Any, data: memoryview) -> Future[None]:
+        return self.pool.submit(sha.update, data)
+
+    def digest(self, sha: Any) -> Future[str]:
+        return self.pool.submit(sha.hexdigest)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Buffers:
+    """A ring of reusable chunk buffers: a buffer is handed out again only once the futures that
+    read it (hash, store) are done, which also bounds the data in flight."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self.count = count
+        self.free: collections.deque[tuple[bytearray, list[Future[Any]]]] = collections.deque()
+        self.made = 0
+
+    def get(self) -> bytearray:
+        if self.made < self.count:
+            self.made += 1
+            return bytearray(self.size)
+        buf, users = self.free.popleft()
+        for fut in users:
+            fut.result()
+        return buf
+
+    def put(self, buf: bytearray, users: list[Future[Any]]) -> None:
+        self.free.append((buf, users))
+
+
+@dataclass
+class _Stream:
+    """What one pass over the tar stream produced."""
+
+    pending: list[tuple[dict[str, Any], list[Future[bytes]], Future[str] | str]] = field(default_factory=list)
+    manifest_raw: bytes = b""
+    label_text: str = ""
+
+
+#: bytes read from the pipe at a time (rounded down to whole page chunks, at least one)
+READ_SIZE = 1024 * 1024
+#: below this a file's SHA-256 is computed inline (a thread hand-off would cost more)
+INLINE_HASH = 256 * 1024
+
+
+def _store_member(reader: TarReader, name: str, size: int, pipe: _Pipeline, hasher: _Hasher, ring: _Buffers,
+                  params: Any, progress: Progress) -> tuple[Future[str] | str, list[Future[bytes]]]:  # fmt: skip
     sha = hashlib.sha256()
     futures: list[Future[bytes]] = []
     strategy = strategy_for(name)
-    if strategy == "pages":
+    if strategy == "pages" and size > INLINE_HASH:
+        page_chunk = params.page_chunk
         remaining = size
-        while remaining > 0:
-            piece = stream.read(min(params.page_chunk, remaining))
-            if not piece:
-                raise IntegrityError(f"{name}: tar stream ended early")
-            remaining -= len(piece)
-            sha.update(piece)
-            futures.append(pipe.submit(piece))
-            progress.add(0, len(piece))
-    elif size <= WHOLE_FILE_LIMIT:
-        data = stream.read(size)
-        if len(data) != size:
-            raise IntegrityError(f"{name}: tar stream ended early")
-        sha.update(data)
-        for offset, length in chunk_buffer(data, "cdc", params):
-            futures.append(pipe.submit(data[offset : offset + length]))
+        while remaining > 0:  # one read and one hash per buffer (several page chunks when they are small)
+            n = min(ring.size, remaining)
+            buf = ring.get()
+            view = memoryview(buf)[:n]
+            reader.readinto(view)
+            remaining -= n
+            users: list[Future[Any]] = [hasher.update(sha, view)]
+            for offset in range(0, n, page_chunk):
+                stored = pipe.submit(view[offset : offset + page_chunk])
+                users.append(stored)
+                futures.append(stored)
+            ring.put(buf, users)
+            progress.add(0, n)
+        return hasher.digest(sha), futures
+    if size <= WHOLE_FILE_LIMIT:
+        data = bytearray(size)
+        view = memoryview(data)
+        reader.readinto(view)
+        cuts = (
+            _pages_of(size, params.page_chunk) if strategy == "pages" else chunk_buffer(view, "cdc", params)
+        )
+        for offset, length in cuts:
+            futures.append(pipe.submit(view[offset : offset + length]))
         progress.add(0, size)
-    else:
-        chunker = StreamChunker("cdc", params)
-        remaining = size
-        while remaining > 0:
-            piece = stream.read(min(READ_PIECE, remaining))
-            if not piece:
-                raise IntegrityError(f"{name}: tar stream ended early")
-            remaining -= len(piece)
-            sha.update(piece)
-            for chunk in chunker.feed(piece):
-                futures.append(pipe.submit(chunk))
-            progress.add(0, len(piece))
-        for chunk in chunker.finish():
+        if size <= INLINE_HASH:
+            sha.update(view)
+            return sha.hexdigest(), futures
+        hasher.update(sha, view)
+        return hasher.digest(sha), futures
+    chunker = StreamChunker("cdc", params)
+    remaining = size
+    while remaining > 0:
+        n = min(ring.size, remaining)
+        buf = ring.get()
+        view = memoryview(buf)[:n]
+        reader.readinto(view)
+        remaining -= n
+        hashed = hasher.update(sha, view)
+        for chunk in chunker.feed(view):
             futures.append(pipe.submit(chunk))
-    return sha.hexdigest(), futures
+        ring.put(buf, [hashed])
+        progress.add(0, n)
+    for chunk in chunker.finish():
+        futures.append(pipe.submit(chunk))
+    return hasher.digest(sha), futures
+
+
+def _pages_of(size: int, page_chunk: int) -> list[tuple[int, int]]:
+    return [(offset, min(page_chunk, size - offset)) for offset in range(0, size, page_chunk)]
+
+
+def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: int = 2,
+                       progress: Progress | None = None) -> _Stream:  # fmt: skip
+    """Store every member of a ``pg_basebackup -Ft`` tar stream read from ``raw`` (an unbuffered
+    binary reader: ``readinto``) through ``writer``; returns the tree entries (chunk ids and
+    SHA-256 still as futures), ``backup_manifest`` and ``backup_label``.
+
+    Raises :class:`~coldkeep.postgres.tarstream.TarTruncated` / ``TarFormatError`` on a damaged
+    stream (the caller then aborts the writer and records nothing)."""
+    progress = progress or Progress()
+    reader = TarReader(raw)
+    per_read = max(1, READ_SIZE // params.page_chunk)  # page chunks per read buffer
+    pipe = _Pipeline(writer, threads, limit=threads * 3 * per_read)
+    hasher = _Hasher()
+    ring = _Buffers(threads * 3 + 2, per_read * params.page_chunk)
+    out = _Stream()
+    try:
+        for member in reader:
+            name = _norm(member.name)
+            entry: dict[str, Any] = {"path": name, "mode": member.mode, "uid": member.uid,
+                                     "gid": member.gid, "mtime_ns": int(member.mtime) * 10**9}  # fmt: skip
+            if member.isdir():
+                entry["type"] = "dir"
+                out.pending.append((entry, [], ""))
+            elif member.issym():
+                entry.update(type="symlink", target=member.linkname)
+                out.pending.append((entry, [], ""))
+            elif member.isfile():
+                if name in ("backup_manifest", "backup_label"):
+                    raw_data = reader.read()
+                    if name == "backup_manifest":
+                        out.manifest_raw = raw_data
+                    else:
+                        out.label_text = raw_data.decode()
+                    sha: Future[str] | str = hashlib.sha256(raw_data).hexdigest()
+                    futures = [pipe.submit(raw_data)] if raw_data else []
+                else:
+                    sha, futures = _store_member(
+                        reader, name, member.size, pipe, hasher, ring, params, progress
+                    )
+                entry.update(type="file", size=member.size)
+                out.pending.append((entry, futures, sha))
+                progress.add(1, 0)
+            else:
+                raise TarFormatError(f"{name}: unexpected tar member type {member.typeflag!r} in the backup")
+        # wait for everything while the pools are alive (errors surface here)
+        for entry, futures, sha in out.pending:
+            if entry.get("type") == "file":
+                entry["chunks"] = [f.result().hex() for f in futures]
+                entry["sha256"] = sha if isinstance(sha, str) else sha.result()
+    finally:
+        hasher.close()
+        pipe.close()
+    return out
 
 
 def check_manifest(manifest: dict[str, Any], files: dict[str, tuple[int, str]]) -> list[str]:
@@ -228,58 +358,40 @@ class BaseBackup:
             stderr=subprocess.PIPE,
             env=pgconn.client_env(self.pg),
             cwd="/",
+            bufsize=0,
         )
         assert proc.stdout is not None
+        set_pipe_size(proc.stdout.fileno())
         writer = self.repo.writer()
-        pipe = _Pipeline(writer, self.threads)
-        pending: list[tuple[dict[str, Any], list[Future[bytes]]]] = []
-        computed: dict[str, tuple[int, str]] = {}
-        manifest_raw = b""
-        label_text = ""
         try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-                for member in tar:
-                    name = _norm(member.name)
-                    entry: dict[str, Any] = {"path": name, "mode": member.mode, "uid": member.uid,
-                                             "gid": member.gid, "mtime_ns": int(member.mtime) * 10**9}  # fmt: skip
-                    if member.isdir():
-                        entry["type"] = "dir"
-                        pending.append((entry, []))
-                    elif member.issym():
-                        entry.update(type="symlink", target=member.linkname)
-                        pending.append((entry, []))
-                    elif member.isfile():
-                        stream = tar.extractfile(member)
-                        assert stream is not None
-                        if name in ("backup_manifest", "backup_label"):
-                            raw = stream.read()
-                            if name == "backup_manifest":
-                                manifest_raw = raw
-                            else:
-                                label_text = raw.decode()
-                            sha = hashlib.sha256(raw).hexdigest()
-                            futures = [pipe.submit(raw)] if raw else []
-                        else:
-                            sha, futures = _store_member(stream, name, member.size, pipe, self.repo.config.chunker,
-                                                         self.progress)  # fmt: skip
-                        computed[name] = (member.size, sha)
-                        entry.update(type="file", size=member.size, sha256=sha)
-                        pending.append((entry, futures))
-                        self.progress.add(1, 0)
+            try:
+                stream = read_backup_stream(proc.stdout, writer, self.repo.config.chunker, threads=self.threads,
+                                            progress=self.progress)  # fmt: skip
+            except TarTruncated as exc:
+                # a cut stream is usually pg_basebackup failing: report its own words
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                if proc.wait() != 0 and stderr.strip():
+                    raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}"
+                                        f" ({exc.message})") from None  # fmt: skip
+                raise
             stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             if proc.wait() != 0:
                 raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}")
             if on_stream_done is not None:
                 on_stream_done()
-            entries = []
-            for entry, futures in pending:
-                if entry.get("type") == "file":
-                    entry["chunks"] = [f.result().hex() for f in futures]
-                entries.append(entry)
+            entries = [entry for entry, _, _ in stream.pending]
+            computed = {
+                e["path"]: (int(e["size"]), str(e["sha256"])) for e in entries if e.get("type") == "file"
+            }
+            label_text = stream.label_text
             entries += self._config_files(writer)
-            if not manifest_raw:
+            if not stream.manifest_raw:
                 raise IntegrityError("the backup stream had no backup_manifest")
-            manifest = json.loads(manifest_raw)
+            manifest = json.loads(stream.manifest_raw)
             problems = check_manifest(manifest, computed)
             if problems:
                 raise IntegrityError(f"backup does not match its backup_manifest: {problems[0]}"
@@ -291,8 +403,6 @@ class BaseBackup:
             proc.wait()
             writer.abort()
             raise
-        finally:
-            pipe.close()
         stop_time = clock.now()
         ranges = manifest.get("WAL-Ranges") or []
         if not ranges:

@@ -10,11 +10,14 @@ and modes and mtimes set after contents (directories deepest first).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fnmatch
 import hashlib
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -48,6 +51,15 @@ class RestoreResult:
         }
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory (its entries: renames and new files in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def safe_relpath(name: str) -> PurePosixPath:
     rel = PurePosixPath(name)
     if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or not rel.parts:
@@ -65,14 +77,55 @@ def _matches(name: str, includes: Sequence[str]) -> bool:
     return False
 
 
+#: with ``durable``: start writeback of a file every this many bytes written
+WRITEBACK_STEP = 8 * 1024 * 1024
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` from libc (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+
+    def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+        func(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE: queue, do not wait; errors show at fsync
+
+    return start_writeback
+
+
+_start_writeback = _load_sync_file_range()
+
+
 class Restorer:
+    """Restore a snapshot (or part of it) into a directory.
+
+    ``durable=True``: each file is fsynced by the worker thread that wrote it before it is
+    renamed into place (writeback is started every :data:`WRITEBACK_STEP` bytes with
+    ``sync_file_range``, so the disk works while the next chunks are fetched and the final
+    ``fsync`` has little left to do), and every directory is fsynced at the end: a restore that
+    returned survives a power cut, and whoever starts on the result (PostgreSQL's start-up
+    ``SyncDataDirectory``) finds nothing dirty.
+    """
+
     def __init__(
-        self, repo: Repository, *, threads: int | None = None, progress: Progress | None = None
+        self,
+        repo: Repository,
+        *,
+        threads: int | None = None,
+        progress: Progress | None = None,
+        durable: bool = False,
     ) -> None:
         self.repo = repo
         self.threads = threads or max(2, os.cpu_count() or 2)
         self.progress = progress or Progress()
         self.as_root = os.geteuid() == 0
+        self.durable = durable
 
     def _inside(self, target_real: str, path: Path) -> None:
         parent_real = os.path.realpath(path.parent)
@@ -86,27 +139,34 @@ class Restorer:
         written = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
+            with os.fdopen(fd, "wb", buffering=0) as fh:
+                flushed = 0
                 for chunk_hex in entry.get("chunks", []):
                     try:
                         data = self.repo.read_blob(bytes.fromhex(chunk_hex))
                     except IntegrityError as exc:
                         raise IntegrityError(f"{entry['path']}: {exc.message}") from None
                     sha.update(data)
-                    fh.write(data)
+                    view = memoryview(data)
+                    while view:
+                        view = view[fh.write(view) or 0 :]
                     written += len(data)
                     self.progress.add(0, len(data))
-                fh.flush()
-            if sha.hexdigest() != entry.get("sha256"):
-                raise IntegrityError(
-                    f"{entry['path']}: SHA-256 mismatch after restore (expected {entry.get('sha256')})"
-                )
+                    if self.durable and _start_writeback and written - flushed >= WRITEBACK_STEP:
+                        _start_writeback(fd, flushed, written - flushed)
+                        flushed = written
+                if sha.hexdigest() != entry.get("sha256"):
+                    raise IntegrityError(
+                        f"{entry['path']}: SHA-256 mismatch after restore (expected {entry.get('sha256')})"
+                    )
+                self._set_meta(tmp, entry)  # before the fsync, so owner, mode and mtime are durable too
+                if self.durable:
+                    os.fsync(fd)
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._set_meta(dest, entry)
         self.progress.add(1, 0)
         return written
 
@@ -182,5 +242,10 @@ class Restorer:
         for dest, entry in sorted(dirs, key=lambda d: len(d[0].parts), reverse=True):
             self._set_meta(dest, entry)
             result.dirs += 1
+        if self.durable:
+            synced = {os.path.dirname(dest) for dest, _ in files + links} | {str(d) for d, _ in dirs}
+            synced |= {str(target), os.path.dirname(str(target))}
+            for directory in sorted(synced, key=len, reverse=True):
+                fsync_dir(directory)
         result.duration_s = round(time.monotonic() - started, 3)
         return result
