@@ -203,19 +203,23 @@ def read_wal_file(path: str | os.PathLike[str]) -> bytes:
         raise WalFileUnreadable(f"{os.fspath(path)}: {exc.strerror or exc}") from None
 
 
-def wal_push(repo: Repository, path: str | os.PathLike[str], *, name: str | None = None) -> PushResult:
+def wal_push(
+    repo: Repository, path: str | os.PathLike[str], *, name: str | None = None, data: bytes | None = None
+) -> PushResult:
     """Archive one WAL file (segment, ``.partial``, ``.history`` or ``.backup``).
 
     Returns once the object is durable in the repository.  Segments are checked first (name,
     page header, size, system identifier of the current lineage); history and backup-history
     files have no header and are stored as they are.  Raises :class:`WalExists` when a different
     file with this name is archived, :class:`~coldkeep.postgres.wal.BadWalFile` for a file that
-    is not what its name says, :class:`NoLineage` before ``pg setup``.
+    is not what its name says, :class:`NoLineage` before ``pg setup``.  ``data``: the file's
+    content when the caller has read it already (the async pusher hashes it for its marker).
     """
     start = time.monotonic()
     parsed = wal.parse_name(name or os.path.basename(os.fspath(path)))
     lineage = find_lineage(repo)
-    data = read_wal_file(path)
+    if data is None:
+        data = read_wal_file(path)
     sysid = int(lineage["system_identifier"])
     meta: dict[str, Any] = {"kind": parsed.kind, "timeline": parsed.timeline, "system_identifier": sysid}
     if parsed.is_segment_data:
