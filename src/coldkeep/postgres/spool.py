@@ -240,6 +240,8 @@ def ensure_pusher(root: Path, wal_dir: str, config_path: str, workers: int) -> b
         os.setsid()
         if os.fork():
             os._exit(0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for operators (and the crash tests)
         devnull = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(devnull, target)
@@ -255,6 +257,25 @@ def ensure_pusher(root: Path, wal_dir: str, config_path: str, workers: int) -> b
 
 # ------------------------------------------------------------------------------------------------
 # the background pusher
+
+
+def pusher_pid(root: Path) -> int | None:
+    """The pid of the live pusher of ``root``, or ``None``."""
+    import fcntl
+
+    try:
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+        return None
+    finally:
+        os.close(fd)
 
 
 def _idle_exit_s() -> float:
