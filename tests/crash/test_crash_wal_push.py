@@ -178,7 +178,7 @@ def test_async_pusher_killed_around_the_write(site: WalSite, tmp_path: Path, whe
     durable); the foreground is killed while it waits; the retry acknowledges only once the
     object is really there."""
     segment = _fake_pg_wal(site, ["000000010000000000000001"], tmp_path / "pg_wal")[0]
-    root = spool.spool_root(str(segment), str(site.config))
+    root = Path(spool.spool_root(str(segment), str(site.config)))
     stored = site.archived_path(segment.name)
     env = base_env({"COLDKEEP_FAULTS": f"kill:put_if_absent:1:{when}", "COLDKEEP_WAL_ASYNC_IDLE": "0.3"})
     proc = subprocess.Popen(
@@ -205,7 +205,7 @@ def test_async_pusher_killed_around_the_write(site: WalSite, tmp_path: Path, whe
 def test_async_random_sigkills_of_pusher_and_foreground(site: WalSite, tmp_path: Path) -> None:
     names = generate_wal(site.cluster, segments=6, rows=4000)
     sources = _fake_pg_wal(site, names, tmp_path / "pg_wal")
-    root = spool.spool_root(str(sources[0]), str(site.config))
+    root = Path(spool.spool_root(str(sources[0]), str(site.config)))
     env = base_env({"COLDKEEP_WAL_ASYNC_IDLE": "0.5"})
     rng = random.Random(20261127)
     kills = {"pusher": 0, "foreground": 0}

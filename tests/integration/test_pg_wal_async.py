@@ -35,7 +35,7 @@ def sha(path: Path) -> str:
 
 
 def spool_of(site: WalSite, wal_dir: Path) -> Path:
-    return spool.spool_root(str(wal_dir / SEGMENT_1), str(site.config))
+    return Path(spool.spool_root(str(wal_dir / SEGMENT_1), str(site.config)))
 
 
 def pusher_alive(root: Path) -> bool:
@@ -202,7 +202,7 @@ def test_pusher_pushes_ahead_of_the_archiver(site: WalSite, tmp_path: Path) -> N
     for name in names:
         shutil.copy(site.wal_file(name), wal_dir / name)
         (status / f"{name}.ready").touch()
-    root = spool.spool_root(str(wal_dir / names[0]), str(site.config))
+    root = Path(spool.spool_root(str(wal_dir / names[0]), str(site.config)))
     site.ok("pg", "wal-push", "--async", str(wal_dir / names[0]), env={"COLDKEEP_WAL_ASYNC_IDLE": "3"})
     deadline = time.monotonic() + 60
     while len(list(root.glob("*.ok"))) < len(names) and time.monotonic() < deadline:

@@ -326,37 +326,10 @@ def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None, p
 def _start_prefetch(
     spool: Spool, config_path: str, name: str, seg_size: int, count: int, lineage: str | None
 ) -> None:
-    """Fetch the segments after ``name`` that are neither spooled nor being fetched into the
-    spool, from a detached process (best effort: any failure there only means the next fetch
-    goes to the repository itself)."""
+    """Keep ``count`` segments after ``name`` prefetched (:func:`coldkeep.postgres.prefetch.refill`)."""
     from coldkeep.postgres import prefetch
 
-    try:
-        spool.clean(name)
-        ahead = prefetch.next_segments(name, seg_size, count)
-        names = [n for n in ahead if not spool.pending(n)]
-        # refill only when at most half of the window is covered: one prefetcher process then
-        # fetches several segments, so its start-up cost is shared
-        if not names or len(ahead) - len(names) > count // 2:
-            return
-        spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except (OSError, ColdkeepError):
-        return
-
-    def work() -> None:
-        from coldkeep.postgres.archive import NotArchived, read_archived
-
-        with open_repository_lean(load_repository_section(config_path)) as repo:
-
-            def fetch(segment: str) -> bytes | None:
-                try:
-                    return read_archived(repo, segment, prefix=lineage)[2]
-                except NotArchived:
-                    return None
-
-            spool.fill(names, fetch)
-
-    prefetch.spawn(work)
+    prefetch.refill(spool, config_path, name, seg_size, count, lineage)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,13 +46,14 @@ identical duplicate); ``kill -9`` of the foreground only makes PostgreSQL retry.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported on the per-segment path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 SPOOL_DIR = ".coldkeep-archive"
 LOCK_NAME = "pusher.lock"
@@ -72,12 +73,12 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 2))
 
 
-def spool_root(wal_path: str, config_path: str) -> Path:
+def spool_root(wal_path: str, config_path: str) -> str:
     """The spool directory for a WAL file at ``wal_path`` archived with ``config_path``."""
     import hashlib
 
     tag = hashlib.sha256(os.path.abspath(config_path).encode()).hexdigest()[:16]
-    return Path(os.path.dirname(os.path.abspath(wal_path))) / SPOOL_DIR / tag
+    return os.path.join(os.path.dirname(os.path.abspath(wal_path)), SPOOL_DIR, tag)
 
 
 def config_identity(config_path: str) -> str:
@@ -98,9 +99,16 @@ def file_digest(path: str) -> tuple[int, str]:
         return size, str(hasher.hexdigest())
 
 
-def _write_file(path: Path, text: str) -> None:
+def _unlink(path: str) -> None:
+    try:  # noqa: SIM105 (contextlib is not imported on the per-segment path)
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_file(path: str, text: str) -> None:
     """Write ``path`` through a temp file and a rename (readers never see a partial marker)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, text.encode())
@@ -109,7 +117,7 @@ def _write_file(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
@@ -121,10 +129,10 @@ def marker_text(size: int, digest: str, config_ident: str, key: str = "") -> str
     return f"{MARKER_VERSION} {size} {digest} {config_ident} {key}\n"
 
 
-def acknowledged(root: Path, name: str, wal_path: str, config_ident: str) -> bool:
+def acknowledged(root: str, name: str, wal_path: str, config_ident: str) -> bool:
     """Whether ``<name>.ok`` says this very content is durable in this config's repository.  A
     marker that does not match (other content, changed config, unreadable) is removed."""
-    marker = root / f"{name}.ok"
+    marker = os.path.join(root, f"{name}.ok")
     text = _read(marker)
     if text is None:
         return False
@@ -137,8 +145,7 @@ def acknowledged(root: Path, name: str, wal_path: str, config_ident: str) -> boo
         except OSError:
             return False  # the file is unreadable: the push will say so
     if not ok:
-        with contextlib.suppress(OSError):
-            marker.unlink()
+        _unlink(marker)
     return ok
 
 
@@ -170,7 +177,7 @@ def push_async(
     try:
         ident = config_identity(config_path)
         root = spool_root(path, config_path)
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(root, mode=0o700, exist_ok=True)
     except OSError as exc:
         _say(f"error: wal-push {name}: cannot use the async spool: {exc}")
         _say("hint: the directory of the WAL file must be writable by PostgreSQL's OS user")
@@ -182,15 +189,13 @@ def push_async(
                   "duration_s": round(time.monotonic() - started, 4)})  # fmt: skip
         elif verbose:
             _say(f"{name} durable in the repository ({how}) after {time.monotonic() - started:.3f} s")
-        with contextlib.suppress(OSError):
-            (root / f"{name}.req").unlink()
+        _unlink(os.path.join(root, f"{name}.req"))
         return 0
 
     if acknowledged(root, name, path, ident):
         return done("pushed ahead")
-    with contextlib.suppress(OSError):
-        (root / f"{name}.err").unlink()  # an old failure: this call is the retry
-    _write_file(root / f"{name}.req", path)
+    _unlink(os.path.join(root, f"{name}.err"))  # an old failure: this call is the retry
+    _write_file(os.path.join(root, f"{name}.req"), path)
     deadline = started + timeout
     next_lock_check = 0.0
     poll = 0.002
@@ -201,11 +206,10 @@ def push_async(
             next_lock_check = now + 0.25
         if acknowledged(root, name, path, ident):
             return done("pushed now")
-        err = _read(root / f"{name}.err")
+        err = _read(os.path.join(root, f"{name}.err"))
         if err is not None:
-            for p in (root / f"{name}.err", root / f"{name}.req"):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            _unlink(os.path.join(root, f"{name}.err"))
+            _unlink(os.path.join(root, f"{name}.req"))
             code_text, _, message = err.partition("\n")
             code = int(code_text) if code_text.strip().isdigit() else EXIT_FAILED
             for line in message.strip().splitlines():
@@ -213,17 +217,17 @@ def push_async(
             return code or EXIT_FAILED
         if now >= deadline:
             _say(f"error: wal-push {name}: the background pusher did not store it within {timeout:.0f} s")
-            _say("hint: PostgreSQL retries; check the repository and the spool " + str(root))
+            _say("hint: PostgreSQL retries; check the repository and the spool " + root)
             return EXIT_FAILED
         time.sleep(poll)
         poll = min(poll * 1.5, 0.02)
 
 
-def ensure_pusher(root: Path, wal_dir: str, config_path: str, workers: int) -> bool:
+def ensure_pusher(root: str, wal_dir: str, config_path: str, workers: int) -> bool:
     """Start a pusher unless one holds the lock; ``True`` if this call started one."""
     import fcntl
 
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -249,8 +253,10 @@ def ensure_pusher(root: Path, wal_dir: str, config_path: str, workers: int) -> b
         for low, high in zip(keep, [*keep[1:], 65536], strict=True):
             if high > low + 1:
                 os.closerange(low + 1, high)
-        with contextlib.suppress(BaseException):
+        try:  # noqa: SIM105
             run_pusher(root, wal_dir, config_path, workers)
+        except BaseException:
+            pass
     finally:
         os._exit(0)
 
@@ -259,12 +265,12 @@ def ensure_pusher(root: Path, wal_dir: str, config_path: str, workers: int) -> b
 # the background pusher
 
 
-def pusher_pid(root: Path) -> int | None:
+def pusher_pid(root: str | os.PathLike[str]) -> int | None:
     """The pid of the live pusher of ``root``, or ``None``."""
     import fcntl
 
     try:
-        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -300,7 +306,7 @@ class Pusher:
 
     def __init__(
         self,
-        root: Path,
+        root: str,
         wal_dir: str,
         config_ident: str,
         push: Callable[[str, str], tuple[int, str, str]],
@@ -318,7 +324,7 @@ class Pusher:
         reqs: dict[str, str] = {}
         for entry in entries:
             if entry.endswith(".req") and not entry.startswith("."):
-                text = _read(self.root / entry)
+                text = _read(os.path.join(self.root, entry))
                 if text:
                     reqs[entry[:-4]] = text.strip()
         return reqs
@@ -326,14 +332,14 @@ class Pusher:
     def _clean(self, entries: list[str], ready: set[str], reqs: dict[str, str]) -> None:
         now = time.time()
         for entry in entries:
-            path = self.root / entry
+            path = os.path.join(self.root, entry)
             try:
                 if entry.endswith(".ok") and not entry.startswith("."):
                     name = entry[:-3]
                     if name not in ready and name not in reqs:
-                        path.unlink()  # PostgreSQL has renamed .ready to .done (or gave it up)
-                elif entry != LOCK_NAME and now - path.stat().st_mtime > STALE_S:
-                    path.unlink()  # stale temp files, old errors and requests
+                        os.unlink(path)  # PostgreSQL has renamed .ready to .done (or gave it up)
+                elif entry != LOCK_NAME and now - os.stat(path).st_mtime > STALE_S:
+                    os.unlink(path)  # stale temp files, old errors and requests
             except OSError:
                 continue
 
@@ -342,12 +348,12 @@ class Pusher:
             size, digest, key = self.push(name, path)
         except BaseException as exc:
             code, message = _error_of(exc, name)
-            if requested or (self.root / f"{name}.req").exists():
-                _write_file(self.root / f"{name}.err", f"{code}\n{message}\n")
+            if requested or os.path.exists(os.path.join(self.root, f"{name}.req")):
+                _write_file(os.path.join(self.root, f"{name}.err"), f"{code}\n{message}\n")
             else:
                 self.failed_ahead.add(name)
             return
-        _write_file(self.root / f"{name}.ok", marker_text(size, digest, self.config_ident, key))
+        _write_file(os.path.join(self.root, f"{name}.ok"), marker_text(size, digest, self.config_ident, key))
 
     def run(self, config_path: str, idle_exit: float, poll: float = 0.01) -> None:
         from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -357,7 +363,7 @@ class Pusher:
         last_clean = 0.0
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wal-push") as pool:
             while True:
-                if not self.root.is_dir():
+                if not os.path.isdir(self.root):
                     break
                 try:
                     if config_identity(config_path) != self.config_ident:
@@ -406,7 +412,7 @@ def _error_of(exc: BaseException, name: str) -> tuple[int, str]:
     return EXIT_FAILED, f"error: wal-push {name}: internal error: {type(exc).__name__}: {exc}"
 
 
-def run_pusher(root: Path, wal_dir: str, config_path: str, workers: int) -> None:
+def run_pusher(root: str, wal_dir: str, config_path: str, workers: int) -> None:
     """The pusher's body (in the detached process): open the repository once, push until idle."""
     import blake3
 
