@@ -239,7 +239,18 @@ def refill(spool: Spool, config_path: str, name: str, seg_size: int, count: int,
                 except NotArchived:
                     return None
 
-            spool.fill(names, fetch)
+            if len(names) < 2:
+                spool.fill(names, fetch)
+                return
+            # two threads, interleaved (zstd and BLAKE3 release the GIL): the next segment is
+            # ready sooner, and a thread stops at the first segment that is not archived
+            import threading
+
+            threads = [threading.Thread(target=spool.fill, args=(names[i::2], fetch)) for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
 
     spawn(work)
 
