@@ -241,3 +241,60 @@ def test_async_random_sigkills_of_pusher_and_foreground(site: WalSite, tmp_path:
     # no torn object: every object in the archive is complete and verifies
     verify = site.run("--json", "pg", "verify", "--all")
     assert verify.returncode == 0, verify.stderr
+
+
+def _async_foregrounds(pusher: int | None) -> list[int]:
+    """Pids of running ``wal-push --async`` processes other than the pusher."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pusher:
+            continue
+        try:
+            cmdline = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wal-push" in cmdline and b"--async" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_real_archiver_survives_kills_of_pusher_and_foreground(
+    site: WalSite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """archive_command = wal-push --async under PostgreSQL's archiver; while a backlog drains
+    the pusher is SIGKILLed at random moments and once a per-segment process: PostgreSQL's
+    retries archive everything, nothing torn, ``pg verify --all`` and ``repo check`` pass."""
+    command = f"{site.coldkeep} --config {site.config} pg wal-push --async --workers 2 %p"
+    site.cluster.sql("ALTER SYSTEM SET archive_command = ''")
+    with server_environment(monkeypatch):
+        site.cluster.stop()
+        site.cluster.start()
+    names = generate_wal(site.cluster, segments=10, rows=4000)
+    sources = copy_segments(site, names, tmp_path / "src")
+    root = Path(spool.spool_root(str(site.wal_file(names[0])), str(site.config)))
+    site.cluster.sql(f"ALTER SYSTEM SET archive_command = '{command}'")
+    site.cluster.sql("SELECT pg_reload_conf()")
+    rng = random.Random(20261128)
+    kills = {"pusher": 0, "foreground": 0}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and kills["pusher"] < 3:
+        time.sleep(rng.uniform(0.05, 0.4))
+        pid = spool.pusher_pid(root)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                kills["pusher"] += 1
+        if kills["foreground"] == 0:
+            for fg in _async_foregrounds(spool.pusher_pid(root)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(fg, signal.SIGKILL)
+                    kills["foreground"] += 1
+                break
+    assert kills["pusher"] >= 1, kills
+    wait_archived(site.cluster, names[-1], timeout=120)
+    status = site.cluster.data_dir / "pg_wal" / "archive_status"
+    assert _wait_for(lambda: not list(status.glob("*.ready")), 60)
+    _wait_pusher_gone(root)
+    assert_archive_intact(site, sources, tmp_path)
+    verify = site.run("--json", "pg", "verify", "--all")
+    assert verify.returncode == 0, verify.stderr
