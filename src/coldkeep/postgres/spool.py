@@ -220,7 +220,7 @@ def push_async(
             _say("hint: PostgreSQL retries; check the repository and the spool " + root)
             return EXIT_FAILED
         time.sleep(poll)
-        poll = min(poll * 1.5, 0.02)
+        poll = min(poll * 1.5, 0.01)
 
 
 def ensure_pusher(root: str, wal_dir: str, config_path: str, workers: int) -> bool:
