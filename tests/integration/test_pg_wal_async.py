@@ -218,3 +218,20 @@ def test_pusher_pushes_ahead_of_the_archiver(site: WalSite, tmp_path: Path) -> N
         time.sleep(0.1)
     assert not list(root.glob("*.ok"))  # cleaned once .done
     wait_pusher_gone(root)
+
+
+def test_an_unusable_repository_fails_fast_with_its_error(site: WalSite, tmp_path: Path) -> None:
+    """The pusher cannot open the repository: the waiting foreground gets that error at once
+    (not a timeout), and PostgreSQL would retry."""
+    site.setup_archiving(restart=False)
+    wal_dir = tmp_path / "wal"
+    wal_dir.mkdir()
+    segment = wal_dir / SEGMENT_1
+    shutil.copy(site.wal_file(SEGMENT_1), segment)
+    site.write_config(url=f"file://{tmp_path}/no-repository-here")
+    started = time.monotonic()
+    proc = site.run("pg", "wal-push", "--async", str(segment), env=FAST_IDLE)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    line = one_line_error(proc)
+    assert SEGMENT_1 in line and "no-repository-here" in line, proc.stderr
+    wait_pusher_gone(spool_of(site, wal_dir))

@@ -420,8 +420,15 @@ def run_pusher(root: str, wal_dir: str, config_path: str, workers: int) -> None:
     from coldkeep.postgres.archive import read_wal_file, wal_push
 
     ident = config_identity(config_path)
-    section = load_repository_section(config_path)
-    with open_repository_lean(section) as repo:
+    try:
+        repo = open_repository_lean(load_repository_section(config_path))
+    except BaseException as exc:  # config or repository unusable: tell every waiting foreground
+        for entry in os.listdir(root):
+            if entry.endswith(".req") and not entry.startswith("."):
+                code, message = _error_of(exc, entry[:-4])
+                _write_file(os.path.join(root, entry[:-4] + ".err"), f"{code}\n{message}\n")
+        raise
+    with repo:
 
         def push(name: str, path: str) -> tuple[int, str, str]:
             data = read_wal_file(path)
