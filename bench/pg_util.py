@@ -109,7 +109,7 @@ def runner(dest: str, src: str, site: str) -> None:
     Path(purelib, "zz-project-venv.pth").write_text(f"import site; site.addsitedir({site!r})\n")
     script = d / "bin" / "coldkeep"
     script.write_text(
-        f"#!{d / 'bin' / 'python'}\nimport sys\nfrom coldkeep.cli.app import main\nsys.exit(main())\n"
+        f"#!{d / 'bin' / 'python'}\nimport sys\nfrom coldkeep.cli.entry import main\nsys.exit(main())\n"
     )
     script.chmod(0o755)
     # byte-compile as root now: postgres cannot write __pycache__ here, and should not pay for it

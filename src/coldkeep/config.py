@@ -153,6 +153,8 @@ class PostgresConfig(ServiceSection):
     os_user: str = "postgres"
     retention_days: NonNegativeInt = 30
     archive_timeout: NonNegativeInt = 300
+    archive_async: bool = False  # archive_command = wal-push --async (postgres/spool.py)
+    archive_async_workers: int = Field(default=0, ge=0, le=64)  # 0: CPUs, at most 4
     count_tables: list[str] = Field(default_factory=lambda: ["conversations"])
     check_sql: list[str] = Field(default_factory=list)
     database_size: Size = ""  # for projected restore times; empty: measure

@@ -3,13 +3,15 @@ PostgreSQL archiver.  Each time the retry succeeds and the archive holds no torn
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from tests.walsite import (
     wait_archived,
 )
 
+from coldkeep.postgres import spool
 from coldkeep.postgres.cluster import TempCluster, chown_to
 
 pytestmark = pytest.mark.pg
@@ -140,3 +143,158 @@ exec {push} "$1"
     assert stats["last_archived_wal"] >= names[-1]
     assert_archive_intact(site, sources, tmp_path)
     assert json.loads(site.ok("--json", "pg", "check", "--timeout", "60").stdout)["segment"]
+
+
+# ------------------------------------------------------------------------------------------------
+# wal-push --async: the background pusher and the foreground killed (coldkeep.postgres.spool)
+
+
+def _fake_pg_wal(site: WalSite, names: list[str], dest: Path) -> list[Path]:
+    """Copies of the segments in a directory laid out like pg_wal, each with a ``.ready``."""
+    status = dest / "archive_status"
+    status.mkdir(parents=True)
+    out = copy_segments(site, names, dest)
+    for name in names:
+        (status / f"{name}.ready").touch()
+    return out
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _wait_pusher_gone(root: Path, timeout: float = 30) -> None:
+    assert _wait_for(lambda: spool.pusher_pid(root) is None, timeout), f"pusher of {root} still running"
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_async_pusher_killed_around_the_write(site: WalSite, tmp_path: Path, when: str) -> None:
+    """The pusher dies (fault injection: SIGKILL at its first object write, before or after it is
+    durable); the foreground is killed while it waits; the retry acknowledges only once the
+    object is really there."""
+    segment = _fake_pg_wal(site, ["000000010000000000000001"], tmp_path / "pg_wal")[0]
+    root = Path(spool.spool_root(str(segment), str(site.config)))
+    stored = site.archived_path(segment.name)
+    env = base_env({"COLDKEEP_FAULTS": f"kill:put_if_absent:1:{when}", "COLDKEEP_WAL_ASYNC_IDLE": "0.3"})
+    proc = subprocess.Popen(
+        [site.coldkeep, "--config", str(site.config), "pg", "wal-push", "--async", str(segment)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    if when == "after":
+        assert _wait_for(stored.is_file), "the pusher never wrote the object"
+    else:
+        assert _wait_for(lambda: any(root.glob("*.req")))
+        time.sleep(1.0)  # pushers start and die at their first write, again and again
+    assert proc.poll() is None  # no acknowledgement without a marker
+    assert not list(root.glob("*.ok"))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    _wait_pusher_gone(root)
+    assert stored.is_file() == (when == "after")
+    rerun = site.run("pg", "wal-push", "--async", str(segment), env={"COLDKEEP_WAL_ASYNC_IDLE": "0.3"})
+    assert rerun.returncode == 0, rerun.stderr
+    _wait_pusher_gone(root)
+    assert_archive_intact(site, [segment], tmp_path)
+
+
+def test_async_random_sigkills_of_pusher_and_foreground(site: WalSite, tmp_path: Path) -> None:
+    names = generate_wal(site.cluster, segments=6, rows=4000)
+    sources = _fake_pg_wal(site, names, tmp_path / "pg_wal")
+    root = Path(spool.spool_root(str(sources[0]), str(site.config)))
+    env = base_env({"COLDKEEP_WAL_ASYNC_IDLE": "0.5"})
+    rng = random.Random(20261127)
+    kills = {"pusher": 0, "foreground": 0}
+    for i, source in enumerate(sources):
+        # the archiver's loop: retry the segment until its command exits 0
+        for attempt in range(20):
+            proc = subprocess.Popen(
+                [site.coldkeep, "--config", str(site.config), "pg", "wal-push", "--async", "--workers", "2",
+                 str(source)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+            )  # fmt: skip
+            if attempt < 2:
+                time.sleep(rng.uniform(0, 0.4))
+                victim = rng.choice(["pusher", "foreground"])
+                pid = spool.pusher_pid(root) if victim == "pusher" else proc.pid
+                if pid is not None and (victim == "pusher" or proc.poll() is None):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        kills[victim] += 1
+            _, err = proc.communicate(timeout=120)
+            if proc.returncode == 0:
+                break
+            assert proc.returncode == -signal.SIGKILL, (i, attempt, proc.returncode, err)
+        else:
+            raise AssertionError(f"{source.name} never acknowledged")
+        assert site.archived_path(source.name).is_file()  # acknowledged => stored
+        (root.parent.parent / "archive_status" / f"{source.name}.ready").rename(
+            root.parent.parent / "archive_status" / f"{source.name}.done"
+        )
+    assert kills["pusher"] >= 1 and kills["foreground"] >= 1, kills
+    _wait_pusher_gone(root)
+    assert not list(root.glob("*.err"))
+    assert_archive_intact(site, sources, tmp_path)
+    # no torn object: every object in the archive is complete and verifies
+    verify = site.run("--json", "pg", "verify", "--all")
+    assert verify.returncode == 0, verify.stderr
+
+
+def _async_foregrounds(pusher: int | None) -> list[int]:
+    """Pids of running ``wal-push --async`` processes other than the pusher."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pusher:
+            continue
+        try:
+            cmdline = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wal-push" in cmdline and b"--async" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_real_archiver_survives_kills_of_pusher_and_foreground(
+    site: WalSite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """archive_command = wal-push --async under PostgreSQL's archiver; while a backlog drains
+    the pusher is SIGKILLed at random moments and once a per-segment process: PostgreSQL's
+    retries archive everything, nothing torn, ``pg verify --all`` and ``repo check`` pass."""
+    command = f"{site.coldkeep} --config {site.config} pg wal-push --async --workers 2 %p"
+    site.cluster.sql("ALTER SYSTEM SET archive_command = ''")
+    with server_environment(monkeypatch):
+        site.cluster.stop()
+        site.cluster.start()
+    names = generate_wal(site.cluster, segments=10, rows=4000)
+    sources = copy_segments(site, names, tmp_path / "src")
+    root = Path(spool.spool_root(str(site.wal_file(names[0])), str(site.config)))
+    site.cluster.sql(f"ALTER SYSTEM SET archive_command = '{command}'")
+    site.cluster.sql("SELECT pg_reload_conf()")
+    rng = random.Random(20261128)
+    kills = {"pusher": 0, "foreground": 0}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and kills["pusher"] < 3:
+        time.sleep(rng.uniform(0.05, 0.4))
+        pid = spool.pusher_pid(root)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                kills["pusher"] += 1
+        if kills["foreground"] == 0:
+            for fg in _async_foregrounds(spool.pusher_pid(root)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(fg, signal.SIGKILL)
+                    kills["foreground"] += 1
+                break
+    assert kills["pusher"] >= 1, kills
+    wait_archived(site.cluster, names[-1], timeout=120)
+    status = site.cluster.data_dir / "pg_wal" / "archive_status"
+    assert _wait_for(lambda: not list(status.glob("*.ready")), 60)
+    _wait_pusher_gone(root)
+    assert_archive_intact(site, sources, tmp_path)
+    verify = site.run("--json", "pg", "verify", "--all")
+    assert verify.returncode == 0, verify.stderr

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coldkeep.cli.context import AppContext, pass_app
-from coldkeep.cli.walfast import MAX_PREFETCH, Flags, fetch_main, push_main
+from coldkeep.cli.walfast import MAX_PREFETCH, MAX_WORKERS, Flags, fetch_main, push_async_main, push_main
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -92,14 +92,20 @@ def check(app: AppContext, timeout: float) -> int:
 
 
 @click.command("wal-push")
+@click.option("--async", "async_", is_flag=True,
+              help="a background pusher pushes the next .ready segments in parallel; exit 0 once this one is durable")  # fmt: skip
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, metavar="N",
+              help="threads of the background pusher (default: CPUs, at most 4)")  # fmt: skip
 @click.argument("path")
 @pass_app
-def wal_push(app: AppContext, path: str) -> int:
+def wal_push(app: AppContext, async_: bool, workers: int, path: str) -> int:
     """Archive one WAL file (archive_command: `coldkeep --config FILE pg wal-push %p`).
 
     Exits 0 once the file is durable in the repository (or an identical copy already was),
     3 if a different file with that name is archived or the file is not the segment its name
     says, 1 on other failures."""
+    if async_ or workers:
+        return push_async_main(_flags(app), path, workers)
     return push_main(_flags(app), path)
 
 

@@ -49,6 +49,8 @@ ENV_CONFIG = "COLDKEEP_CONFIG"
 EXIT_NOT_ARCHIVED = 1
 #: the most segments ``wal-fetch --prefetch`` fetches ahead
 MAX_PREFETCH = 64
+#: the most threads of the ``wal-push --async`` background pusher
+MAX_WORKERS = 64
 
 # ------------------------------------------------------------------------------------------------
 # [repository] without pydantic
@@ -246,6 +248,22 @@ def push_main(flags: Flags, path: str) -> int:
     return 0
 
 
+def push_async_main(flags: Flags, path: str, workers: int = 0) -> int:
+    """``coldkeep pg wal-push --async PATH`` (:mod:`coldkeep.postgres.spool`)."""
+    from coldkeep.postgres.spool import push_async
+
+    try:
+        config_path = find_config_path(flags.config)
+    except ColdkeepError as exc:
+        _report_error(flags, exc, f"wal-push {os.path.basename(path)}: {exc.message}")
+        return exc.exit_code
+
+    def emit(doc: dict[str, Any]) -> None:
+        _emit(flags, doc, f"{doc['name']} durable in the repository ({doc['acknowledged']})")
+
+    return push_async(config_path, path, workers=workers, verbose=flags.verbose, emit=emit)
+
+
 def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None, prefetch: int = 0) -> int:
     """``coldkeep pg wal-fetch NAME DEST``; returns 0, 1 (not archived) or 126.
 
@@ -308,37 +326,10 @@ def fetch_main(flags: Flags, name: str, dest: str, lineage: str | None = None, p
 def _start_prefetch(
     spool: Spool, config_path: str, name: str, seg_size: int, count: int, lineage: str | None
 ) -> None:
-    """Fetch the segments after ``name`` that are neither spooled nor being fetched into the
-    spool, from a detached process (best effort: any failure there only means the next fetch
-    goes to the repository itself)."""
+    """Keep ``count`` segments after ``name`` prefetched (:func:`coldkeep.postgres.prefetch.refill`)."""
     from coldkeep.postgres import prefetch
 
-    try:
-        spool.clean(name)
-        ahead = prefetch.next_segments(name, seg_size, count)
-        names = [n for n in ahead if not spool.pending(n)]
-        # refill only when at most half of the window is covered: one prefetcher process then
-        # fetches several segments, so its start-up cost is shared
-        if not names or len(ahead) - len(names) > count // 2:
-            return
-        spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except (OSError, ColdkeepError):
-        return
-
-    def work() -> None:
-        from coldkeep.postgres.archive import NotArchived, read_archived
-
-        with open_repository_lean(load_repository_section(config_path)) as repo:
-
-            def fetch(segment: str) -> bytes | None:
-                try:
-                    return read_archived(repo, segment, prefix=lineage)[2]
-                except NotArchived:
-                    return None
-
-            spool.fill(names, fetch)
-
-    prefetch.spawn(work)
+    prefetch.refill(spool, config_path, name, seg_size, count, lineage)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,9 +413,15 @@ def run_fast(args: Sequence[str]) -> int | None:
         if len(rest) < 2 or rest[0] != "pg":
             return None
         if rest[1] == "wal-push":
-            _, positional = _split_command(rest[2:], ())
+            options = [a for a in rest[2:] if a != "--async"]
+            values, positional = _split_command(options, ("--workers",))
             if len(positional) != 1:
                 raise _Fallback
+            if len(options) != len(rest) - 2 or values:  # --async (cli/walfast.py keeps to the sync path)
+                workers = values.get("--workers", "0")
+                if not workers.isdigit() or int(workers) > MAX_WORKERS:
+                    raise _Fallback  # click reports the bad value
+                return push_async_main(flags, positional[0], int(workers))
             return push_main(flags, positional[0])
         if rest[1] == "wal-fetch":
             values, positional = _split_command(rest[2:], ("--lineage", "--prefetch"))
@@ -455,6 +452,7 @@ __all__ = [
     "load_repository_section",
     "open_repository_lean",
     "parse_repository_section",
+    "push_async_main",
     "push_main",
     "run_fast",
     "usage_exit_code",

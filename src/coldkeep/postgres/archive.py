@@ -47,6 +47,9 @@ from coldkeep.postgres import wal
 from coldkeep.repository.repository import Repository
 
 LINEAGE_STATE = "pg-lineage"
+#: WAL objects are compressed at most at this zstd level: on WAL, level 1 compresses as well as
+#: level 3 (2.50x vs 2.41x on md5-text rows) for half the CPU, and the archiver waits for it
+WAL_MAX_LEVEL = 1
 FIRST_PREFIX = "wal"
 
 
@@ -195,6 +198,12 @@ class PushResult:
         return dict(self.__dict__)
 
 
+def wal_level(repository_level: int) -> int:
+    """The zstd level of a WAL object: the repository's, but at most :data:`WAL_MAX_LEVEL`
+    (0 = uncompressed and negative fast levels are kept)."""
+    return min(repository_level, WAL_MAX_LEVEL)
+
+
 def read_wal_file(path: str | os.PathLike[str]) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -203,19 +212,23 @@ def read_wal_file(path: str | os.PathLike[str]) -> bytes:
         raise WalFileUnreadable(f"{os.fspath(path)}: {exc.strerror or exc}") from None
 
 
-def wal_push(repo: Repository, path: str | os.PathLike[str], *, name: str | None = None) -> PushResult:
+def wal_push(
+    repo: Repository, path: str | os.PathLike[str], *, name: str | None = None, data: bytes | None = None
+) -> PushResult:
     """Archive one WAL file (segment, ``.partial``, ``.history`` or ``.backup``).
 
     Returns once the object is durable in the repository.  Segments are checked first (name,
     page header, size, system identifier of the current lineage); history and backup-history
     files have no header and are stored as they are.  Raises :class:`WalExists` when a different
     file with this name is archived, :class:`~coldkeep.postgres.wal.BadWalFile` for a file that
-    is not what its name says, :class:`NoLineage` before ``pg setup``.
+    is not what its name says, :class:`NoLineage` before ``pg setup``.  ``data``: the file's
+    content when the caller has read it already (the async pusher hashes it for its marker).
     """
     start = time.monotonic()
     parsed = wal.parse_name(name or os.path.basename(os.fspath(path)))
     lineage = find_lineage(repo)
-    data = read_wal_file(path)
+    if data is None:
+        data = read_wal_file(path)
     sysid = int(lineage["system_identifier"])
     meta: dict[str, Any] = {"kind": parsed.kind, "timeline": parsed.timeline, "system_identifier": sysid}
     if parsed.is_segment_data:
@@ -223,7 +236,7 @@ def wal_push(repo: Repository, path: str | os.PathLike[str], *, name: str | None
         meta.update(seg_size=header.seg_size, wal_magic=header.magic, pg_version=header.pg_version)
     key = wal.archive_key(parsed, str(lineage["prefix"]))
     try:
-        stored = repo.put_named(key, data, meta)
+        stored = repo.put_named(key, data, meta, level=wal_level(repo.config.compression_level))
     except ObjectExists:
         archived_meta, _ = repo.get_named(key)
         raise WalExists(

@@ -83,8 +83,14 @@ def configured_executable(current_command: str, config_path: str) -> str | None:
         parts = shlex.split(current_command.replace("%%", "%"))
     except ValueError:
         return None
-    expected = ["--config", config_path, "pg", "wal-push", "%p"]
-    if len(parts) == 6 and parts[1:] == expected and os.path.isabs(parts[0]) and os.path.isfile(parts[0]):
+    expected = ["--config", config_path, "pg", "wal-push"]
+    if len(parts) < 6 or parts[1:5] != expected or parts[-1] != "%p":
+        return None
+    options = parts[5:-1]  # --async [--workers N]
+    async_forms = len(options) == 3 and options[:2] == ["--async", "--workers"] and options[2].isdigit()
+    if options not in ([], ["--async"]) and not async_forms:
+        return None
+    if os.path.isabs(parts[0]) and os.path.isfile(parts[0]):
         return parts[0]
     return None
 
@@ -94,10 +100,16 @@ def _pg_quote(part: str) -> str:
     return shlex.quote(part).replace("%", "%%")
 
 
-def archive_command(executable: str, config_path: str) -> str:
+def archive_command(executable: str, config_path: str, *, async_push: bool = False, workers: int = 0) -> str:
+    """``archive_command``; ``async_push``: ``wal-push --async`` (:mod:`coldkeep.postgres.spool`)
+    with ``workers`` pusher threads (0: the default)."""
     if not os.path.isabs(executable) or not os.path.isabs(config_path):
         raise UsageError("archive_command needs absolute paths (PostgreSQL does not have our PATH or cwd)")
     parts = [executable, "--config", config_path, "pg", "wal-push"]
+    if async_push:
+        parts.append("--async")
+        if workers:
+            parts += ["--workers", str(int(workers))]
     return " ".join(_pg_quote(p) for p in parts) + " %p"
 
 
@@ -260,7 +272,8 @@ def setup(
             else configured_executable(current.get("archive_command", ("",))[0], config_path)
         )
         exe = kept or coldkeep_executable(executable)
-        command = archive_command(exe, config_path)
+        command = archive_command(exe, config_path, async_push=config.postgres.archive_async,
+                                  workers=config.postgres.archive_async_workers)  # fmt: skip
 
         def setting(name: str, desired: str, **kw: Any) -> Setting:
             value, context, _ = current.get(name, ("", "sighup", False))

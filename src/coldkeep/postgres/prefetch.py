@@ -212,6 +212,107 @@ def spawn(work: Callable[[], None]) -> None:
         os._exit(0)
 
 
+def refill(spool: Spool, config_path: str, name: str, seg_size: int, count: int, lineage: str | None) -> None:
+    """Fetch the segments after ``name`` that are neither spooled nor being fetched into the
+    spool, from a detached process (best effort: any failure there only means the next fetch
+    goes to the repository itself).  Refills only when at most half of the window is covered,
+    so one prefetcher process fetches several segments and its start-up cost is shared."""
+    try:
+        spool.clean(name)
+        ahead = next_segments(name, seg_size, count)
+        names = [n for n in ahead if not spool.pending(n)]
+        if not names or len(ahead) - len(names) > count // 2:
+            return
+        spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except Exception:
+        return
+
+    def work() -> None:
+        from coldkeep.cli.walfast import load_repository_section, open_repository_lean
+        from coldkeep.postgres.archive import NotArchived, read_archived
+
+        with open_repository_lean(load_repository_section(config_path)) as repo:
+
+            def fetch(segment: str) -> bytes | None:
+                try:
+                    return read_archived(repo, segment, prefix=lineage)[2]
+                except NotArchived:
+                    return None
+
+            if len(names) < 2:
+                spool.fill(names, fetch)
+                return
+            # two threads, interleaved (zstd and BLAKE3 release the GIL): the next segment is
+            # ready sooner, and a thread stops at the first segment that is not archived
+            import threading
+
+            threads = [threading.Thread(target=spool.fill, args=(names[i::2], fetch)) for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+    spawn(work)
+
+
+def lean_fetch(args: list[str]) -> int | None:
+    """``[--config F] [-q|-v] pg wal-fetch [--lineage L] --prefetch K NAME DEST`` served from
+    the spool before anything else is imported (:mod:`coldkeep.cli.entry`): 0 when the segment
+    was spooled and verified (and the window refilled), ``None`` otherwise — the caller then
+    takes the normal path, which fetches from the repository and reports every error."""
+    config: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            config = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg.startswith("-") and arg not in ("-q", "--quiet"):
+            return None  # -v, --json, anything else: the normal path reports it
+        elif not arg.startswith("-"):
+            break
+        i += 1
+    rest = args[i:]
+    if len(rest) < 4 or rest[:2] != ["pg", "wal-fetch"]:
+        return None
+    values: dict[str, str] = {}
+    positional: list[str] = []
+    j = 2
+    while j < len(rest):
+        arg = rest[j]
+        if arg in ("--lineage", "--prefetch") and j + 1 < len(rest):
+            values[arg] = rest[j + 1]
+            j += 2
+            continue
+        if arg.startswith("-"):
+            return None
+        positional.append(arg)
+        j += 1
+    count = values.get("--prefetch", "")
+    if len(positional) != 2 or not count.isdigit() or not 0 < int(count) <= 64 or config is None:
+        return None
+    name, dest = positional
+    lineage = values.get("--lineage")
+    try:
+        if not os.path.isfile(config) or wal.parse_name(name).kind != "segment":
+            return None
+        spool = Spool.for_dest(dest, config, lineage)
+        spool.wait(name)  # being prefetched right now: wait rather than fetch it twice
+        seg_size = spool.take(name, dest)
+    except Exception:
+        return None
+    if seg_size is None:
+        return None
+    try:  # noqa: SIM105 (the segment is in place: refilling is best effort)
+        refill(spool, config, name, seg_size, int(count), lineage)
+    except Exception:
+        pass
+    return 0
+
+
 def remove_spool(pg_wal: str | os.PathLike[str]) -> None:
     """Delete ``pg_wal/.coldkeep-prefetch`` (after recovery)."""
     import shutil

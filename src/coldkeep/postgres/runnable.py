@@ -51,7 +51,7 @@ def build_runnable(base: Path, os_user: str = "postgres") -> str | None:
     ours = sysconfig.get_paths()["purelib"]
     script = venv / "bin" / "coldkeep"
     script.write_text(
-        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom coldkeep.cli.app import main\nsys.exit(main())\n"
+        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom coldkeep.cli.entry import main\nsys.exit(main())\n"
     )
     script.chmod(0o755)
     pth = site / "coldkeep-env.pth"

@@ -463,15 +463,18 @@ class Repository:
     def _named_key(self, name: str) -> str:
         return NAMED_PREFIX + validate_key(name)
 
-    def put_named(self, name: str, data: bytes, meta: dict[str, Any] | None = None) -> bool:
+    def put_named(
+        self, name: str, data: bytes, meta: dict[str, Any] | None = None, *, level: int | None = None
+    ) -> bool:
         """Store a named object once.  ``True`` if stored now, ``False`` if an identical one was
-        already there; :class:`ObjectExists` if a *different* one is (never overwritten)."""
+        already there; :class:`ObjectExists` if a *different* one is (never overwritten).
+        ``level``: zstd level for this object (default: the repository's)."""
         key = self._named_key(name)
         sha = digest(data).hex()
         header = json.dumps({"name": name, "size": len(data), "blake3": sha, "meta": meta or {},
                              "time": clock.isoformat(clock.now())}).encode()  # fmt: skip
         stored, _ = seal_blob(self.keys, len(header).to_bytes(4, "little") + header + data,
-                              self.config.compression_level, key.encode())  # fmt: skip
+                              self.config.compression_level if level is None else level, key.encode())  # fmt: skip
         obj = add_footer(stored)
         if self.backend.put_if_absent(key, obj):
             return True

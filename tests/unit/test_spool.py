@@ -1,0 +1,76 @@
+"""``pg wal-push --async`` pieces that need no server: markers, the command line, archive_command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from coldkeep.postgres import archiving, spool
+
+
+def test_marker_acknowledges_only_matching_content_and_config(tmp_path: Path) -> None:
+    config = tmp_path / "coldkeep.toml"
+    config.write_text("[repository]\n")
+    wal = tmp_path / "000000010000000000000001"
+    wal.write_bytes(os.urandom(1 << 20))
+    root = spool.spool_root(str(wal), str(config))
+    os.makedirs(root)
+    ident = spool.config_identity(str(config))
+    size, digest = spool.file_digest(str(wal))
+    marker = Path(root) / f"{wal.name}.ok"
+    marker.write_text(spool.marker_text(size, digest, ident, "wal/00000001/x"))
+    assert spool.acknowledged(root, wal.name, str(wal), ident)
+    assert not spool.acknowledged(root, wal.name, str(wal), ident + "x")  # config changed
+    assert not marker.exists()  # a marker that does not match is dropped
+    marker.write_text(spool.marker_text(size, digest, ident))
+    data = bytearray(wal.read_bytes())
+    data[12345] ^= 1
+    wal.write_bytes(bytes(data))
+    assert not spool.acknowledged(root, wal.name, str(wal), ident)  # other content
+    marker.write_text("garbage")
+    assert not spool.acknowledged(root, wal.name, str(wal), ident)
+    assert not spool.acknowledged(root, "000000010000000000000002", str(wal), ident)  # no marker
+
+
+def test_spool_roots_are_per_config(tmp_path: Path) -> None:
+    a = spool.spool_root(str(tmp_path / "pg_wal" / "X"), "/etc/a.toml")
+    b = spool.spool_root(str(tmp_path / "pg_wal" / "Y"), "/etc/b.toml")
+    assert os.path.dirname(a) == os.path.dirname(b) == str(tmp_path / "pg_wal" / spool.SPOOL_DIR)
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pg", "wal-push", "--async", "X"],  # no --config: the full path resolves it
+        ["--config", "/nonexistent.toml", "pg", "wal-push", "--async", "X"],
+        ["--config", "{c}", "--json", "pg", "wal-push", "--async", "X"],
+        ["--config", "{c}", "pg", "wal-push", "X"],  # not async
+        ["--config", "{c}", "pg", "wal-push", "--async", "--workers", "x", "X"],
+        ["--config", "{c}", "pg", "wal-push", "--async", "--bogus", "X"],
+        ["--config", "{c}", "pg", "wal-push", "--async", "X", "Y"],
+        ["--config", "{c}", "pg", "wal-push", "--async", "RECOVERY_XLOG"],
+    ],
+)
+def test_lean_parser_leaves_other_command_lines_alone(tmp_path: Path, args: list[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    assert spool.lean_main([a.replace("{c}", str(config)) for a in args]) is None
+
+
+def test_archive_command_async_and_kept_by_setup(tmp_path: Path) -> None:
+    exe = tmp_path / "coldkeep"
+    exe.write_text("#!/bin/sh\n")
+    config = "/etc/coldkeep/coldkeep.toml"
+    plain = archiving.archive_command(str(exe), config)
+    asynchronous = archiving.archive_command(str(exe), config, async_push=True)
+    with_workers = archiving.archive_command(str(exe), config, async_push=True, workers=3)
+    assert plain.endswith("pg wal-push %p")
+    assert asynchronous.endswith("pg wal-push --async %p")
+    assert with_workers.endswith("pg wal-push --async --workers 3 %p")
+    for command in (plain, asynchronous, with_workers):
+        assert archiving.configured_executable(command, config) == str(exe)
+    assert archiving.configured_executable(plain.replace("%p", "--bogus %p"), config) is None
+    assert archiving.configured_executable(with_workers.replace("3", "x"), config) is None
