@@ -27,6 +27,8 @@ from coldkeep.repository.chunker import chunk_file
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 SMALL_FILE = 4 * 1024 * 1024
+#: reuse candidates are checked against the index once this many of their chunk ids are pending
+REUSE_BATCH = 4096
 
 
 @dataclass
@@ -53,47 +55,61 @@ class BackupResult:
         }
 
 
-def _name(path: Path, base: Path | None) -> str:
+def _name(path: str, base: str | None) -> str:
+    """The name of an absolute, normalised ``path`` in the snapshot (``base`` is one of its parents
+    or itself)."""
     if base is not None:
-        rel = path.relative_to(base).as_posix()
-        return rel if rel != "." else ""
-    return path.as_posix().lstrip("/")
+        return path[len(base) :].lstrip("/")
+    return path.lstrip("/")
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def walk(
-    sources: Iterable[Path], base: Path | None, warnings: list[str]
-) -> Iterator[tuple[Path, str, os.stat_result]]:
-    """(filesystem path, name in the snapshot, lstat) for every source and everything below it."""
+    sources: Iterable[str | os.PathLike[str]], base: str | os.PathLike[str] | None, warnings: list[str]
+) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(filesystem path, name in the snapshot, lstat) for every source and everything below it.
+
+    Sources are absolute, normalised paths.  Depth first, children sorted by name; one
+    ``os.scandir`` per directory and one ``lstat`` per entry, and no ``Path`` objects (the walk
+    of an unchanged tree is most of what a re-backup costs).
+    """
+    base_str = os.fspath(base) if base is not None else None
     for source in sources:
+        src = os.fspath(source)
         try:
-            st = source.lstat()
+            st = os.lstat(src)
         except OSError as exc:
-            raise NotFound(f"cannot back up {source}: {exc.strerror}") from None
-        name = _name(source, base)
+            raise NotFound(f"cannot back up {src}: {exc.strerror}") from None
+        name = _name(src, base_str)
         if name:
-            yield source, name, st
-        if stat.S_ISDIR(st.st_mode):
-            stack = [source]
-            while stack:
-                directory = stack.pop()
+            yield src, name, st
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        stack: list[tuple[str, str]] = [(src, name)]
+        while stack:
+            directory, dname = stack.pop()
+            prefix = dname + "/" if dname else ""
+            try:
+                with os.scandir(directory) as it:
+                    children = sorted(it, key=_entry_name)
+            except OSError as exc:
+                warnings.append(f"{directory}: cannot list ({exc.strerror})")
+                continue
+            subdirs: list[tuple[str, str]] = []
+            for child in children:
                 try:
-                    with os.scandir(directory) as it:
-                        children = sorted(it, key=lambda e: e.name)
+                    cst = child.stat(follow_symlinks=False)
                 except OSError as exc:
-                    warnings.append(f"{directory}: cannot list ({exc.strerror})")
+                    warnings.append(f"{child.path}: cannot stat ({exc.strerror})")
                     continue
-                subdirs = []
-                for child in children:
-                    path = Path(child.path)
-                    try:
-                        cst = child.stat(follow_symlinks=False)
-                    except OSError as exc:
-                        warnings.append(f"{path}: cannot stat ({exc.strerror})")
-                        continue
-                    yield path, _name(path, base), cst
-                    if stat.S_ISDIR(cst.st_mode):
-                        subdirs.append(path)
-                stack.extend(reversed(subdirs))
+                cname = prefix + child.name
+                yield child.path, cname, cst
+                if stat.S_ISDIR(cst.st_mode):
+                    subdirs.append((child.path, cname))
+            stack.extend(reversed(subdirs))
 
 
 def _meta(name: str, st: os.stat_result) -> dict[str, Any]:
@@ -118,28 +134,36 @@ class Backup:
         self.threads = threads or max(2, os.cpu_count() or 2)
         self.progress = progress or Progress()
 
-    def _chunk_large(self, writer: BlobWriter, pool: ThreadPoolExecutor, path: Path) -> tuple[str, list[str]]:
+    def _chunk_large(self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str) -> tuple[str, list[str]]:
         sha = hashlib.sha256()
-        window: collections.deque[Future[bytes]] = collections.deque()
+        # (future of a chunk's id, offset where the chunk ends), oldest first
+        window: collections.deque[tuple[Future[bytes], int]] = collections.deque()
         ids: list[str] = []
         limit = self.threads * 2
+        offset = 0
         chunks = chunk_file(path, "auto", self.repo.config.chunker)
         try:
             for view in chunks:
                 sha.update(view)
-                window.append(pool.submit(writer.store, view))
+                offset += len(view)
+                window.append((pool.submit(writer.store, view), offset))
                 while len(window) >= limit:
-                    ids.append(window.popleft().result().hex())
+                    future, end = window.popleft()
+                    ids.append(future.result().hex())
+                    # every chunk before ``end`` is in a pack now: its mapped pages can go
+                    chunks.release(end)
             while window:
-                ids.append(window.popleft().result().hex())
+                future, end = window.popleft()
+                ids.append(future.result().hex())
+                chunks.release(end)
         finally:
-            for fut in window:
-                fut.cancel()
+            for future, _ in window:
+                future.cancel()
             chunks.close()
         return sha.hexdigest(), ids
 
     def _file(
-        self, writer: BlobWriter, pool: ThreadPoolExecutor, path: Path, size: int
+        self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str, size: int
     ) -> tuple[str, list[str]]:
         if size > SMALL_FILE:
             return self._chunk_large(writer, pool, path)
@@ -176,6 +200,7 @@ class Backup:
                 if s != base and base not in s.parents:
                     raise UsageError(f"{s} is not under {base}")
         paths = [str(s) for s in sources]
+        base_str = str(base) if base is not None else None
         parent_snap = (
             self._find_parent(paths, tags or {})
             if parent == "auto"
@@ -193,8 +218,31 @@ class Backup:
         logical = 0
         file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-file")
         chunk_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-chunk")
+        # files the parent snapshot has with the same size, mtime and inode: reused once their
+        # chunks are confirmed in the index, a batch of ids per query
+        pending: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
+        pending_chunks = 0
+
+        def settle_pending() -> None:
+            nonlocal reused, pending_chunks
+            if not pending:
+                return
+            wanted = {c for _, _, _, old in pending for c in old["chunks"]}
+            present = self.repo.cache.present(bytes.fromhex(c) for c in wanted)
+            for index, path, entry, old in pending:
+                if all(bytes.fromhex(c) in present for c in old["chunks"]):
+                    entry.update(sha256=old["sha256"], chunks=old["chunks"])
+                    reused += 1
+                    self.progress.add(1, int(entry["size"]))
+                else:  # the parent references data the index lacks: read the file again
+                    entries[index] = file_pool.submit(
+                        self._file_entry, writer, chunk_pool, path, entry, warnings
+                    )
+            pending.clear()
+            pending_chunks = 0
+
         try:
-            for path, name, st in walk(sources, base, warnings):
+            for path, name, st in walk(paths, base_str, warnings):
                 entry = _meta(name, st)
                 if stat.S_ISDIR(st.st_mode):
                     entry["type"] = "dir"
@@ -214,18 +262,19 @@ class Backup:
                         and old.get("size") == st.st_size
                         and old.get("mtime_ns") == st.st_mtime_ns
                         and old.get("ino") == st.st_ino
-                        and self._chunks_known(old["chunks"])
                     ):
-                        entry.update(sha256=old["sha256"], chunks=old["chunks"])
-                        reused += 1
-                        self.progress.add(1, st.st_size)
+                        pending.append((len(entries), path, entry, old))
                         entries.append(entry)
+                        pending_chunks += len(old["chunks"])
+                        if pending_chunks >= REUSE_BATCH:
+                            settle_pending()
                     else:
                         entries.append(
                             file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, warnings)
                         )
                 else:
                     warnings.append(f"{path}: skipped (not a regular file, directory or symlink)")
+            settle_pending()
             final: list[dict[str, Any]] = []
             for item in entries:
                 resolved = item.result() if isinstance(item, Future) else item
@@ -281,7 +330,7 @@ class Backup:
         self,
         writer: BlobWriter,
         pool: ThreadPoolExecutor,
-        path: Path,
+        path: str,
         entry: dict[str, Any],
         warnings: list[str],
     ) -> dict[str, Any] | None:
@@ -291,7 +340,7 @@ class Backup:
             warnings.append(f"{path}: cannot read ({exc.strerror}); not in the snapshot")
             return None
         try:
-            st = path.lstat()
+            st = os.lstat(path)
             if st.st_mtime_ns != entry["mtime_ns"] or st.st_size != entry["size"]:
                 warnings.append(f"{path}: changed while being backed up")
                 entry["mtime_ns"] = -1  # force a re-read next time
@@ -300,10 +349,6 @@ class Backup:
         entry.update(sha256=sha, chunks=ids)
         self.progress.add(1, int(entry["size"]))
         return entry
-
-    def _chunks_known(self, chunk_ids: list[str]) -> bool:
-        cache = self.repo.cache
-        return all(cache.has(bytes.fromhex(c)) for c in chunk_ids)
 
     def _find_parent(self, paths: list[str], tags: dict[str, str]) -> Snapshot | None:
         host = os.uname().nodename

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coldkeep.errors import IntegrityError
 from coldkeep.repository.crypto import KeyRing
-from coldkeep.repository.format import DIGEST_SIZE, add_footer, open_blob, seal_blob, strip_footer
+from coldkeep.repository.format import DIGEST_SIZE, Buffer, digest, open_blob, seal_blob, strip_footer
 
 MAGIC = b"CKP1"
 TAIL = 4 + len(MAGIC) + DIGEST_SIZE  # header length + magic + footer
@@ -45,29 +46,45 @@ def pack_key(pack_id: str) -> str:
 
 
 class PackBuilder:
-    """Collects blobs in memory until the pack is big enough, then :meth:`finish` seals it."""
+    """Collects blobs until the pack is big enough, then :meth:`finish` seals it.
+
+    Each blob is copied once, into one growing buffer (CPython grows a large bytearray in place
+    or by ``mremap``, not by copying); header, trailer and footer are appended to the same buffer,
+    and the sealed pack is a view of it, so sealing copies nothing.
+    """
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
+        self._buf = bytearray()
         self.rows: list[tuple[bytes, str, int, int, int]] = []
 
-    def add(self, blob_id: bytes, kind: str, stored: bytes, raw_length: int) -> None:
-        self.rows.append((blob_id, kind, self.size, len(stored), raw_length))
-        self.parts.append(stored)
-        self.size += len(stored)
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def add(self, blob_id: bytes, kind: str, stored: Buffer | Sequence[Buffer], raw_length: int) -> None:
+        """Add one sealed blob: bytes, or buffers that are its envelope back to back (copied now)."""
+        parts = (stored,) if isinstance(stored, (bytes, bytearray, memoryview)) else stored
+        start = len(self._buf)
+        for part in parts:
+            self._buf += part
+        self.rows.append((blob_id, kind, start, len(self._buf) - start, raw_length))
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def finish(self, keys: KeyRing) -> tuple[str, bytes, list[BlobEntry]]:
+    def finish(self, keys: KeyRing) -> tuple[str, memoryview, list[BlobEntry]]:
+        """Seal the pack: (pack id, its bytes, entries).  The builder is spent afterwards."""
         header_doc = [[i.hex(), k, o, n, r] for i, k, o, n, r in self.rows]
         header, _ = seal_blob(keys, json.dumps(header_doc, separators=(",", ":")).encode(), 3, HEADER_AAD)
-        body = b"".join([*self.parts, header, struct.pack("<I", len(header)), MAGIC])
-        data = add_footer(body)
-        pack_id = data[-DIGEST_SIZE:].hex()
+        self._buf += header
+        self._buf += struct.pack("<I", len(header))
+        self._buf += MAGIC
+        with memoryview(self._buf) as body:
+            footer = digest(body)
+        self._buf += footer
+        pack_id = footer.hex()
         entries = [BlobEntry(i, k, pack_id, o, n, r) for i, k, o, n, r in self.rows]
-        return pack_id, data, entries
+        return pack_id, memoryview(self._buf), entries
 
 
 def parse_tail(tail: bytes, pack_id: str) -> int:

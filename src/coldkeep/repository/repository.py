@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,7 @@ from coldkeep.repository.format import (
     INDEX_PREFIX,
     NAMED_PREFIX,
     SNAPSHOT_PREFIX,
+    Buffer,
     add_footer,
     decode_document,
     digest,
@@ -41,6 +42,7 @@ from coldkeep.repository.format import (
     object_id,
     open_blob,
     seal_blob,
+    seal_parts,
     strip_footer,
 )
 from coldkeep.repository.index import IndexCache, encode_index
@@ -166,7 +168,8 @@ class WriteStats:
 class BlobWriter:
     """Adds blobs to packs, uploads full packs in the background, writes the index at the end.
 
-    Thread-safe.  Memory is bounded: one open pack plus at most ``max_inflight`` packs uploading.
+    Thread-safe.  Memory is bounded: one open pack plus at most ``max_inflight`` packs sealed or
+    uploading (a thread that fills a pack waits for a slot).
     ``finish()`` must be called before any snapshot that references the blobs is written
     (write order: packs, index, snapshot).
     """
@@ -180,7 +183,7 @@ class BlobWriter:
         self._written: dict[str, list[BlobEntry]] = {}
         self._sizes: dict[str, int] = {}
         self._uploads = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="coldkeep-upload")
-        self._slots = threading.BoundedSemaphore(max_inflight + 1)
+        self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
         self.stats = WriteStats()
         self.pack_target = pack_target()
@@ -191,8 +194,9 @@ class BlobWriter:
                 return True
         return self.use_cache and self.repo.cache.has(blob_id)
 
-    def add(self, blob_id: bytes, kind: str, stored: bytes, raw_length: int) -> bool:
-        """Add a sealed blob; ``False`` if this writer already has it."""
+    def add(self, blob_id: bytes, kind: str, stored: Buffer | Sequence[Buffer], raw_length: int) -> bool:
+        """Add a sealed blob (bytes, or its envelope as buffers, copied now); ``False`` if this
+        writer already has it."""
         to_upload = None
         with self._lock:
             if blob_id in self._session:
@@ -200,7 +204,7 @@ class BlobWriter:
             self._session.add(blob_id)
             self._builder.add(blob_id, kind, stored, raw_length)
             self.stats.new_blobs += 1
-            self.stats.new_stored_bytes += len(stored)
+            self.stats.new_stored_bytes += self._builder.rows[-1][3]
             self.stats.new_raw_bytes += raw_length
             if self._builder.size >= self.pack_target:
                 to_upload, self._builder = self._builder, PackBuilder()
@@ -209,11 +213,14 @@ class BlobWriter:
         return True
 
     def store(self, data: bytes | memoryview, kind: str = "data") -> bytes:
-        """Hash, dedupe, compress, seal and add one chunk; returns its id."""
+        """Hash, dedupe, compress, seal and add one chunk; returns its id.
+
+        ``data`` is copied into the pack before this returns (once: see :func:`seal_parts`), so
+        a view of a mapped file may be released afterwards."""
         blob_id = self.repo.keys.chunk_id(data)  # type: ignore[arg-type]
         if not self.known(blob_id):
-            stored, _ = seal_blob(self.repo.keys, data, self.repo.config.compression_level, blob_id)
-            self.add(blob_id, kind, stored, len(data))
+            parts, _, _ = seal_parts(self.repo.keys, data, self.repo.config.compression_level, blob_id)
+            self.add(blob_id, kind, parts, len(data))
         return blob_id
 
     def _upload(self, builder: PackBuilder) -> None:
