@@ -254,3 +254,29 @@ def test_restore_never_writes_through_a_symlink_of_the_snapshot(tmp_path: Path) 
     result = Restorer(repo).run(snap, tmp_path / "target2")
     assert result.errors
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\n",
+        b'{"path":"a","type":"file"}\n{"path":"b\\nc","type":"dir"}\n',
+        b'{"path":"a"}\n\n{"path":"b"}\n',  # blank line: parsed line by line
+        b'{"path":"a"}\r\n{"path":"b"}',
+        b'{"path":"\xc3\xbc,x"}\n[1]\n',  # not every line an object
+    ],
+)
+def test_tree_blob_parsing_in_one_call_matches_line_by_line(data: bytes) -> None:
+    import json
+
+    from coldkeep.repository.repository import _tree_lines
+
+    assert _tree_lines(data) == [json.loads(line) for line in data.splitlines() if line]
+
+
+def test_tree_blob_with_a_damaged_line_still_fails() -> None:
+    from coldkeep.repository.repository import _tree_lines
+
+    with pytest.raises(ValueError):
+        _tree_lines(b'{"path":"a"}\n{"path":\n')

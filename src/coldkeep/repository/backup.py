@@ -228,40 +228,42 @@ class Backup:
             if not pending:
                 return
             wanted = {c for _, _, _, old in pending for c in old["chunks"]}
-            present = self.repo.cache.present(bytes.fromhex(c) for c in wanted)
+            present = {i.hex() for i in self.repo.cache.present(bytes.fromhex(c) for c in wanted)}
+            done_files = done_bytes = 0
             for index, path, entry, old in pending:
-                if all(bytes.fromhex(c) in present for c in old["chunks"]):
-                    entry.update(sha256=old["sha256"], chunks=old["chunks"])
-                    reused += 1
-                    self.progress.add(1, int(entry["size"]))
+                chunk_ids = old["chunks"]
+                if present.issuperset(chunk_ids):
+                    entry["sha256"] = old["sha256"]
+                    entry["chunks"] = chunk_ids
+                    done_files += 1
+                    done_bytes += entry["size"]
                 else:  # the parent references data the index lacks: read the file again
                     entries[index] = file_pool.submit(
                         self._file_entry, writer, chunk_pool, path, entry, warnings
                     )
+            reused += done_files
+            self.progress.add(done_files, done_bytes)
             pending.clear()
             pending_chunks = 0
 
         try:
             for path, name, st in walk(paths, base_str, warnings):
-                entry = _meta(name, st)
-                if stat.S_ISDIR(st.st_mode):
-                    entry["type"] = "dir"
-                    dirs += 1
-                    entries.append(entry)
-                elif stat.S_ISLNK(st.st_mode):
-                    entry["type"] = "symlink"
-                    entry["target"] = os.readlink(path)
-                    entries.append(entry)
-                elif stat.S_ISREG(st.st_mode):
-                    entry.update(type="file", size=st.st_size, ino=st.st_ino, ctime_ns=st.st_ctime_ns)
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    # the keys in the order of _meta + update: an unchanged tree serialises to
+                    # the same tree blobs as before
+                    size = st.st_size
+                    entry = {"path": name, "mode": stat.S_IMODE(mode), "uid": st.st_uid, "gid": st.st_gid,
+                             "mtime_ns": st.st_mtime_ns, "type": "file", "size": size, "ino": st.st_ino,
+                             "ctime_ns": st.st_ctime_ns}  # fmt: skip
                     files += 1
-                    logical += st.st_size
+                    logical += size
                     old = previous.get(name)
                     if (
                         old is not None
-                        and old.get("size") == st.st_size
-                        and old.get("mtime_ns") == st.st_mtime_ns
-                        and old.get("ino") == st.st_ino
+                        and old.get("size") == size
+                        and old.get("mtime_ns") == entry["mtime_ns"]
+                        and old.get("ino") == entry["ino"]
                     ):
                         pending.append((len(entries), path, entry, old))
                         entries.append(entry)
@@ -272,6 +274,16 @@ class Backup:
                         entries.append(
                             file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, warnings)
                         )
+                    continue
+                entry = _meta(name, st)
+                if stat.S_ISDIR(st.st_mode):
+                    entry["type"] = "dir"
+                    dirs += 1
+                    entries.append(entry)
+                elif stat.S_ISLNK(st.st_mode):
+                    entry["type"] = "symlink"
+                    entry["target"] = os.readlink(path)
+                    entries.append(entry)
                 else:
                     warnings.append(f"{path}: skipped (not a regular file, directory or symlink)")
             settle_pending()

@@ -50,6 +50,7 @@ from coldkeep.repository.packer import BlobEntry, PackBuilder, pack_key
 from coldkeep.storage.base import Backend, validate_key
 
 SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
+_TREE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 PACK_TARGET = 16 * 1024 * 1024
 #: overrides :data:`PACK_TARGET` (bytes); for tests, so that little data still makes many packs
 PACK_TARGET_ENV = "COLDKEEP_PACK_TARGET"
@@ -447,8 +448,9 @@ class Repository:
         ids: list[str] = []
         buf: list[bytes] = []
         size = 0
+        encode = _TREE_ENCODER.encode  # one encoder: json.dumps with options builds one per call
         for entry in entries:
-            line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            line = encode(entry).encode() + b"\n"
             buf.append(line)
             size += len(line)
             if size >= 1024 * 1024:
@@ -461,9 +463,7 @@ class Repository:
     def iter_tree(self, snap: Snapshot) -> Iterator[dict[str, Any]]:
         for blob_hex in snap.tree:
             data = self.read_blob(bytes.fromhex(blob_hex))
-            for line in data.splitlines():
-                if line:
-                    yield json.loads(line)
+            yield from _tree_lines(data)
 
     # -- named write-once objects ----------------------------------------------------------------
 
@@ -530,6 +530,24 @@ class Repository:
             return None
         doc: dict[str, Any] = decode_document(self.keys, data, key.encode(), key)
         return doc
+
+
+def _tree_lines(data: bytes) -> list[Any]:
+    """The entries of one tree blob (JSON lines), parsed in one ``json.loads`` call when possible.
+
+    JSON text never contains a raw newline, so the lines of a well-formed blob joined with commas
+    are a JSON array; anything else (blank lines, a damaged line) is parsed line by line, with the
+    same result and errors as before.
+    """
+    body = data.strip(b"\n")
+    if not body:
+        return []
+    if b"\n\n" not in body and b"\r" not in body:
+        with contextlib.suppress(ValueError):
+            entries = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+            if isinstance(entries, list) and all(isinstance(e, dict) for e in entries):
+                return entries
+    return [json.loads(line) for line in data.splitlines() if line]
 
 
 def host() -> str:
