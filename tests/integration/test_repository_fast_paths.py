@@ -280,3 +280,37 @@ def test_tree_blob_with_a_damaged_line_still_fails() -> None:
 
     with pytest.raises(ValueError):
         _tree_lines(b'{"path":"a"}\n{"path":\n')
+
+
+def test_small_files_read_whole_chunk_like_chunk_file(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save as save_safetensors
+
+    from coldkeep.repository.chunker import ChunkerParams
+
+    params = ChunkerParams(
+        min_size=64 * 1024, avg_size=128 * 1024, max_size=512 * 1024, page_chunk=256 * 1024
+    )
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), chunker=params)
+    rng = np.random.default_rng(5)
+    tensors = {f"t{i}": rng.standard_normal(20_000 + i).astype(np.float16) for i in range(6)}
+    files = {
+        "empty": b"",
+        "tiny": b"0123456789",
+        "random.bin": os.urandom(3 * MiB + 7),
+        "blobs/0f3a": save_safetensors(tensors),  # a safetensors file without the extension
+        "model.safetensors": save_safetensors(tensors),
+        "base/1/1259": os.urandom(2 * 256 * 1024 + 8192),  # a relation file: pages
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    backup = Backup(repo)
+    writer = repo.writer()
+    for name, content in files.items():
+        path = str(tmp_path / name)
+        with chunk_file(path, "auto", params) as chunks:
+            expected = [repo.keys.chunk_id(bytes(view)).hex() for view in chunks]
+        sha, ids = backup._file(writer, None, path, len(content))  # type: ignore[arg-type]
+        assert (sha, ids) == (hashlib.sha256(content).hexdigest(), expected), name
+    writer.finish()

@@ -23,7 +23,7 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.errors import NotFound, UsageError
-from coldkeep.repository.chunker import chunk_file
+from coldkeep.repository.chunker import chunk_buffer, chunk_file, strategy_for
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 SMALL_FILE = 4 * 1024 * 1024
@@ -167,15 +167,19 @@ class Backup:
     ) -> tuple[str, list[str]]:
         if size > SMALL_FILE:
             return self._chunk_large(writer, pool, path)
-        sha = hashlib.sha256()
+        # A small file is read with one read(), not mapped: no mmap/munmap and no page faults per
+        # file.  Same boundaries as chunk_file(path, "auto"): the strategy its path gives, and a
+        # file that is not a relation file still sniffed for a safetensors header.
+        with open(path, "rb") as f:
+            data = f.read(os.fstat(f.fileno()).st_size)
+        sha = hashlib.sha256(data)
         ids: list[str] = []
-        chunks = chunk_file(path, "auto", self.repo.config.chunker)
-        try:
-            for view in chunks:
-                sha.update(view)
-                ids.append(writer.store(view).hex())
-        finally:
-            chunks.close()
+        resolved = strategy_for(path)
+        view = memoryview(data)
+        for offset, length in chunk_buffer(
+            view, "auto" if resolved == "cdc" else resolved, self.repo.config.chunker
+        ):
+            ids.append(writer.store(view[offset : offset + length]).hex())
         return sha.hexdigest(), ids
 
     def run(
