@@ -314,3 +314,31 @@ def test_small_files_read_whole_chunk_like_chunk_file(tmp_path: Path) -> None:
         sha, ids = backup._file(writer, None, path, len(content))  # type: ignore[arg-type]
         assert (sha, ids) == (hashlib.sha256(content).hexdigest(), expected), name
     writer.finish()
+
+
+def test_pack_buffers_are_reused_without_mixing_packs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLDKEEP_PACK_TARGET", str(64 * 1024))
+    repo = new_repo(tmp_path)
+    writer = repo.writer()
+    reused: list[int] = []
+    original = PackBuilder.__init__
+
+    def spy(self: PackBuilder, capacity: int = 0, buffer: Any = None) -> None:
+        reused.append(buffer is not None)
+        original(self, capacity, buffer)
+
+    monkeypatch.setattr(PackBuilder, "__init__", spy)
+    blobs = {}
+    for i in range(300):
+        data = os.urandom(1000 + 37 * i)  # incompressible: stored raw, easy to compare
+        blobs[writer.store(data)] = data
+    writer.finish()
+    assert writer.stats.packs >= 20 and any(reused)
+    assert writer._spare == []  # given back at finish
+    for key in [info.key for info in repo.backend.list("data/")]:
+        pack_id = key.rsplit("/", 1)[1]
+        parse_pack(repo.keys, repo.backend.get(key), pack_id)  # footer, id and header all verify
+    for blob_id, data in blobs.items():
+        assert repo.read_blob(blob_id) == data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import socket
 import threading
@@ -179,7 +180,12 @@ class BlobWriter:
         self.repo = repo
         self.use_cache = use_cache
         self._lock = threading.Lock()
-        self._builder = PackBuilder()
+        self.pack_target = pack_target()
+        # room for a full pack plus one biggest chunk, its envelope and the pack header
+        self._capacity = self.pack_target + repo.config.chunker.max_size + 256 * 1024
+        self._spare: list[mmap.mmap] = []  # buffers of packs already written, for the next ones
+        self._max_spare = max_inflight + 1
+        self._builder = self._new_builder()
         self._session: set[bytes] = set()
         self._written: dict[str, list[BlobEntry]] = {}
         self._sizes: dict[str, int] = {}
@@ -187,7 +193,10 @@ class BlobWriter:
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
         self.stats = WriteStats()
-        self.pack_target = pack_target()
+
+    def _new_builder(self) -> PackBuilder:
+        # under self._lock, or before any thread can see the writer
+        return PackBuilder(self._capacity, self._spare.pop() if self._spare else None)
 
     def known(self, blob_id: bytes) -> bool:
         with self._lock:
@@ -208,7 +217,7 @@ class BlobWriter:
             self.stats.new_stored_bytes += self._builder.rows[-1][3]
             self.stats.new_raw_bytes += raw_length
             if self._builder.size >= self.pack_target:
-                to_upload, self._builder = self._builder, PackBuilder()
+                to_upload, self._builder = self._builder, self._new_builder()
         if to_upload is not None:
             self._upload(to_upload)
         return True
@@ -237,18 +246,26 @@ class BlobWriter:
     def _write_pack(self, builder: PackBuilder) -> None:
         try:
             pack_id, data, entries = builder.finish(self.repo.keys)
-            self.repo.backend.put_if_absent(pack_key(pack_id), data)
+            self.repo.backend.put_if_absent(pack_key(pack_id), data)  # keeps no reference to data
+            size = len(data)
+            data.release()
+            buffer = builder.detach()
             with self._lock:
                 self._written[pack_id] = entries
-                self._sizes[pack_id] = len(data)
+                self._sizes[pack_id] = size
                 self.stats.packs += 1
+                if buffer is not None and len(self._spare) < self._max_spare:
+                    self._spare.append(buffer)
+                    buffer = None
+            if buffer is not None:
+                buffer.close()
         finally:
             self._slots.release()
 
     def finish(self) -> str | None:
         """Upload the last pack, wait for all uploads, write the index; returns the index id."""
         with self._lock:
-            last, self._builder = self._builder, PackBuilder()
+            last, self._builder = self._builder, self._new_builder()
         if len(last):
             self._upload(last)
         try:
@@ -256,6 +273,7 @@ class BlobWriter:
                 future.result()
         finally:
             self._uploads.shutdown(wait=True)
+            self._drop_spares()
         if not self._written:
             return None
         index_id, data = encode_index(self.repo.keys, self._written, self._sizes)
@@ -267,6 +285,14 @@ class BlobWriter:
 
     def abort(self) -> None:
         self._uploads.shutdown(wait=True, cancel_futures=True)
+        self._drop_spares()
+
+    def _drop_spares(self) -> None:
+        with self._lock:
+            spares, self._spare = self._spare, []
+        for buffer in spares:
+            with contextlib.suppress(BufferError):
+                buffer.close()
 
 
 class Repository:

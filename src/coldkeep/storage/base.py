@@ -31,7 +31,8 @@ from coldkeep.errors import InvalidKey
 
 _PART = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_KEY = 1024
-#: what ``put`` accepts: any contiguous byte buffer (a sealed pack is a view of a bytearray)
+#: what ``put`` accepts: any contiguous byte buffer (a sealed pack is a view of a reused buffer,
+#: so a backend must not keep a reference to ``data`` once ``put`` returned)
 Data = bytes | bytearray | memoryview
 
 
