@@ -344,3 +344,12 @@ def test_pack_buffers_are_reused_without_mixing_packs(
         parse_pack(repo.keys, repo.backend.get(key), pack_id)  # footer, id and header all verify
     for blob_id, data in blobs.items():
         assert repo.read_blob(blob_id) == data
+
+
+def test_restore_of_a_very_deep_path(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    name = "/".join(["d"] * 1200) + "/f"  # deeper than Python's recursion limit
+    snap = _snapshot_with(repo, [_file(name, b"deep")])
+    result = Restorer(repo).run(snap, tmp_path / "t")
+    assert not result.errors
+    assert (tmp_path / "t" / name).read_bytes() == b"deep"

@@ -92,21 +92,25 @@ class _Dirs:
         """The absolute path of directory ``rel`` (``""`` is the target), created if missing."""
         if rel in self._ok:
             return self.path(rel)
-        parent = rel.rpartition("/")[0]
-        self.ensure(parent)
-        path = self.path(rel)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, mode)
-            st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(
-                f"refusing to restore into {path}: it is not a directory (a symlink would lead outside the target)"
-            )
-        self._ok.add(rel)
-        return path
+        parts = rel.split("/")
+        known = len(parts) - 1  # the deepest directory on the way already checked
+        while known > 0 and "/".join(parts[:known]) not in self._ok:
+            known -= 1
+        for depth in range(known + 1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            path = self.path(sub)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path, mode if depth == len(parts) else 0o777)
+                st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise UsageError(
+                    f"refusing to restore into {path}: it is not a directory (a symlink would lead outside the target)"
+                )
+            self._ok.add(sub)
+        return self.path(rel)
 
     def check_fresh(self, rel: str) -> None:
         """Every existing directory on the way to ``rel`` is a real directory, checked now."""
