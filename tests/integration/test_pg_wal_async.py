@@ -68,7 +68,7 @@ def test_async_archiving_under_the_real_archiver(
     site: WalSite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     enable_async(site)
-    shown = site.json("pg", "setup")
+    shown = site.json("pg", "setup", "--coldkeep-path", site.coldkeep)
     command = {s["name"]: s for s in shown["settings"]}["archive_command"]["desired"]
     assert command.endswith(f"--config {site.config} pg wal-push --async --workers 2 %p")
     site.setup_archiving(restart=True, monkeypatch=monkeypatch)

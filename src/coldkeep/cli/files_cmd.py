@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import open_repo, parse_tags, progress
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError
 from coldkeep.units import human_bytes
+
+if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup --json`
+    from rich.console import Console
 
 
 @click.command()
@@ -54,6 +56,8 @@ def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
         snaps = repo.list_snapshots(parse_tags(tags))
 
     def human(console: Console) -> None:
+        from rich.table import Table
+
         table = Table("id", "time", "host", "tags", "label", "files", "size")
         for s in snaps:
             table.add_row(s.short_id, s.time, s.host, " ".join(f"{k}={v}" for k, v in s.tags.items()), s.label,
@@ -148,6 +152,8 @@ def forget(
     ]
 
     def human(console: Console) -> None:
+        from rich.table import Table
+
         table = Table("id", "time", "decision", "reasons")
         for r in rows:
             table.add_row(str(r["id"])[:8], str(r["time"]), "keep" if r["keep"] else "[red]remove[/red]",

@@ -5,15 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from coldkeep.cli.context import AppContext
 from coldkeep.errors import UsageError
 from coldkeep.repository import repository as repo_mod
@@ -43,6 +34,15 @@ def progress(app: AppContext, description: str) -> Iterator[repo_mod.Progress]:
     if not app.out.progress_enabled:
         yield counters
         return
+    from rich.progress import (  # only on a terminal: `--json` runs never pay for it
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn(description),
         BarColumn(),

@@ -23,10 +23,12 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.errors import NotFound, UsageError
-from coldkeep.repository.chunker import chunk_file
+from coldkeep.repository.chunker import chunk_buffer, chunk_file, strategy_for
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 SMALL_FILE = 4 * 1024 * 1024
+#: reuse candidates are checked against the index once this many of their chunk ids are pending
+REUSE_BATCH = 4096
 
 
 @dataclass
@@ -53,47 +55,61 @@ class BackupResult:
         }
 
 
-def _name(path: Path, base: Path | None) -> str:
+def _name(path: str, base: str | None) -> str:
+    """The name of an absolute, normalised ``path`` in the snapshot (``base`` is one of its parents
+    or itself)."""
     if base is not None:
-        rel = path.relative_to(base).as_posix()
-        return rel if rel != "." else ""
-    return path.as_posix().lstrip("/")
+        return path[len(base) :].lstrip("/")
+    return path.lstrip("/")
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def walk(
-    sources: Iterable[Path], base: Path | None, warnings: list[str]
-) -> Iterator[tuple[Path, str, os.stat_result]]:
-    """(filesystem path, name in the snapshot, lstat) for every source and everything below it."""
+    sources: Iterable[str | os.PathLike[str]], base: str | os.PathLike[str] | None, warnings: list[str]
+) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(filesystem path, name in the snapshot, lstat) for every source and everything below it.
+
+    Sources are absolute, normalised paths.  Depth first, children sorted by name; one
+    ``os.scandir`` per directory and one ``lstat`` per entry, and no ``Path`` objects (the walk
+    of an unchanged tree is most of what a re-backup costs).
+    """
+    base_str = os.fspath(base) if base is not None else None
     for source in sources:
+        src = os.fspath(source)
         try:
-            st = source.lstat()
+            st = os.lstat(src)
         except OSError as exc:
-            raise NotFound(f"cannot back up {source}: {exc.strerror}") from None
-        name = _name(source, base)
+            raise NotFound(f"cannot back up {src}: {exc.strerror}") from None
+        name = _name(src, base_str)
         if name:
-            yield source, name, st
-        if stat.S_ISDIR(st.st_mode):
-            stack = [source]
-            while stack:
-                directory = stack.pop()
+            yield src, name, st
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        stack: list[tuple[str, str]] = [(src, name)]
+        while stack:
+            directory, dname = stack.pop()
+            prefix = dname + "/" if dname else ""
+            try:
+                with os.scandir(directory) as it:
+                    children = sorted(it, key=_entry_name)
+            except OSError as exc:
+                warnings.append(f"{directory}: cannot list ({exc.strerror})")
+                continue
+            subdirs: list[tuple[str, str]] = []
+            for child in children:
                 try:
-                    with os.scandir(directory) as it:
-                        children = sorted(it, key=lambda e: e.name)
+                    cst = child.stat(follow_symlinks=False)
                 except OSError as exc:
-                    warnings.append(f"{directory}: cannot list ({exc.strerror})")
+                    warnings.append(f"{child.path}: cannot stat ({exc.strerror})")
                     continue
-                subdirs = []
-                for child in children:
-                    path = Path(child.path)
-                    try:
-                        cst = child.stat(follow_symlinks=False)
-                    except OSError as exc:
-                        warnings.append(f"{path}: cannot stat ({exc.strerror})")
-                        continue
-                    yield path, _name(path, base), cst
-                    if stat.S_ISDIR(cst.st_mode):
-                        subdirs.append(path)
-                stack.extend(reversed(subdirs))
+                cname = prefix + child.name
+                yield child.path, cname, cst
+                if stat.S_ISDIR(cst.st_mode):
+                    subdirs.append((child.path, cname))
+            stack.extend(reversed(subdirs))
 
 
 def _meta(name: str, st: os.stat_result) -> dict[str, Any]:
@@ -118,40 +134,52 @@ class Backup:
         self.threads = threads or max(2, os.cpu_count() or 2)
         self.progress = progress or Progress()
 
-    def _chunk_large(self, writer: BlobWriter, pool: ThreadPoolExecutor, path: Path) -> tuple[str, list[str]]:
+    def _chunk_large(self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str) -> tuple[str, list[str]]:
         sha = hashlib.sha256()
-        window: collections.deque[Future[bytes]] = collections.deque()
+        # (future of a chunk's id, offset where the chunk ends), oldest first
+        window: collections.deque[tuple[Future[bytes], int]] = collections.deque()
         ids: list[str] = []
         limit = self.threads * 2
+        offset = 0
         chunks = chunk_file(path, "auto", self.repo.config.chunker)
         try:
             for view in chunks:
                 sha.update(view)
-                window.append(pool.submit(writer.store, view))
+                offset += len(view)
+                window.append((pool.submit(writer.store, view), offset))
                 while len(window) >= limit:
-                    ids.append(window.popleft().result().hex())
+                    future, end = window.popleft()
+                    ids.append(future.result().hex())
+                    # every chunk before ``end`` is in a pack now: its mapped pages can go
+                    chunks.release(end)
             while window:
-                ids.append(window.popleft().result().hex())
+                future, end = window.popleft()
+                ids.append(future.result().hex())
+                chunks.release(end)
         finally:
-            for fut in window:
-                fut.cancel()
+            for future, _ in window:
+                future.cancel()
             chunks.close()
         return sha.hexdigest(), ids
 
     def _file(
-        self, writer: BlobWriter, pool: ThreadPoolExecutor, path: Path, size: int
+        self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str, size: int
     ) -> tuple[str, list[str]]:
         if size > SMALL_FILE:
             return self._chunk_large(writer, pool, path)
-        sha = hashlib.sha256()
+        # A small file is read with one read(), not mapped: no mmap/munmap and no page faults per
+        # file.  Same boundaries as chunk_file(path, "auto"): the strategy its path gives, and a
+        # file that is not a relation file still sniffed for a safetensors header.
+        with open(path, "rb") as f:
+            data = f.read(os.fstat(f.fileno()).st_size)
+        sha = hashlib.sha256(data)
         ids: list[str] = []
-        chunks = chunk_file(path, "auto", self.repo.config.chunker)
-        try:
-            for view in chunks:
-                sha.update(view)
-                ids.append(writer.store(view).hex())
-        finally:
-            chunks.close()
+        resolved = strategy_for(path)
+        view = memoryview(data)
+        for offset, length in chunk_buffer(
+            view, "auto" if resolved == "cdc" else resolved, self.repo.config.chunker
+        ):
+            ids.append(writer.store(view[offset : offset + length]).hex())
         return sha.hexdigest(), ids
 
     def run(
@@ -176,6 +204,7 @@ class Backup:
                 if s != base and base not in s.parents:
                     raise UsageError(f"{s} is not under {base}")
         paths = [str(s) for s in sources]
+        base_str = str(base) if base is not None else None
         parent_snap = (
             self._find_parent(paths, tags or {})
             if parent == "auto"
@@ -193,8 +222,63 @@ class Backup:
         logical = 0
         file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-file")
         chunk_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-chunk")
+        # files the parent snapshot has with the same size, mtime and inode: reused once their
+        # chunks are confirmed in the index, a batch of ids per query
+        pending: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
+        pending_chunks = 0
+
+        def settle_pending() -> None:
+            nonlocal reused, pending_chunks
+            if not pending:
+                return
+            wanted = {c for _, _, _, old in pending for c in old["chunks"]}
+            present = {i.hex() for i in self.repo.cache.present(bytes.fromhex(c) for c in wanted)}
+            done_files = done_bytes = 0
+            for index, path, entry, old in pending:
+                chunk_ids = old["chunks"]
+                if present.issuperset(chunk_ids):
+                    entry["sha256"] = old["sha256"]
+                    entry["chunks"] = chunk_ids
+                    done_files += 1
+                    done_bytes += entry["size"]
+                else:  # the parent references data the index lacks: read the file again
+                    entries[index] = file_pool.submit(
+                        self._file_entry, writer, chunk_pool, path, entry, warnings
+                    )
+            reused += done_files
+            self.progress.add(done_files, done_bytes)
+            pending.clear()
+            pending_chunks = 0
+
         try:
-            for path, name, st in walk(sources, base, warnings):
+            for path, name, st in walk(paths, base_str, warnings):
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    # the keys in the order of _meta + update: an unchanged tree serialises to
+                    # the same tree blobs as before
+                    size = st.st_size
+                    entry = {"path": name, "mode": stat.S_IMODE(mode), "uid": st.st_uid, "gid": st.st_gid,
+                             "mtime_ns": st.st_mtime_ns, "type": "file", "size": size, "ino": st.st_ino,
+                             "ctime_ns": st.st_ctime_ns}  # fmt: skip
+                    files += 1
+                    logical += size
+                    old = previous.get(name)
+                    if (
+                        old is not None
+                        and old.get("size") == size
+                        and old.get("mtime_ns") == entry["mtime_ns"]
+                        and old.get("ino") == entry["ino"]
+                    ):
+                        pending.append((len(entries), path, entry, old))
+                        entries.append(entry)
+                        pending_chunks += len(old["chunks"])
+                        if pending_chunks >= REUSE_BATCH:
+                            settle_pending()
+                    else:
+                        entries.append(
+                            file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, warnings)
+                        )
+                    continue
                 entry = _meta(name, st)
                 if stat.S_ISDIR(st.st_mode):
                     entry["type"] = "dir"
@@ -204,28 +288,9 @@ class Backup:
                     entry["type"] = "symlink"
                     entry["target"] = os.readlink(path)
                     entries.append(entry)
-                elif stat.S_ISREG(st.st_mode):
-                    entry.update(type="file", size=st.st_size, ino=st.st_ino, ctime_ns=st.st_ctime_ns)
-                    files += 1
-                    logical += st.st_size
-                    old = previous.get(name)
-                    if (
-                        old is not None
-                        and old.get("size") == st.st_size
-                        and old.get("mtime_ns") == st.st_mtime_ns
-                        and old.get("ino") == st.st_ino
-                        and self._chunks_known(old["chunks"])
-                    ):
-                        entry.update(sha256=old["sha256"], chunks=old["chunks"])
-                        reused += 1
-                        self.progress.add(1, st.st_size)
-                        entries.append(entry)
-                    else:
-                        entries.append(
-                            file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, warnings)
-                        )
                 else:
                     warnings.append(f"{path}: skipped (not a regular file, directory or symlink)")
+            settle_pending()
             final: list[dict[str, Any]] = []
             for item in entries:
                 resolved = item.result() if isinstance(item, Future) else item
@@ -281,7 +346,7 @@ class Backup:
         self,
         writer: BlobWriter,
         pool: ThreadPoolExecutor,
-        path: Path,
+        path: str,
         entry: dict[str, Any],
         warnings: list[str],
     ) -> dict[str, Any] | None:
@@ -291,7 +356,7 @@ class Backup:
             warnings.append(f"{path}: cannot read ({exc.strerror}); not in the snapshot")
             return None
         try:
-            st = path.lstat()
+            st = os.lstat(path)
             if st.st_mtime_ns != entry["mtime_ns"] or st.st_size != entry["size"]:
                 warnings.append(f"{path}: changed while being backed up")
                 entry["mtime_ns"] = -1  # force a re-read next time
@@ -300,10 +365,6 @@ class Backup:
         entry.update(sha256=sha, chunks=ids)
         self.progress.add(1, int(entry["size"]))
         return entry
-
-    def _chunks_known(self, chunk_ids: list[str]) -> bool:
-        cache = self.repo.cache
-        return all(cache.has(bytes.fromhex(c)) for c in chunk_ids)
 
     def _find_parent(self, paths: list[str], tags: dict[str, str]) -> Snapshot | None:
         host = os.uname().nodename

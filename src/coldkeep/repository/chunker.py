@@ -58,6 +58,8 @@ PG_PAGE_SIZE: Final = 8192
 NORMALIZED_CHUNKING: Final = 1
 #: Headers larger than this are not trusted (the limit of the reference safetensors implementation).
 SAFETENSORS_MAX_HEADER: Final = 100_000_000
+#: ``madvise`` advice that drops a mapping's pages from this process (None where unsupported)
+_MADV_DONTNEED: Final[int | None] = getattr(mmap, "MADV_DONTNEED", None)
 
 #: True when pyfastcdc's Cython extension is in use (~4 GB/s); the pure-Python fallback computes
 #: the same boundaries about a thousand times slower.
@@ -372,6 +374,10 @@ class FileChunks(Iterator[memoryview]):
     Attributes: ``path``, ``size`` (at open), ``strategy`` (used), ``fallback_reason`` (see
     :class:`ChunkRanges`) and ``bytes_yielded``, which ends below ``size`` when a relation file
     was truncated while it was read (see :func:`chunk_file`).
+
+    Memory: the pages of a mapped file count in the process's resident set until they are
+    unmapped; a caller that is done with the chunks up to some offset calls :meth:`release` so
+    a big file does not stay resident as a whole while it is chunked.
     """
 
     def __init__(self, path: str | os.PathLike[str], strategy: Strategy, params: ChunkerParams) -> None:
@@ -382,6 +388,8 @@ class FileChunks(Iterator[memoryview]):
         resolved: Resolved = strategy_for(self.path) if strategy == "auto" else strategy
         self.fallback_reason: str | None = None
         self.bytes_yielded = 0
+        #: bytes from the start of the mapping that :meth:`release` gave back to the kernel
+        self.released = 0
         self._mmap: mmap.mmap | None = None
         self._view: memoryview | None = None
         self._ranges: ChunkRanges | None = None
@@ -427,6 +435,25 @@ class FileChunks(Iterator[memoryview]):
 
     def __next__(self) -> memoryview:
         return next(self._it)
+
+    def release(self, end: int) -> int:
+        """Drop the mapped pages of bytes ``[0, end)`` from this process (``madvise(MADV_DONTNEED)``).
+
+        For the caller to say it is done with the chunks before ``end``; returns how many bytes
+        were released now (whole pages only; the rest of a page is released with a later call,
+        or at ``end == size``).  Contents stay valid: the mapping is read-only and shared, so a
+        page touched again is read back from the page cache.  A no-op for files that are read,
+        not mapped, and where ``madvise`` is not available.
+        """
+        if self._mmap is None or _MADV_DONTNEED is None:
+            return 0
+        stop = self.size if end >= self.size else end - end % mmap.PAGESIZE
+        if stop <= self.released:
+            return 0
+        start = self.released
+        self._mmap.madvise(_MADV_DONTNEED, start, stop - start)
+        self.released = stop
+        return stop - start
 
     def close(self) -> None:
         """Release the mapping and the file (idempotent)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import blake3
@@ -89,19 +90,31 @@ def object_id(stored: bytes) -> str:
     return stored[-DIGEST_SIZE:].hex()
 
 
-def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
-    """zstd, or raw when compression saves less than 2 %."""
+#: a buffer the pack writer copies from: bytes, or a view (of a mapped file, say) that stays valid
+#: until the envelope has been copied into its pack
+Buffer = bytes | bytearray | memoryview
+_FLAG_BYTES = (bytes([FLAG_RAW]), bytes([FLAG_ZSTD]))
+
+
+def _compress_view(data: Buffer, level: int) -> tuple[int, Buffer]:
+    """Like :func:`compress`, but a raw payload is ``data`` itself (no copy)."""
     if level == 0 or len(data) < 64:
-        return FLAG_RAW, bytes(data)
+        return FLAG_RAW, data
     packed = _compressor(level).compress(data)
     if len(packed) >= len(data) * 0.98:
-        return FLAG_RAW, bytes(data)
+        return FLAG_RAW, data
     return FLAG_ZSTD, packed
 
 
-def decompress(flag: int, payload: bytes, raw_length: int | None, what: str) -> bytes:
+def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
+    """zstd, or raw when compression saves less than 2 %."""
+    flag, payload = _compress_view(data, level)
+    return flag, bytes(payload)
+
+
+def decompress(flag: int, payload: bytes | memoryview, raw_length: int | None, what: str) -> bytes:
     if flag == FLAG_RAW:
-        return payload
+        return bytes(payload)
     if flag == FLAG_ZSTD:
         try:
             if raw_length is not None:
@@ -114,15 +127,29 @@ def decompress(flag: int, payload: bytes, raw_length: int | None, what: str) -> 
 
 def seal_blob(keys: KeyRing, data: bytes | memoryview, level: int, aad: bytes) -> tuple[bytes, int]:
     """Envelope for one chunk: returns (stored bytes, flag)."""
-    flag, payload = compress(data, level)
-    return keys.seal(bytes([flag]) + payload, aad), flag
+    parts, _, flag = seal_parts(keys, data, level, aad)
+    return b"".join(parts), flag
+
+
+def seal_parts(keys: KeyRing, data: Buffer, level: int, aad: bytes) -> tuple[Sequence[Buffer], int, int]:
+    """The envelope of one chunk as buffers to store back to back: (parts, total length, flag).
+
+    Unencrypted, the parts are the flag byte and the payload, where a raw payload is ``data``
+    itself: the only copy is the one into the pack (:class:`~coldkeep.repository.packer.PackBuilder`).
+    Encrypted, one part: ``seal`` needs the plaintext in one piece.
+    """
+    flag, payload = _compress_view(data, level)
+    if keys.encrypted:
+        stored = keys.seal(_FLAG_BYTES[flag] + payload, aad)
+        return (stored,), len(stored), flag
+    return (_FLAG_BYTES[flag], payload), 1 + len(payload), flag
 
 
 def open_blob(keys: KeyRing, stored: bytes, aad: bytes, raw_length: int | None, what: str) -> bytes:
     plain = keys.open(stored, aad, what)
     if not plain:
         raise IntegrityError(f"{what}: empty envelope")
-    return decompress(plain[0], plain[1:], raw_length, what)
+    return decompress(plain[0], memoryview(plain)[1:], raw_length, what)
 
 
 def encode_document(keys: KeyRing, doc: Any, aad: bytes, level: int = 3) -> bytes:

@@ -27,6 +27,8 @@ from coldkeep.repository.packer import BlobEntry
 from coldkeep.storage.base import Backend
 
 INDEX_AAD = b"coldkeep-index-v1"
+#: ids per ``IN (...)`` query (SQLite allows 999 parameters in its most conservative builds)
+LOOKUP_BATCH = 500
 
 
 def encode_index(
@@ -140,6 +142,35 @@ class IndexCache:
     def has(self, blob_id: bytes) -> bool:
         with self._lock:
             return self.db.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
+
+    def present(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``blob_ids`` the index has (one query per :data:`LOOKUP_BATCH` ids)."""
+        ids = list(blob_ids)
+        found: set[bytes] = set()
+        with self._lock:
+            for i in range(0, len(ids), LOOKUP_BATCH):
+                batch = ids[i : i + LOOKUP_BATCH]
+                marks = ",".join("?" * len(batch))
+                found.update(
+                    row[0] for row in self.db.execute(f"SELECT id FROM blobs WHERE id IN ({marks})", batch)
+                )
+        return found
+
+    def get_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobEntry]:
+        """The entries of those of ``blob_ids`` the index has (one query per :data:`LOOKUP_BATCH`)."""
+        ids = list(dict.fromkeys(blob_ids))
+        out: dict[bytes, BlobEntry] = {}
+        with self._lock:
+            for i in range(0, len(ids), LOOKUP_BATCH):
+                batch = ids[i : i + LOOKUP_BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = self.db.execute(
+                    f"SELECT id, pack, kind, offset, length, raw_length FROM blobs WHERE id IN ({marks})",
+                    batch,
+                ).fetchall()
+                for r in rows:
+                    out[r[0]] = BlobEntry(r[0], r[2], r[1], r[3], r[4], r[5])
+        return out
 
     def get(self, blob_id: bytes) -> BlobEntry | None:
         with self._lock:

@@ -15,12 +15,14 @@ Because the header lives in the pack, the index can always be rebuilt from the p
 from __future__ import annotations
 
 import json
+import mmap
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coldkeep.errors import IntegrityError
 from coldkeep.repository.crypto import KeyRing
-from coldkeep.repository.format import DIGEST_SIZE, add_footer, open_blob, seal_blob, strip_footer
+from coldkeep.repository.format import DIGEST_SIZE, Buffer, digest, open_blob, seal_blob, strip_footer
 
 MAGIC = b"CKP1"
 TAIL = 4 + len(MAGIC) + DIGEST_SIZE  # header length + magic + footer
@@ -45,29 +47,71 @@ def pack_key(pack_id: str) -> str:
 
 
 class PackBuilder:
-    """Collects blobs in memory until the pack is big enough, then :meth:`finish` seals it."""
+    """Collects blobs until the pack is big enough, then :meth:`finish` seals it.
 
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
+    Each blob is copied once, into one buffer: an anonymous ``mmap`` of ``capacity`` bytes (the
+    kernel supplies zeroed pages only where they are written, and the pages go back to it as soon
+    as the sealed pack is dropped).  A pack that outgrows it moves to a mapping twice as big
+    (rare: the capacity covers a pack target plus one big blob).  Header, trailer and footer are
+    appended to the same buffer and the sealed pack is a view of it, so sealing copies nothing.
+    """
+
+    def __init__(self, capacity: int = 0, buffer: mmap.mmap | None = None) -> None:
+        self._capacity = max(capacity, 1 << 20)
+        # mapped at the first blob, unless the buffer of a pack already written is handed in
+        # (its pages are resident already: no page faults, no zeroing)
+        self._mm: mmap.mmap | None = buffer
+        self._size = 0
         self.rows: list[tuple[bytes, str, int, int, int]] = []
 
-    def add(self, blob_id: bytes, kind: str, stored: bytes, raw_length: int) -> None:
-        self.rows.append((blob_id, kind, self.size, len(stored), raw_length))
-        self.parts.append(stored)
-        self.size += len(stored)
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _append(self, part: Buffer) -> None:
+        n = len(part)
+        end = self._size + n
+        if self._mm is None:
+            self._mm = mmap.mmap(-1, max(self._capacity, end))
+        elif end > len(self._mm):
+            bigger = mmap.mmap(-1, max(end, 2 * len(self._mm)))
+            with memoryview(bigger) as dst, memoryview(self._mm) as src:
+                dst[: self._size] = src[: self._size]
+            self._mm.close()
+            self._mm = bigger
+        self._mm[self._size : end] = part
+        self._size = end
+
+    def add(self, blob_id: bytes, kind: str, stored: Buffer | Sequence[Buffer], raw_length: int) -> None:
+        """Add one sealed blob: bytes, or buffers that are its envelope back to back (copied now)."""
+        parts = (stored,) if isinstance(stored, (bytes, bytearray, memoryview)) else stored
+        start = self._size
+        for part in parts:
+            self._append(part)
+        self.rows.append((blob_id, kind, start, self._size - start, raw_length))
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def finish(self, keys: KeyRing) -> tuple[str, bytes, list[BlobEntry]]:
+    def finish(self, keys: KeyRing) -> tuple[str, memoryview, list[BlobEntry]]:
+        """Seal the pack: (pack id, its bytes, entries).  The builder is spent afterwards."""
         header_doc = [[i.hex(), k, o, n, r] for i, k, o, n, r in self.rows]
         header, _ = seal_blob(keys, json.dumps(header_doc, separators=(",", ":")).encode(), 3, HEADER_AAD)
-        body = b"".join([*self.parts, header, struct.pack("<I", len(header)), MAGIC])
-        data = add_footer(body)
-        pack_id = data[-DIGEST_SIZE:].hex()
+        self._append(header)
+        self._append(struct.pack("<I", len(header)))
+        self._append(MAGIC)
+        assert self._mm is not None
+        with memoryview(self._mm) as whole:
+            footer = digest(whole[: self._size])
+        self._append(footer)
+        pack_id = footer.hex()
         entries = [BlobEntry(i, k, pack_id, o, n, r) for i, k, o, n, r in self.rows]
-        return pack_id, data, entries
+        return pack_id, memoryview(self._mm)[: self._size], entries
+
+    def detach(self) -> mmap.mmap | None:
+        """Hand the buffer over for the next pack, once every view of the sealed pack is released."""
+        mm, self._mm = self._mm, None
+        return mm
 
 
 def parse_tail(tail: bytes, pack_id: str) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from coldkeep.repository.format import (
     INDEX_PREFIX,
     NAMED_PREFIX,
     SNAPSHOT_PREFIX,
+    Buffer,
     add_footer,
     decode_document,
     digest,
@@ -41,6 +43,7 @@ from coldkeep.repository.format import (
     object_id,
     open_blob,
     seal_blob,
+    seal_parts,
     strip_footer,
 )
 from coldkeep.repository.index import IndexCache, encode_index
@@ -48,6 +51,7 @@ from coldkeep.repository.packer import BlobEntry, PackBuilder, pack_key
 from coldkeep.storage.base import Backend, validate_key
 
 SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
+_TREE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 PACK_TARGET = 16 * 1024 * 1024
 #: overrides :data:`PACK_TARGET` (bytes); for tests, so that little data still makes many packs
 PACK_TARGET_ENV = "COLDKEEP_PACK_TARGET"
@@ -166,7 +170,8 @@ class WriteStats:
 class BlobWriter:
     """Adds blobs to packs, uploads full packs in the background, writes the index at the end.
 
-    Thread-safe.  Memory is bounded: one open pack plus at most ``max_inflight`` packs uploading.
+    Thread-safe.  Memory is bounded: one open pack plus at most ``max_inflight`` packs sealed or
+    uploading (a thread that fills a pack waits for a slot).
     ``finish()`` must be called before any snapshot that references the blobs is written
     (write order: packs, index, snapshot).
     """
@@ -175,15 +180,23 @@ class BlobWriter:
         self.repo = repo
         self.use_cache = use_cache
         self._lock = threading.Lock()
-        self._builder = PackBuilder()
+        self.pack_target = pack_target()
+        # room for a full pack plus one biggest chunk, its envelope and the pack header
+        self._capacity = self.pack_target + repo.config.chunker.max_size + 256 * 1024
+        self._spare: list[mmap.mmap] = []  # buffers of packs already written, for the next ones
+        self._max_spare = max_inflight + 1
+        self._builder = self._new_builder()
         self._session: set[bytes] = set()
         self._written: dict[str, list[BlobEntry]] = {}
         self._sizes: dict[str, int] = {}
         self._uploads = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="coldkeep-upload")
-        self._slots = threading.BoundedSemaphore(max_inflight + 1)
+        self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
         self.stats = WriteStats()
-        self.pack_target = pack_target()
+
+    def _new_builder(self) -> PackBuilder:
+        # under self._lock, or before any thread can see the writer
+        return PackBuilder(self._capacity, self._spare.pop() if self._spare else None)
 
     def known(self, blob_id: bytes) -> bool:
         with self._lock:
@@ -191,8 +204,9 @@ class BlobWriter:
                 return True
         return self.use_cache and self.repo.cache.has(blob_id)
 
-    def add(self, blob_id: bytes, kind: str, stored: bytes, raw_length: int) -> bool:
-        """Add a sealed blob; ``False`` if this writer already has it."""
+    def add(self, blob_id: bytes, kind: str, stored: Buffer | Sequence[Buffer], raw_length: int) -> bool:
+        """Add a sealed blob (bytes, or its envelope as buffers, copied now); ``False`` if this
+        writer already has it."""
         to_upload = None
         with self._lock:
             if blob_id in self._session:
@@ -200,20 +214,23 @@ class BlobWriter:
             self._session.add(blob_id)
             self._builder.add(blob_id, kind, stored, raw_length)
             self.stats.new_blobs += 1
-            self.stats.new_stored_bytes += len(stored)
+            self.stats.new_stored_bytes += self._builder.rows[-1][3]
             self.stats.new_raw_bytes += raw_length
             if self._builder.size >= self.pack_target:
-                to_upload, self._builder = self._builder, PackBuilder()
+                to_upload, self._builder = self._builder, self._new_builder()
         if to_upload is not None:
             self._upload(to_upload)
         return True
 
     def store(self, data: bytes | memoryview, kind: str = "data") -> bytes:
-        """Hash, dedupe, compress, seal and add one chunk; returns its id."""
+        """Hash, dedupe, compress, seal and add one chunk; returns its id.
+
+        ``data`` is copied into the pack before this returns (once: see :func:`seal_parts`), so
+        a view of a mapped file may be released afterwards."""
         blob_id = self.repo.keys.chunk_id(data)  # type: ignore[arg-type]
         if not self.known(blob_id):
-            stored, _ = seal_blob(self.repo.keys, data, self.repo.config.compression_level, blob_id)
-            self.add(blob_id, kind, stored, len(data))
+            parts, _, _ = seal_parts(self.repo.keys, data, self.repo.config.compression_level, blob_id)
+            self.add(blob_id, kind, parts, len(data))
         return blob_id
 
     def _upload(self, builder: PackBuilder) -> None:
@@ -229,18 +246,26 @@ class BlobWriter:
     def _write_pack(self, builder: PackBuilder) -> None:
         try:
             pack_id, data, entries = builder.finish(self.repo.keys)
-            self.repo.backend.put_if_absent(pack_key(pack_id), data)
+            self.repo.backend.put_if_absent(pack_key(pack_id), data)  # keeps no reference to data
+            size = len(data)
+            data.release()
+            buffer = builder.detach()
             with self._lock:
                 self._written[pack_id] = entries
-                self._sizes[pack_id] = len(data)
+                self._sizes[pack_id] = size
                 self.stats.packs += 1
+                if buffer is not None and len(self._spare) < self._max_spare:
+                    self._spare.append(buffer)
+                    buffer = None
+            if buffer is not None:
+                buffer.close()
         finally:
             self._slots.release()
 
     def finish(self) -> str | None:
         """Upload the last pack, wait for all uploads, write the index; returns the index id."""
         with self._lock:
-            last, self._builder = self._builder, PackBuilder()
+            last, self._builder = self._builder, self._new_builder()
         if len(last):
             self._upload(last)
         try:
@@ -248,6 +273,7 @@ class BlobWriter:
                 future.result()
         finally:
             self._uploads.shutdown(wait=True)
+            self._drop_spares()
         if not self._written:
             return None
         index_id, data = encode_index(self.repo.keys, self._written, self._sizes)
@@ -259,6 +285,14 @@ class BlobWriter:
 
     def abort(self) -> None:
         self._uploads.shutdown(wait=True, cancel_futures=True)
+        self._drop_spares()
+
+    def _drop_spares(self) -> None:
+        with self._lock:
+            spares, self._spare = self._spare, []
+        for buffer in spares:
+            with contextlib.suppress(BufferError):
+                buffer.close()
 
 
 class Repository:
@@ -440,8 +474,9 @@ class Repository:
         ids: list[str] = []
         buf: list[bytes] = []
         size = 0
+        encode = _TREE_ENCODER.encode  # one encoder: json.dumps with options builds one per call
         for entry in entries:
-            line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            line = encode(entry).encode() + b"\n"
             buf.append(line)
             size += len(line)
             if size >= 1024 * 1024:
@@ -454,9 +489,7 @@ class Repository:
     def iter_tree(self, snap: Snapshot) -> Iterator[dict[str, Any]]:
         for blob_hex in snap.tree:
             data = self.read_blob(bytes.fromhex(blob_hex))
-            for line in data.splitlines():
-                if line:
-                    yield json.loads(line)
+            yield from _tree_lines(data)
 
     # -- named write-once objects ----------------------------------------------------------------
 
@@ -526,6 +559,24 @@ class Repository:
             return None
         doc: dict[str, Any] = decode_document(self.keys, data, key.encode(), key)
         return doc
+
+
+def _tree_lines(data: bytes) -> list[Any]:
+    """The entries of one tree blob (JSON lines), parsed in one ``json.loads`` call when possible.
+
+    JSON text never contains a raw newline, so the lines of a well-formed blob joined with commas
+    are a JSON array; anything else (blank lines, a damaged line) is parsed line by line, with the
+    same result and errors as before.
+    """
+    body = data.strip(b"\n")
+    if not body:
+        return []
+    if b"\n\n" not in body and b"\r" not in body:
+        with contextlib.suppress(ValueError):
+            entries = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+            if isinstance(entries, list) and all(isinstance(e, dict) for e in entries):
+                return entries
+    return [json.loads(line) for line in data.splitlines() if line]
 
 
 def host() -> str:

@@ -3,27 +3,33 @@
 Every chunk is verified against its id and every file against its whole-file SHA-256 before it
 takes its final name: a file is written to a temporary name in its directory and renamed only
 when it verified, so a corrupt chunk never leaves a corrupt file behind.  Paths that would land
-outside the target (absolute, ``..``, through a symlink) are refused.  Symlinks are created last,
+outside the target (absolute, ``..``, through a symlink) are refused: every name is checked
+before anything is written, and every directory on the way once (see :class:`_Dirs`).  Chunk
+locations are looked up a batch of files at a time; the chunks of a big file are read,
+decompressed and verified on worker threads ahead of the one being written.  Symlinks are created last,
 and modes and mtimes set after contents (directories deepest first).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
 import fnmatch
 import hashlib
 import os
+import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from coldkeep.errors import IntegrityError, UsageError
+from coldkeep.repository.packer import BlobEntry
 from coldkeep.repository.repository import Progress, Repository, Snapshot
 
 
@@ -60,23 +66,6 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def safe_relpath(name: str) -> PurePosixPath:
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or not rel.parts:
-        raise UsageError(f"refusing to restore {name!r}: it would land outside the target directory")
-    return rel
-
-
-def _matches(name: str, includes: Sequence[str]) -> bool:
-    if not includes:
-        return True
-    for pattern in includes:
-        pat = pattern.lstrip("/")
-        if fnmatch.fnmatchcase(name, pat) or name.startswith(pat.rstrip("/") + "/"):
-            return True
-    return False
-
-
 #: with ``durable``: start writeback of a file every this many bytes written
 WRITEBACK_STEP = 8 * 1024 * 1024
 
@@ -102,6 +91,77 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 _start_writeback = _load_sync_file_range()
 
 
+def safe_relpath(name: str) -> PurePosixPath:
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or not rel.parts:
+        raise UsageError(f"refusing to restore {name!r}: it would land outside the target directory")
+    return rel
+
+
+def _matches(name: str, includes: Sequence[str]) -> bool:
+    if not includes:
+        return True
+    for pattern in includes:
+        pat = pattern.lstrip("/")
+        if fnmatch.fnmatchcase(name, pat) or name.startswith(pat.rstrip("/") + "/"):
+            return True
+    return False
+
+
+class _Dirs:
+    """Directories of the target, each checked once to be a real directory (not a symlink).
+
+    Names are validated by :func:`safe_relpath` (no absolute path, no ``..``); what is left to
+    refuse is a path whose directory is a symlink (say, one already in a non-empty target), so
+    every directory on the way is ``lstat``-ed, or created, once, and remembered.  That replaces a
+    ``realpath`` per file.  Symlinks of the snapshot are created after every file, and re-checked
+    without the memory (:meth:`check_fresh`).
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._ok: set[str] = {""}
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def ensure(self, rel: str, mode: int = 0o777) -> str:
+        """The absolute path of directory ``rel`` (``""`` is the target), created if missing."""
+        if rel in self._ok:
+            return self.path(rel)
+        parts = rel.split("/")
+        known = len(parts) - 1  # the deepest directory on the way already checked
+        while known > 0 and "/".join(parts[:known]) not in self._ok:
+            known -= 1
+        for depth in range(known + 1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            path = self.path(sub)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path, mode if depth == len(parts) else 0o777)
+                st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise UsageError(
+                    f"refusing to restore into {path}: it is not a directory (a symlink would lead outside the target)"
+                )
+            self._ok.add(sub)
+        return self.path(rel)
+
+    def check_fresh(self, rel: str) -> None:
+        """Every existing directory on the way to ``rel`` is a real directory, checked now."""
+        parts = rel.split("/") if rel else []
+        for i in range(1, len(parts) + 1):
+            path = self.path("/".join(parts[:i]))
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"refusing to restore {self.path(rel)}: {path} is not a directory")
+
+
 class Restorer:
     """Restore a snapshot (or part of it) into a directory.
 
@@ -112,6 +172,11 @@ class Restorer:
     returned survives a power cut, and whoever starts on the result (PostgreSQL's start-up
     ``SyncDataDirectory``) finds nothing dirty.
     """
+
+    #: files whose chunk locations are looked up in one index query
+    LOOKUP_FILES = 256
+    #: chunks of one file read, decompressed and verified ahead of the one being written
+    PREFETCH = 4
 
     def __init__(
         self,
@@ -127,34 +192,63 @@ class Restorer:
         self.as_root = os.geteuid() == 0
         self.durable = durable
 
-    def _inside(self, target_real: str, path: Path) -> None:
-        parent_real = os.path.realpath(path.parent)
-        if parent_real != target_real and not parent_real.startswith(target_real + os.sep):
-            raise UsageError(f"refusing to restore {path}: its directory resolves outside the target")
+    def _chunks(
+        self, entry: dict[str, Any], located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor | None
+    ) -> Iterator[bytes]:
+        """The verified contents of a file's chunks, in order; read ahead on ``pool`` when given."""
+        ids = [bytes.fromhex(c) for c in entry.get("chunks", [])]
 
-    def _write_file(self, target_real: str, dest: Path, entry: dict[str, Any]) -> int:
-        self._inside(target_real, dest)
-        tmp = dest.with_name(f".coldkeep-tmp-{dest.name}")
+        def read(blob_id: bytes) -> bytes:
+            loc = located.get(blob_id)
+            if loc is None:
+                raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+            return self.repo.read_blob(blob_id, loc)
+
+        if pool is None or len(ids) < 2:
+            for blob_id in ids:
+                yield read(blob_id)
+            return
+        window: collections.deque[Future[bytes]] = collections.deque()
+        try:
+            for blob_id in ids:
+                window.append(pool.submit(read, blob_id))
+                if len(window) >= self.PREFETCH:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+    def _write_file(
+        self,
+        dest: str,
+        entry: dict[str, Any],
+        located: dict[bytes, BlobEntry],
+        pool: ThreadPoolExecutor | None = None,
+    ) -> int:
+        """Write, verify and rename one file; its directory was checked by :class:`_Dirs`."""
+        directory, _, base = dest.rpartition("/")
+        tmp = f"{directory}/.coldkeep-tmp-{base}"
         sha = hashlib.sha256()
         written = 0
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb", buffering=0) as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
                 flushed = 0
-                for chunk_hex in entry.get("chunks", []):
-                    try:
-                        data = self.repo.read_blob(bytes.fromhex(chunk_hex))
-                    except IntegrityError as exc:
-                        raise IntegrityError(f"{entry['path']}: {exc.message}") from None
-                    sha.update(data)
-                    view = memoryview(data)
-                    while view:
-                        view = view[fh.write(view) or 0 :]
-                    written += len(data)
-                    self.progress.add(0, len(data))
-                    if self.durable and _start_writeback and written - flushed >= WRITEBACK_STEP:
-                        _start_writeback(fd, flushed, written - flushed)
-                        flushed = written
+                try:
+                    for data in self._chunks(entry, located, pool):
+                        sha.update(data)
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        written += len(data)
+                        self.progress.add(0, len(data))
+                        if self.durable and _start_writeback and written - flushed >= WRITEBACK_STEP:
+                            _start_writeback(fd, flushed, written - flushed)
+                            flushed = written
+                except IntegrityError as exc:
+                    raise IntegrityError(f"{entry['path']}: {exc.message}") from None
                 if sha.hexdigest() != entry.get("sha256"):
                     raise IntegrityError(
                         f"{entry['path']}: SHA-256 mismatch after restore (expected {entry.get('sha256')})"
@@ -162,6 +256,8 @@ class Restorer:
                 self._set_meta(tmp, entry)  # before the fsync, so owner, mode and mtime are durable too
                 if self.durable:
                     os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -170,7 +266,7 @@ class Restorer:
         self.progress.add(1, 0)
         return written
 
-    def _set_meta(self, path: Path, entry: dict[str, Any], *, symlink: bool = False) -> None:
+    def _set_meta(self, path: str, entry: dict[str, Any], *, symlink: bool = False) -> None:
         if self.as_root:
             with contextlib.suppress(OSError):
                 os.chown(
@@ -187,63 +283,91 @@ class Restorer:
         started = time.monotonic()
         target = Path(os.path.abspath(target))
         target.mkdir(parents=True, exist_ok=True)
-        target_real = os.path.realpath(target)
+        dirs_guard = _Dirs(os.path.realpath(target))
         result = RestoreResult(snapshot_id=snap.id, target=str(target))
-        dirs: list[tuple[Path, dict[str, Any]]] = []
-        files: list[tuple[Path, dict[str, Any]]] = []
-        links: list[tuple[Path, dict[str, Any]]] = []
+        dirs: list[tuple[str, dict[str, Any]]] = []
+        files: list[tuple[str, dict[str, Any]]] = []
+        links: list[tuple[str, dict[str, Any]]] = []
         for entry in self.repo.iter_tree(snap):
             name = entry["path"]
             if not _matches(name, includes):
                 continue
-            dest = target / safe_relpath(name)
+            rel = str(safe_relpath(name))  # every name is checked before anything is written
             kind = entry.get("type")
             if kind == "dir":
-                dirs.append((dest, entry))
+                dirs.append((rel, entry))
             elif kind == "file":
-                files.append((dest, entry))
+                files.append((rel, entry))
             elif kind == "symlink":
-                links.append((dest, entry))
+                links.append((rel, entry))
         self.progress.files_total = len(files)
         self.progress.bytes_total = sum(int(e.get("size", 0)) for _, e in files)
-        for dest, _ in dirs:
-            self._inside(target_real, dest)
-            dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for dest, _ in files:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+        for rel, _ in dirs:
+            dirs_guard.ensure(rel, 0o700)
+        file_dests: list[tuple[str, dict[str, Any]]] = []
+        for rel, entry in files:
+            parent, _, base = rel.rpartition("/")
+            try:
+                file_dests.append((os.path.join(dirs_guard.ensure(parent), base), entry))
+            except UsageError as exc:
+                result.errors.append(exc.message)
+            except OSError as exc:
+                result.errors.append(f"{entry['path']}: {exc.strerror or exc}")
 
-        def one(item: tuple[Path, dict[str, Any]]) -> tuple[int, str | None]:
+        def one(
+            item: tuple[str, dict[str, Any]], located: dict[bytes, BlobEntry], chunk_pool: ThreadPoolExecutor
+        ) -> tuple[int, str | None]:
             dest, entry = item
             try:
-                return self._write_file(target_real, dest, entry), None
+                big = len(entry.get("chunks", ())) > 1
+                return self._write_file(dest, entry, located, chunk_pool if big else None), None
             except (IntegrityError, UsageError) as exc:
                 return 0, exc.message
             except OSError as exc:
                 return 0, f"{entry['path']}: {exc.strerror or exc}"
 
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore") as pool:
-            for nbytes, error in pool.map(one, files):
-                if error:
-                    result.errors.append(error)
-                else:
-                    result.files += 1
-                    result.bytes += nbytes
-        for dest, entry in links:
+        cache = self.repo.cache
+        with (
+            ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore") as pool,
+            ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore-chunk") as chunk_pool,
+        ):
+            pending: collections.deque[Future[tuple[int, str | None]]] = collections.deque()
+
+            def drain(keep: int) -> None:
+                while len(pending) > keep:
+                    nbytes, error = pending.popleft().result()
+                    if error:
+                        result.errors.append(error)
+                    else:
+                        result.files += 1
+                        result.bytes += nbytes
+
+            for i in range(0, len(file_dests), self.LOOKUP_FILES):
+                batch = file_dests[i : i + self.LOOKUP_FILES]
+                located = cache.get_many(bytes.fromhex(c) for _, e in batch for c in e.get("chunks", ()))
+                for item in batch:
+                    pending.append(pool.submit(one, item, located, chunk_pool))
+                drain(2 * self.LOOKUP_FILES)  # bounded: a couple of batches in flight
+            drain(0)
+        for rel, entry in links:
             try:
-                self._inside(target_real, dest)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if dest.is_symlink() or dest.exists():
-                    dest.unlink()
+                dirs_guard.check_fresh(rel.rpartition("/")[0])
+                parent, _, base = rel.rpartition("/")
+                dest = os.path.join(dirs_guard.ensure(parent), base)
+                if os.path.lexists(dest):
+                    os.unlink(dest)
                 os.symlink(entry["target"], dest)
                 self._set_meta(dest, entry, symlink=True)
                 result.symlinks += 1
             except (OSError, UsageError) as exc:
                 result.errors.append(f"{entry['path']}: {getattr(exc, 'message', None) or exc}")
-        for dest, entry in sorted(dirs, key=lambda d: len(d[0].parts), reverse=True):
-            self._set_meta(dest, entry)
+        for rel, entry in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
+            self._set_meta(dirs_guard.path(rel), entry)
             result.dirs += 1
         if self.durable:
-            synced = {os.path.dirname(dest) for dest, _ in files + links} | {str(d) for d, _ in dirs}
+            synced = {os.path.dirname(dest) for dest, _ in file_dests}
+            synced |= {os.path.dirname(dirs_guard.path(rel)) for rel, _ in links}
+            synced |= {dirs_guard.path(rel) for rel, _ in dirs}
             synced |= {str(target), os.path.dirname(str(target))}
             for directory in sorted(synced, key=len, reverse=True):
                 fsync_dir(directory)

@@ -31,6 +31,9 @@ from coldkeep.errors import InvalidKey
 
 _PART = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_KEY = 1024
+#: what ``put`` accepts: any contiguous byte buffer (a sealed pack is a view of a reused buffer,
+#: so a backend must not keep a reference to ``data`` once ``put`` returned)
+Data = bytes | bytearray | memoryview
 
 
 def validate_key(key: str) -> str:
@@ -76,10 +79,10 @@ class Backend(ABC):
         """Where this backend stores things, for messages (never includes secrets)."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: Data) -> None: ...
 
     @abstractmethod
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Data) -> bool:
         """Store unless the key exists; ``True`` if this call created it."""
 
     @abstractmethod

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from coldkeep.errors import ConfigError, InvalidKey, ObjectNotFound, StorageError, StorageFull
-from coldkeep.storage.base import Backend, Capabilities, ObjectInfo, validate_key, validate_prefix
+from coldkeep.storage.base import Backend, Capabilities, Data, ObjectInfo, validate_key, validate_prefix
 
 TEMP_PREFIX = ".tmp-"
 FILE_MODE = 0o600
@@ -108,7 +108,7 @@ class LocalBackend(Backend):
         self._chown(path)
         self._fsync_dir(path.parent)
 
-    def _write_temp(self, final: Path, data: bytes) -> Path:
+    def _write_temp(self, final: Path, data: Data) -> Path:
         """Write ``data`` to a fsynced temp file next to ``final`` and return its path."""
         self._ensure_dir(final.parent)
         tmp = final.parent / f"{TEMP_PREFIX}{final.name[:64]}-{secrets.token_hex(8)}"
@@ -131,7 +131,7 @@ class LocalBackend(Backend):
 
     # -- the interface ---------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Data) -> None:
         """Store ``data`` at ``key`` atomically and durably, replacing any previous object."""
         path = self._path(key)
         try:
@@ -145,7 +145,7 @@ class LocalBackend(Backend):
         except OSError as exc:
             self._raise(exc, f"cannot write {path}")
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Data) -> bool:
         """Store unless ``key`` exists (hard link: atomic, never overwrites)."""
         path = self._path(key)
         try:

@@ -32,7 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from coldkeep.errors import ConfigError, InvalidKey, ObjectNotFound, StorageError, StorageUnavailable
-from coldkeep.storage.base import Backend, Capabilities, ObjectInfo, validate_key, validate_prefix
+from coldkeep.storage.base import Backend, Capabilities, Data, ObjectInfo, validate_key, validate_prefix
 from coldkeep.storage.wrappers import mark_transient
 
 MiB = 1024 * 1024
@@ -225,9 +225,10 @@ class S3Backend(Backend):
         except Exception as exc:
             self._raise(exc, "create bucket")
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Data) -> None:
         """Store ``data`` (single PUT, or multipart above ``multipart_threshold``)."""
         full = self._key(key)
+        data = data if isinstance(data, bytes) else bytes(data)  # botocore wants bytes
         try:
             if len(data) < self.multipart_threshold:
                 self._put_object(full, data)
@@ -240,9 +241,10 @@ class S3Backend(Backend):
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
         self._client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5, **extra)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Data) -> bool:
         """Conditional PUT; ``False`` if the key exists (412).  See the module doc for fallback."""
         full = self._key(key)
+        data = data if isinstance(data, bytes) else bytes(data)  # botocore wants bytes
         if len(data) > MAX_SINGLE_PUT:
             if self.exists(key):
                 return False

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, ClassVar, TypeVar
 
 from coldkeep.errors import ObjectNotFound, StorageError, StorageFull
-from coldkeep.storage.base import Backend, Capabilities, ObjectInfo
+from coldkeep.storage.base import Backend, Capabilities, Data, ObjectInfo
 
 log = logging.getLogger("coldkeep.storage")
 
@@ -83,10 +83,10 @@ class WrapperBackend(Backend):
     def close(self) -> None:
         self.inner.close()
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Data) -> None:
         self.inner.put(key, data)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Data) -> bool:
         return self.inner.put_if_absent(key, data)
 
     def get(self, key: str) -> bytes:
@@ -177,10 +177,10 @@ class RetryBackend(WrapperBackend):
             except Exception as exc:
                 self._wait_or_raise(exc, what, tried)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Data) -> None:
         self._call("put", lambda: self.inner.put(key, data))
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Data) -> bool:
         return self._call("put_if_absent", lambda: self.inner.put_if_absent(key, data))
 
     def get(self, key: str) -> bytes:
@@ -380,7 +380,8 @@ class FaultBackend(WrapperBackend):
             _kill(op)
 
     @staticmethod
-    def _mangle(data: bytes, faults: list[Fault]) -> bytes:
+    def _mangle(data: Data, faults: list[Fault]) -> bytes:
+        data = bytes(data)
         for fault in faults:
             if fault.action == "flip":
                 data = _flip(data)
@@ -388,12 +389,12 @@ class FaultBackend(WrapperBackend):
                 data = _truncate(data)
         return data
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Data) -> None:
         faults = self._before("put")
         self.inner.put(key, self._mangle(data, faults))
         self._after("put", faults)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Data) -> bool:
         faults = self._before("put_if_absent")
         created = self.inner.put_if_absent(key, self._mangle(data, faults))
         self._after("put_if_absent", faults)

@@ -1,0 +1,355 @@
+"""The repository's fast paths keep their promises: mapped pages are released, the walk sees every
+entry, reuse is checked in batches, packs are sealed without copies, restore still refuses paths
+outside the target.  Behaviour only: speed is for ``bench/``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coldkeep.repository import backup as backup_mod
+from coldkeep.repository.backup import Backup, walk
+from coldkeep.repository.chunker import FileChunks, chunk_file
+from coldkeep.repository.crypto import PlainKeys
+from coldkeep.repository.format import seal_parts
+from coldkeep.repository.packer import PackBuilder, parse_pack
+from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.restore import Restorer
+from coldkeep.storage.local import LocalBackend
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLDKEEP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def new_repo(tmp_path: Path) -> Repository:
+    return Repository.init(LocalBackend(tmp_path / "repo"))
+
+
+def mapping_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total = 0
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header line
+                inside = line.rstrip("\n").endswith(str(path))
+            elif inside and first == "Rss:":
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not hasattr(os, "madvise") and not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_release_drops_mapped_pages_and_views_stay_valid(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    data = os.urandom(16 * MiB + 123)
+    path.write_bytes(data)
+    with chunk_file(path, "cdc") as chunks:
+        views = list(chunks)
+        digest = hashlib.sha256()
+        for view in views:
+            digest.update(view)  # touches every page of the mapping
+        assert mapping_rss_kib(path) >= 15 * 1024
+        first_end = len(views[0])
+        released = chunks.release(first_end)
+        assert released == first_end - first_end % os.sysconf("SC_PAGE_SIZE")
+        assert chunks.released == released
+        assert chunks.release(first_end) == 0  # nothing new
+        assert chunks.release(chunks.size) == chunks.size - released
+        assert chunks.released == chunks.size
+        assert mapping_rss_kib(path) < 1024
+        # the contents are still there (read back from the page cache)
+        again = hashlib.sha256()
+        for view in views:
+            again.update(view)
+        assert again.digest() == digest.digest() == hashlib.sha256(data).digest()
+        del views, view
+
+
+def test_release_is_a_no_op_for_read_files(tmp_path: Path) -> None:
+    path = tmp_path / "base" / "1" / "1259"  # a relation file: read, not mapped
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\0" * 8192 * 4)
+    with chunk_file(path) as chunks:
+        assert chunks.strategy == "pages"
+        list(chunks)
+        assert chunks.release(chunks.size) == 0
+
+
+def test_backup_releases_each_big_file_up_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+    original = FileChunks.release
+
+    def spy(self: FileChunks, end: int) -> int:
+        calls.append((os.path.basename(self.path), end))
+        return original(self, end)
+
+    monkeypatch.setattr(FileChunks, "release", spy)
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(9 * MiB + 5)
+    (src / "big.bin").write_bytes(big)
+    (src / "small.bin").write_bytes(b"small")
+    repo = new_repo(tmp_path)
+    Backup(repo).run([src], base=src)
+    ends = [end for name, end in calls if name == "big.bin"]
+    assert ends, "big files are released while they are chunked"
+    assert ends == sorted(ends) and ends[-1] == len(big)
+    assert all(name == "big.bin" for name, _ in calls)  # small files are simply unmapped
+    out = tmp_path / "out"
+    assert not Restorer(repo).run(repo.find_snapshot("latest"), out).errors
+    assert (out / "big.bin").read_bytes() == big
+
+
+def test_walk_sees_every_entry_type_in_order(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "b" / "c").mkdir(parents=True)
+    (root / "a.txt").write_text("a")
+    (root / "b" / "c" / "deep.txt").write_text("deep")
+    (root / "b" / "ü.txt").write_text("u")
+    (root / "empty").mkdir()
+    os.symlink("a.txt", root / "link")
+    os.symlink("missing", root / "dangling")
+    os.mkfifo(root / "fifo")
+    warnings: list[str] = []
+    seen = [(name, stat.S_IFMT(st.st_mode)) for _, name, st in walk([str(root)], str(root), warnings)]
+    # a directory's entries sorted by name, then its subdirectories' in the same order (as before
+    # the walk lost its Path objects: the same tree gives the same tree blobs)
+    assert seen == [
+        ("a.txt", stat.S_IFREG),
+        ("b", stat.S_IFDIR),
+        ("dangling", stat.S_IFLNK),
+        ("empty", stat.S_IFDIR),
+        ("fifo", stat.S_IFIFO),
+        ("link", stat.S_IFLNK),
+        ("b/c", stat.S_IFDIR),
+        ("b/ü.txt", stat.S_IFREG),
+        ("b/c/deep.txt", stat.S_IFREG),
+    ]
+    assert not warnings
+    # without a base, names are the absolute paths without the leading slash
+    paths = {path: name for path, name, _ in walk([str(root / "b")], None, [])}
+    assert paths[str(root / "b" / "c" / "deep.txt")] == str(root / "b" / "c" / "deep.txt").lstrip("/")
+    # the backup keeps the types, skips the fifo with a warning, and restores the rest
+    repo = new_repo(tmp_path)
+    result = Backup(repo).run([root], base=root)
+    assert any("fifo" in w for w in result.warnings)
+    types = {e["path"]: e["type"] for e in repo.iter_tree(result.snapshot)}
+    assert types == {"a.txt": "file", "b": "dir", "b/c": "dir", "b/c/deep.txt": "file", "b/ü.txt": "file",
+                     "dangling": "symlink", "empty": "dir", "link": "symlink"}  # fmt: skip
+    out = tmp_path / "out"
+    assert not Restorer(repo).run(result.snapshot, out).errors
+    assert (out / "b" / "c" / "deep.txt").read_text() == "deep"
+    assert os.readlink(out / "dangling") == "missing"
+
+
+def test_reuse_is_checked_in_batches_and_refused_for_missing_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backup_mod, "REUSE_BATCH", 7)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02}").write_bytes(os.urandom(1000 + i))
+    repo = new_repo(tmp_path)
+    first = Backup(repo).run([src], base=src)
+    assert first.reused_files == 0
+    second = Backup(repo).run([src], base=src)
+    assert second.reused_files == 40 and second.new_stored_bytes == 0
+    # a chunk the index does not have: that file is read again instead of reused
+    victim = next(e for e in repo.iter_tree(second.snapshot) if e["path"] == "f13")
+    repo.cache.db.execute("DELETE FROM blobs WHERE id = ?", (bytes.fromhex(victim["chunks"][0]),))
+    third = Backup(repo).run([src], base=src)
+    assert third.reused_files == 39 and third.new_stored_bytes > 0
+    assert repo.cache.has(bytes.fromhex(victim["chunks"][0]))
+    out = tmp_path / "out"
+    assert not Restorer(repo).run(third.snapshot, out).errors
+    assert (out / "f13").read_bytes() == (src / "f13").read_bytes()
+
+
+def test_batched_index_lookups(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    writer = repo.writer()
+    ids = [writer.store(os.urandom(100) + i.to_bytes(4, "little")) for i in range(1200)]
+    writer.finish()
+    unknown = [bytes([i]) * 32 for i in range(3)]
+    assert repo.cache.present([*ids, *unknown]) == set(ids)
+    located = repo.cache.get_many([*ids, *ids[:10], *unknown])
+    assert set(located) == set(ids)
+    for blob_id in ids[:50]:
+        assert located[blob_id] == repo.cache.get(blob_id)
+
+
+def test_pack_of_parts_equals_pack_of_bytes() -> None:
+    keys = PlainKeys()
+    blobs = [os.urandom(5000), b"a" * 5000, b"tiny"]
+    by_parts, by_bytes = PackBuilder(), PackBuilder()
+    for i, blob in enumerate(blobs):
+        blob_id = bytes([i]) * 32
+        parts, length, _ = seal_parts(keys, memoryview(blob), 3, blob_id)
+        assert length == sum(len(p) for p in parts)
+        by_parts.add(blob_id, "data", parts, len(blob))
+        by_bytes.add(blob_id, "data", b"".join(parts), len(blob))
+    pid_a, data_a, entries_a = by_parts.finish(keys)
+    pid_b, data_b, entries_b = by_bytes.finish(keys)
+    assert pid_a == pid_b and bytes(data_a) == bytes(data_b) and entries_a == entries_b
+    assert parse_pack(keys, bytes(data_a), pid_a) == entries_a
+
+
+def _snapshot_with(repo: Repository, entries: list[dict[str, Any]]) -> Snapshot:
+    writer = repo.writer()
+    for entry in entries:
+        if entry["type"] == "file":
+            entry["chunks"] = [writer.store(entry.pop("content")).hex()]
+    tree = repo.write_tree(writer, entries)
+    writer.finish()
+    snap = Snapshot(id="", time="2026-01-01T00:00:00Z", host="h", paths=[], tags={}, label="", meta={},
+                    tree=tree, summary={})  # fmt: skip
+    repo.save_snapshot(snap)
+    return snap
+
+
+def _file(path: str, content: bytes) -> dict[str, Any]:
+    return {"path": path, "type": "file", "mode": 0o644, "uid": 0, "gid": 0, "mtime_ns": 0,
+            "size": len(content), "sha256": hashlib.sha256(content).hexdigest(), "content": content}  # fmt: skip
+
+
+def test_restore_refuses_a_symlinked_directory_already_in_the_target(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    snap = _snapshot_with(repo, [_file("d/x", b"evil"), _file("ok", b"fine")])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(outside, target / "d")
+    result = Restorer(repo).run(snap, target)
+    assert result.errors and "refusing" in result.errors[0]
+    assert not (outside / "x").exists()
+    assert (target / "ok").read_bytes() == b"fine"
+
+
+def test_restore_never_writes_through_a_symlink_of_the_snapshot(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = {"path": "s", "type": "symlink", "target": str(outside), "mode": 0o777, "uid": 0, "gid": 0,
+            "mtime_ns": 0}  # fmt: skip
+    snap = _snapshot_with(
+        repo, [link, _file("s/f", b"evil"), {**link, "path": "t"}, _file("t/../../g", b"x")]
+    )
+    with pytest.raises(Exception, match="outside the target"):
+        Restorer(repo).run(snap, tmp_path / "target")
+    assert not (tmp_path / "target").exists() or not any((tmp_path / "target").iterdir())
+    # without the '..' entry: the file lands in a real directory, the symlink is refused
+    snap = _snapshot_with(repo, [link, _file("s/f", b"evil")])
+    result = Restorer(repo).run(snap, tmp_path / "target2")
+    assert result.errors
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\n",
+        b'{"path":"a","type":"file"}\n{"path":"b\\nc","type":"dir"}\n',
+        b'{"path":"a"}\n\n{"path":"b"}\n',  # blank line: parsed line by line
+        b'{"path":"a"}\r\n{"path":"b"}',
+        b'{"path":"\xc3\xbc,x"}\n[1]\n',  # not every line an object
+    ],
+)
+def test_tree_blob_parsing_in_one_call_matches_line_by_line(data: bytes) -> None:
+    import json
+
+    from coldkeep.repository.repository import _tree_lines
+
+    assert _tree_lines(data) == [json.loads(line) for line in data.splitlines() if line]
+
+
+def test_tree_blob_with_a_damaged_line_still_fails() -> None:
+    from coldkeep.repository.repository import _tree_lines
+
+    with pytest.raises(ValueError):
+        _tree_lines(b'{"path":"a"}\n{"path":\n')
+
+
+def test_small_files_read_whole_chunk_like_chunk_file(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save as save_safetensors
+
+    from coldkeep.repository.chunker import ChunkerParams
+
+    params = ChunkerParams(
+        min_size=64 * 1024, avg_size=128 * 1024, max_size=512 * 1024, page_chunk=256 * 1024
+    )
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), chunker=params)
+    rng = np.random.default_rng(5)
+    tensors = {f"t{i}": rng.standard_normal(20_000 + i).astype(np.float16) for i in range(6)}
+    files = {
+        "empty": b"",
+        "tiny": b"0123456789",
+        "random.bin": os.urandom(3 * MiB + 7),
+        "blobs/0f3a": save_safetensors(tensors),  # a safetensors file without the extension
+        "model.safetensors": save_safetensors(tensors),
+        "base/1/1259": os.urandom(2 * 256 * 1024 + 8192),  # a relation file: pages
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    backup = Backup(repo)
+    writer = repo.writer()
+    for name, content in files.items():
+        path = str(tmp_path / name)
+        with chunk_file(path, "auto", params) as chunks:
+            expected = [repo.keys.chunk_id(bytes(view)).hex() for view in chunks]
+        sha, ids = backup._file(writer, None, path, len(content))  # type: ignore[arg-type]
+        assert (sha, ids) == (hashlib.sha256(content).hexdigest(), expected), name
+    writer.finish()
+
+
+def test_pack_buffers_are_reused_without_mixing_packs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLDKEEP_PACK_TARGET", str(64 * 1024))
+    repo = new_repo(tmp_path)
+    writer = repo.writer()
+    reused: list[int] = []
+    original = PackBuilder.__init__
+
+    def spy(self: PackBuilder, capacity: int = 0, buffer: Any = None) -> None:
+        reused.append(buffer is not None)
+        original(self, capacity, buffer)
+
+    monkeypatch.setattr(PackBuilder, "__init__", spy)
+    blobs = {}
+    for i in range(300):
+        # incompressible (stored raw, copied from a view), or hex text whose zstd output is big
+        # enough to be copied with the GIL released
+        data = os.urandom(100_000 + i).hex().encode() if i % 10 == 0 else os.urandom(1000 + 37 * i)
+        blobs[writer.store(data)] = data
+    writer.finish()
+    assert writer.stats.packs >= 20 and any(reused)
+    assert writer._spare == []  # given back at finish
+    for key in [info.key for info in repo.backend.list("data/")]:
+        pack_id = key.rsplit("/", 1)[1]
+        parse_pack(repo.keys, repo.backend.get(key), pack_id)  # footer, id and header all verify
+    for blob_id, data in blobs.items():
+        assert repo.read_blob(blob_id) == data
+
+
+def test_restore_of_a_very_deep_path(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    name = "/".join(["d"] * 1200) + "/f"  # deeper than Python's recursion limit
+    snap = _snapshot_with(repo, [_file(name, b"deep")])
+    result = Restorer(repo).run(snap, tmp_path / "t")
+    assert not result.errors
+    assert (tmp_path / "t" / name).read_bytes() == b"deep"
