@@ -24,8 +24,8 @@
 # Servers listen on unix sockets only (listen_addresses=''); every server started here is stopped on exit.
 #
 # Knobs: DB_MB=2000 DAYS=7 TPS_REPEATS=3 DURATION=60 RESTORE_REPEATS=2 BACKLOG_MB=1024 REPLAY_MB=1024
-#        TPS_VARIANTS="noop coldkeep pgbackrest-sync pgbackrest-async" (also: cp)
-#        DRAIN_VARIANTS="cp coldkeep pgbackrest-sync pgbackrest-async"
+#        TPS_VARIANTS="noop coldkeep coldkeep-async pgbackrest-sync pgbackrest-async" (also: cp)
+#        DRAIN_VARIANTS="cp coldkeep coldkeep-async pgbackrest-sync pgbackrest-async"
 #        REPLAY_VARIANTS="cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async"
 #        BB_DAYS="0 DAYS-1" (days pg_basebackup -z runs; the others are interpolated in the summary; "all")
 #        BACKUP_TOOLS="coldkeep pgbackrest pg_basebackup" RESTORE_TOOLS="coldkeep pgbackrest pg_basebackup"
@@ -50,8 +50,8 @@ BACKLOG_MB=${BACKLOG_MB:-1024}
 REPLAY_MB=${REPLAY_MB:-1024}
 BB_DAYS=${BB_DAYS:-"0 $((DAYS - 1))"}   # days pg_basebackup -z runs (gzip is slow); "all" for every day
 [ "$BB_DAYS" = all ] && BB_DAYS=$(seq -s " " 0 $((DAYS - 1)))
-TPS_VARIANTS=${TPS_VARIANTS:-"noop coldkeep pgbackrest-sync pgbackrest-async"}
-DRAIN_VARIANTS=${DRAIN_VARIANTS:-"cp coldkeep pgbackrest-sync pgbackrest-async"}
+TPS_VARIANTS=${TPS_VARIANTS:-"noop coldkeep coldkeep-async pgbackrest-sync pgbackrest-async"}
+DRAIN_VARIANTS=${DRAIN_VARIANTS:-"cp coldkeep coldkeep-async pgbackrest-sync pgbackrest-async"}
 REPLAY_VARIANTS=${REPLAY_VARIANTS:-"cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async"}
 PREFETCH=${PREFETCH:-8}
 SEGCOST_N=${SEGCOST_N:-12}
@@ -141,6 +141,7 @@ archive_cmd_for() {
     paused) echo "" ;;
     cp) echo "cp %p $CPARCH/%f" ;;
     coldkeep) ck_push_cmd ;;
+    coldkeep-async) printf '%s --config %s pg wal-push --async --workers 2 %%p' "$CK" "$CFG" ;;
     pgbackrest-sync) echo "$PGBR archive-push %p" ;;
     pgbackrest-async) echo "$PGBR --archive-async archive-push %p" ;;
     both) echo "$(ck_push_cmd) && $PGBR archive-push %p" ;;
@@ -435,7 +436,7 @@ fi
 archive_bytes() { # VARIANT -> bytes in that tool's WAL archive
   case $1 in
     cp) bytes_of "$CPARCH" ;;
-    coldkeep) bytes_of "$CKREPO/named" ;;
+    coldkeep*) bytes_of "$CKREPO/named" ;;
     pgbackrest*) bytes_of "$PGBR_REPO/archive" ;;
   esac
 }
