@@ -8,6 +8,7 @@ of the current segment is left."""
 from __future__ import annotations
 
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -74,7 +75,12 @@ def run_until_killed(receiver: Receiver) -> None:
     """Wait for the fault-injected kill (it may come before streaming starts, e.g. while the
     start-up cleanup deletes what an earlier kill left); a pg_receivewal must die with it."""
     assert receiver.proc is not None
-    receiver.proc.wait(timeout=120)
+    try:
+        receiver.proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"the fault never fired; last events: {receiver.events[-8:]} stderr: {receiver.stderr[-5:]}"
+        )
     assert receiver.proc.returncode == -9, (receiver.proc.returncode, receiver.stderr[-5:])
     time.sleep(0.3)  # the reader thread drains the last events
     for event in receiver.of("streaming"):

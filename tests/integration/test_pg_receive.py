@@ -283,3 +283,36 @@ def test_a_conflicting_segment_stops_the_receiver_loudly(
     assert receiver.proc is not None
     assert receiver.proc.wait(timeout=60) == 3
     assert any("DIFFERENT content" in line for line in receiver.stderr), receiver.stderr
+
+
+def test_a_partial_torn_while_pg_receivewal_preallocated_it_is_repaired(
+    pgenv: Env, receivers: list[Receiver]
+) -> None:
+    """pg_receivewal killed while zero-filling a new segment leaves a ``.partial`` of an odd size
+    that makes every later pg_receivewal start fail; the receiver removes it (zeros only, no WAL)
+    and streams on from the slot."""
+    env, c = pgenv, pgenv.cluster
+    spool = use_spool(env)
+    first = Receiver(env, ()).start()
+    receivers.append(first)
+    first.event("streaming")
+    wait_replication(env)
+    assert first.terminate() == 0
+    partial = next(p for p in spool.iterdir() if p.name.endswith(".partial"))
+    seg = partial.name.removesuffix(".partial")
+    torn = spool / f"{seg[:16]}{int(seg[16:], 16) + 1:08X}.partial"
+    torn.write_bytes(bytes(13_262_848))  # the size seen after a real kill
+    shutil.chown(torn, "postgres", "postgres")
+
+    second = Receiver(env, ()).start()
+    receivers.append(second)
+    removed = second.event("torn_partial_removed", timeout=60)
+    assert removed["file"] == torn.name and removed["bytes"] == 13_262_848
+    second.event("streaming")
+    wait_replication(env)
+    lsn = c.sql("SELECT pg_switch_wal()")[0][0]
+    name = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
+    c.sql("SELECT txid_current()")
+    second.event("segment", name=name, timeout=60)
+    assert second.terminate() == 0
+    assert not second.of("disconnected"), second.events

@@ -170,6 +170,45 @@ class Receiver:
         except OSError as exc:
             raise SpoolUnusable(f"{self.spool}: {exc.strerror or exc}") from None
 
+    def repair_torn_partials(self) -> None:
+        """Make ``.partial`` files that a kill left half pre-allocated acceptable to pg_receivewal.
+
+        pg_receivewal zero-fills a new segment file to its full size *before* writing WAL into
+        it; killed during that fill, it leaves a file of another size, and every later start
+        fails ("has N bytes, should be 0 or 16777216").  Such a file holds zeros only (no WAL was
+        written yet): it is removed, and streaming resumes from the slot.  A file of an odd size
+        that does hold WAL (never seen; not pg_receivewal's doing) is padded with zeros to the
+        segment size its header states, which is what pg_receivewal itself would have written."""
+        try:
+            names = [n for n in os.listdir(self.spool) if n.endswith(".partial")]
+        except OSError:
+            return
+        for name in names:
+            path = self.spool / name
+            try:
+                size = path.stat().st_size
+                with open(path, "rb") as fh:
+                    head = fh.read(wal.LONG_HEADER_SIZE)
+                    if not any(head):
+                        if size in (0, wal.DEFAULT_SEG_SIZE):
+                            continue
+                        zeros = bytes(1 << 20)
+                        while block := fh.read(1 << 20):
+                            if block != zeros[: len(block)]:
+                                break
+                        else:
+                            path.unlink()
+                            self.emit({"event": "torn_partial_removed", "file": name, "bytes": size})
+                        continue
+                seg_size = wal.read_header(head, name).seg_size
+                if size < seg_size:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(seg_size)
+                        os.fsync(fh.fileno())
+                    self.emit({"event": "torn_partial_padded", "file": name, "bytes": size})
+            except (OSError, ColdkeepError) as exc:
+                self._note_error(str(path), exc)
+
     def conninfo(self) -> str:
         from psycopg.conninfo import make_conninfo
 
@@ -347,6 +386,7 @@ class Receiver:
         status = 0
         while not self.stopping:
             try:
+                self.repair_torn_partials()
                 self.create_slot()
                 self.proc = proc = self._start()
             except ColdkeepError as exc:
