@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from coldkeep.cli.leanargs import split_global_options
 from coldkeep.postgres import wal
 
 SPOOL_DIR = ".coldkeep-prefetch"
@@ -260,22 +261,10 @@ def lean_fetch(args: list[str]) -> int | None:
     the spool before anything else is imported (:mod:`coldkeep.cli.entry`): 0 when the segment
     was spooled and verified (and the window refilled), ``None`` otherwise — the caller then
     takes the normal path, which fetches from the repository and reports every error."""
-    config: str | None = None
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--config" and i + 1 < len(args):
-            config = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        elif arg.startswith("-") and arg not in ("-q", "--quiet"):
-            return None  # -v, --json, anything else: the normal path reports it
-        elif not arg.startswith("-"):
-            break
-        i += 1
-    rest = args[i:]
+    parsed = split_global_options(args)
+    if parsed is None or parsed[1]:
+        return None  # -v, --json, anything else: the normal path reports it
+    config, _, rest = parsed
     if len(rest) < 4 or rest[:2] != ["pg", "wal-fetch"]:
         return None
     values: dict[str, str] = {}

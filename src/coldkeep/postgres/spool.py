@@ -50,6 +50,8 @@ import os
 import sys
 import time
 
+from coldkeep.cli.leanargs import split_global_options
+
 TYPE_CHECKING = False  # typing itself is not imported on the per-segment path
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -446,27 +448,10 @@ def run_pusher(root: str, wal_dir: str, config_path: str, workers: int) -> None:
 def lean_main(args: list[str]) -> int | None:
     """Handle ``[--config F] [-q|-v] pg wal-push --async [--workers N] PATH`` before anything
     is imported; ``None``: not this command line (the caller takes the normal path)."""
-    config: str | None = None
-    verbose = 0
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--config" and i + 1 < len(args):
-            config = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        elif arg in ("-q", "--quiet"):
-            pass
-        elif arg == "-v" or arg == "--verbose":
-            verbose += 1
-        elif arg.startswith("-"):
-            return None
-        else:
-            break
-        i += 1
-    rest = args[i:]
+    parsed = split_global_options(args)
+    if parsed is None:
+        return None
+    config, verbose, rest = parsed
     if len(rest) < 3 or rest[0] != "pg" or rest[1] != "wal-push" or "--async" not in rest[2:]:
         return None
     workers = 0
