@@ -193,15 +193,17 @@ cp "$BENCH/measure.py" "$WORK/measure.py"     # a snapshot: bench/measure.py is 
 
 ( while :; do echo "$(date +%s) $(cut -d' ' -f1-3 /proc/loadavg)"; sleep 5; done ) >>"$RESULTS_DIR/pg-loadavg.log" &
 SAMPLER=$!
+# every run (also a partial rerun with STAGES=...) measures the code of this checkout
+log "coldkeep runner for the postgres OS user (snapshot of src/coldkeep)"
+"${UTIL[@]}" runner "$WORK/runner" "$ROOT/src" "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null
+as_pg "$CK" --version >/dev/null
+
 if ! has_stage load && [ -f "$DATA/PG_VERSION" ] && [ ! -f "$DATA/postmaster.pid" ]; then
   as_pg pg_ctl -D "$DATA" -l "$WORK/pg/server.log" -w -t 300 start >/dev/null   # a partial rerun (STAGES=...)
 fi
 
 if has_stage load; then
   stage load
-  log "coldkeep runner for the postgres OS user (snapshot of src/coldkeep)"
-  "${UTIL[@]}" runner "$WORK/runner" "$ROOT/src" "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null
-  as_pg "$CK" --version >/dev/null
   rec type=env key=versions \
     postgres="\"$($PGBIN/postgres --version)\"" pgbackrest="\"$(pgbackrest version)\"" \
     coldkeep="\"$("$CK" --version) (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo '+local changes'))\"" \

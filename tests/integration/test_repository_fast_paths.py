@@ -374,3 +374,91 @@ def _remove_deep(root: Path) -> None:
             stack.extend(subdirs)
         else:
             os.rmdir(stack.pop())
+
+
+class CountingBackend(LocalBackend):
+    """A local backend that counts ranged reads (restore reads runs of chunks with one each)."""
+
+    ranged = 0
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        type(self).ranged += 1
+        return super().get_range(key, offset, length)
+
+
+def small_chunk_repo(tmp_path: Path) -> tuple[Repository, Path, bytes]:
+    from coldkeep.repository.chunker import ChunkerParams
+
+    repo = Repository.init(
+        CountingBackend(tmp_path / "repo"),
+        chunker=ChunkerParams(min_size=64 * 1024, avg_size=128 * 1024, max_size=256 * 1024),
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(9 * MiB + 12345)
+    (src / "big.bin").write_bytes(big)
+    (src / "one.txt").write_bytes(b"one chunk")
+    Backup(repo).run([src], base=src)
+    return repo, src, big
+
+
+@pytest.mark.parametrize("verify_files", [True, False])
+def test_restore_reads_runs_of_chunks_with_one_request_each(tmp_path: Path, verify_files: bool) -> None:
+    from coldkeep.repository import restore as restore_mod
+
+    repo, _, big = small_chunk_repo(tmp_path)
+    snap = repo.find_snapshot("latest")
+    entry = next(e for e in repo.iter_tree(snap) if e["path"].endswith("big.bin"))
+    assert len(entry["chunks"]) > 40
+    assert 2 * MiB == restore_mod.RUN_BYTES  # random ~170 KB chunks: runs of up to ~12
+    CountingBackend.ranged = 0
+    out = tmp_path / "out"
+    result = Restorer(repo, verify_files=verify_files).run(snap, out)
+    assert not result.errors and result.files == 2
+    assert (out / "big.bin").read_bytes() == big
+    assert (out / "one.txt").read_bytes() == b"one chunk"
+    # one ranged read per run of <= 2 MiB (plus the small file), not one per chunk
+    assert 5 <= CountingBackend.ranged <= len(entry["chunks"]) // 2
+
+
+@pytest.mark.parametrize("verify_files", [True, False])
+def test_a_flipped_byte_inside_a_run_fails_the_file_and_leaves_nothing(
+    tmp_path: Path, verify_files: bool
+) -> None:
+    from coldkeep.repository.packer import pack_key
+
+    repo, _, _ = small_chunk_repo(tmp_path)
+    snap = repo.find_snapshot("latest")
+    entry = next(e for e in repo.iter_tree(snap) if e["path"].endswith("big.bin"))
+    victim = bytes.fromhex(entry["chunks"][len(entry["chunks"]) // 2])
+    loc = repo.cache.get(victim)
+    assert loc is not None
+    pack = tmp_path / "repo" / pack_key(loc.pack)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0x01
+    os.chmod(pack, 0o600)
+    pack.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    result = Restorer(repo, verify_files=verify_files).run(snap, out)
+    assert len(result.errors) == 1
+    assert "big.bin" in result.errors[0] and victim.hex()[:16] in result.errors[0]
+    assert not (out / "big.bin").exists()
+    assert [p.name for p in out.iterdir()] == ["one.txt"]  # no temp file left behind
+
+
+def test_runs_are_bounded_by_content_size_for_a_repeated_chunk(tmp_path: Path) -> None:
+    """An all-zero page chunk repeated 1,000 times is ~20 bytes in the pack: runs must still hold
+    at most RUN_BYTES of content (memory), and never mix packs."""
+    from coldkeep.repository import restore as restore_mod
+    from coldkeep.repository.packer import BlobEntry
+
+    zero = BlobEntry(b"z" * 32, "data", "p1", 100, 20, 128 * 1024)
+    other = BlobEntry(b"o" * 32, "data", "p2", 0, 5000, 128 * 1024)
+    located = {zero.id: zero, other.id: other}
+    entry = {"chunks": [zero.id.hex()] * 1000 + [other.id.hex()] + [zero.id.hex()] * 3}
+    runs = Restorer(new_repo(tmp_path))._runs(entry, located)
+    assert [blob for run in runs for blob, _ in run] == [bytes.fromhex(c) for c in entry["chunks"]]
+    for run in runs:
+        assert len({loc.pack for _, loc in run}) == 1
+        assert sum(loc.raw_length for _, loc in run) <= restore_mod.RUN_BYTES
+    assert len(runs) == 1000 // 16 + 1 + 1 + 1  # 62 full runs of 16, the rest, p2, the tail

@@ -74,3 +74,51 @@ def test_archive_command_async_and_kept_by_setup(tmp_path: Path) -> None:
         assert archiving.configured_executable(command, config) == str(exe)
     assert archiving.configured_executable(plain.replace("%p", "--bogus %p"), config) is None
     assert archiving.configured_executable(with_workers.replace("3", "x"), config) is None
+
+
+def test_pusher_marker_digest_is_the_repository_digest() -> None:
+    """The pusher hands its marker digest to ``put_named`` (no second hash): they must agree."""
+    import blake3
+
+    from coldkeep.repository.format import digest
+
+    data = os.urandom(3 << 20)
+    assert blake3.blake3(data, max_threads=1).hexdigest() == digest(data).hex()
+
+
+def test_pusher_sleeps_on_events_and_wakes_for_a_new_ready_file(tmp_path: Path) -> None:
+    """With a 30 s poll interval only inotify can make the pusher see a new ``.ready`` file
+    within seconds; removing the spool directory stops it."""
+    import threading
+
+    wal_dir = tmp_path / "pg_wal"
+    status = wal_dir / "archive_status"
+    status.mkdir(parents=True)
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    root = tmp_path / "spool"
+    root.mkdir()
+    pushed: list[str] = []
+
+    def push(name: str, path: str) -> tuple[int, str, str]:
+        pushed.append(name)
+        return 0, "00" * 32, "wal/x"
+
+    pusher = spool.Pusher(str(root), str(wal_dir), spool.config_identity(str(config)), push, 2)
+    assert spool._Waker([str(root), str(status)]).events  # Linux: inotify is there
+    thread = threading.Thread(target=pusher.run, args=(str(config), 120.0, 30.0), daemon=True)
+    thread.start()
+    name = "000000010000000000000007"
+    (status / f"{name}.ready").write_text("")
+    marker = root / f"{name}.ok"
+    for _ in range(200):
+        if marker.exists():
+            break
+        thread.join(0.05)
+    assert marker.exists() and pushed == [name]
+    assert thread.is_alive()  # sleeping, not gone
+    import shutil
+
+    shutil.rmtree(root)
+    thread.join(15)
+    assert not thread.is_alive()

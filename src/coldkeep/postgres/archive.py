@@ -213,7 +213,12 @@ def read_wal_file(path: str | os.PathLike[str]) -> bytes:
 
 
 def wal_push(
-    repo: Repository, path: str | os.PathLike[str], *, name: str | None = None, data: bytes | None = None
+    repo: Repository,
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    data: bytes | None = None,
+    blake3_hex: str | None = None,
 ) -> PushResult:
     """Archive one WAL file (segment, ``.partial``, ``.history`` or ``.backup``).
 
@@ -222,7 +227,8 @@ def wal_push(
     files have no header and are stored as they are.  Raises :class:`WalExists` when a different
     file with this name is archived, :class:`~coldkeep.postgres.wal.BadWalFile` for a file that
     is not what its name says, :class:`NoLineage` before ``pg setup``.  ``data``: the file's
-    content when the caller has read it already (the async pusher hashes it for its marker).
+    content when the caller has read it already, ``blake3_hex`` its BLAKE3 when the caller has
+    computed it (the async pusher, for its marker).
     """
     start = time.monotonic()
     parsed = wal.parse_name(name or os.path.basename(os.fspath(path)))
@@ -236,7 +242,9 @@ def wal_push(
         meta.update(seg_size=header.seg_size, wal_magic=header.magic, pg_version=header.pg_version)
     key = wal.archive_key(parsed, str(lineage["prefix"]))
     try:
-        stored = repo.put_named(key, data, meta, level=wal_level(repo.config.compression_level))
+        stored = repo.put_named(
+            key, data, meta, level=wal_level(repo.config.compression_level), blake3_hex=blake3_hex
+        )
     except ObjectExists:
         archived_meta, _ = repo.get_named(key)
         raise WalExists(

@@ -267,8 +267,13 @@ class PgRestore:
         # durable: every file fsynced by its worker before it takes its name, then the directories,
         # so PostgreSQL's start-up sync (SyncDataDirectory) finds nothing dirty; threads beyond the
         # CPU count keep fetching and decompressing while others wait for the disk
+        # verify_files=False: every chunk is checked against its BLAKE3 id (one hash per byte, as
+        # pgBackRest's one SHA-1); `pg verify` checks whole files against the backup manifest
         restorer = Restorer(
-            self.repo, threads=RESTORE_THREADS or max(4, 2 * (os.cpu_count() or 2)), durable=True
+            self.repo,
+            threads=RESTORE_THREADS or max(4, 2 * (os.cpu_count() or 2)),
+            durable=True,
+            verify_files=False,
         )
         result = restorer.run(backup, data_dir, includes=())
         config_dir = data_dir / "_config"

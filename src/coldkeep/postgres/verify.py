@@ -3,7 +3,6 @@ from the backup's start to the newest archived segment (gaps and timeline switch
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from coldkeep import clock
 from coldkeep.errors import ColdkeepError
 from coldkeep.postgres import catalog, walchain
+from coldkeep.postgres.basebackup import FileHash, checksum_problem
 from coldkeep.repository.repository import Repository, Snapshot
 
 
@@ -37,7 +37,7 @@ def verify_backup(repo: Repository, snap: Snapshot) -> VerifyResult:
     for path, entry in entries.items():
         if entry.get("type") != "file":
             continue
-        sha = hashlib.sha256()
+        sha = FileHash()
         size = 0
         try:
             parts = []
@@ -52,11 +52,12 @@ def verify_backup(repo: Repository, snap: Snapshot) -> VerifyResult:
         except ColdkeepError as exc:
             result.problems.append(f"{path}: {exc.message}")
             continue
-        if sha.hexdigest() != entry.get("sha256") or size != entry.get("size"):
+        sha_hex, crc_hex = sha.result()
+        if sha_hex != entry.get("sha256") or size != entry.get("size"):
             result.problems.append(f"{path}: content differs from the snapshot's record")
         result.files_checked += 1
         result.bytes_checked += size
-        entry["_sha"] = sha.hexdigest()
+        entry["_sha"], entry["_crc"] = sha_hex, crc_hex
         entry["_size"] = size
     for item in manifest.get("Files", []):
         listed = entries.get(item["Path"])
@@ -65,8 +66,9 @@ def verify_backup(repo: Repository, snap: Snapshot) -> VerifyResult:
             continue
         if listed.get("_size") != int(item["Size"]):
             result.problems.append(f"{item['Path']}: size differs from backup_manifest")
-        if item.get("Checksum-Algorithm") == "SHA256" and listed.get("_sha") != item.get("Checksum"):
-            result.problems.append(f"{item['Path']}: SHA-256 differs from backup_manifest")
+        problem = checksum_problem(item["Path"], item, str(listed.get("_sha")), str(listed.get("_crc")))
+        if problem:
+            result.problems.append(problem)
     chain = walchain.check_chain(
         repo,
         str(snap.meta["wal_lineage"]),

@@ -177,7 +177,7 @@ class KeyRing(Protocol):
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
 
-    def open(self, blob: bytes, aad: bytes, what: str) -> bytes: ...
+    def open(self, blob: bytes | memoryview, aad: bytes, what: str) -> bytes | memoryview: ...
 
     def chunk_id(self, data: bytes) -> bytes: ...
 
@@ -219,7 +219,7 @@ class Keys:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
-    def open(self, blob: bytes, aad: bytes, what: str) -> bytes:
+    def open(self, blob: bytes | memoryview, aad: bytes, what: str) -> bytes:
         """The plaintext of ``blob`` sealed with the same ``aad``; ``what`` names it in errors."""
         if len(blob) < OVERHEAD:
             raise IntegrityError(f"decryption failed for {what} (truncated: {len(blob)} bytes)")
@@ -260,7 +260,7 @@ class PlainKeys:
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return plaintext
 
-    def open(self, blob: bytes, aad: bytes, what: str) -> bytes:
+    def open(self, blob: bytes | memoryview, aad: bytes, what: str) -> bytes | memoryview:
         return blob
 
     def chunk_id(self, data: bytes) -> bytes:

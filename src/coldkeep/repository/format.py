@@ -145,7 +145,9 @@ def seal_parts(keys: KeyRing, data: Buffer, level: int, aad: bytes) -> tuple[Seq
     return (_FLAG_BYTES[flag], payload), 1 + len(payload), flag
 
 
-def open_blob(keys: KeyRing, stored: bytes, aad: bytes, raw_length: int | None, what: str) -> bytes:
+def open_blob(
+    keys: KeyRing, stored: bytes | memoryview, aad: bytes, raw_length: int | None, what: str
+) -> bytes:
     plain = keys.open(stored, aad, what)
     if not plain:
         raise IntegrityError(f"{what}: empty envelope")

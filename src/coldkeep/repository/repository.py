@@ -414,6 +414,34 @@ class Repository:
             raise IntegrityError(f"{what}: content does not match its id (corrupt)")
         return data
 
+    def read_blob_run(self, run: Sequence[tuple[bytes, BlobEntry]]) -> list[bytes]:
+        """:meth:`read_blob` for blobs of one pack stored close together, with one read of the
+        range that covers them all; in the order given."""
+        if len(run) == 1:
+            return [self.read_blob(*run[0])]
+        first = run[0][1]
+        start = min(entry.offset for _, entry in run)
+        end = max(entry.offset + entry.length for _, entry in run)
+        if any(entry.pack != first.pack for _, entry in run):
+            raise ValueError("a run of blobs must come from one pack")
+        try:
+            stored = memoryview(self.backend.get_range(pack_key(first.pack), start, end - start))
+        except ObjectNotFound:
+            raise IntegrityError(
+                f"blob {run[0][0].hex()[:16]} in pack {first.pack[:16]}: pack missing"
+            ) from None
+        out: list[bytes] = []
+        for blob_id, entry in run:
+            what = f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}"
+            piece = stored[entry.offset - start : entry.offset - start + entry.length]
+            if len(piece) != entry.length:
+                raise IntegrityError(f"{what}: pack truncated")
+            data = open_blob(self.keys, piece, blob_id, entry.raw_length, what)
+            if len(data) != entry.raw_length or self.keys.chunk_id(data) != blob_id:
+                raise IntegrityError(f"{what}: content does not match its id (corrupt)")
+            out.append(data)
+        return out
+
     # -- snapshots -------------------------------------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> str:
@@ -497,13 +525,21 @@ class Repository:
         return NAMED_PREFIX + validate_key(name)
 
     def put_named(
-        self, name: str, data: bytes, meta: dict[str, Any] | None = None, *, level: int | None = None
+        self,
+        name: str,
+        data: bytes,
+        meta: dict[str, Any] | None = None,
+        *,
+        level: int | None = None,
+        blake3_hex: str | None = None,
     ) -> bool:
         """Store a named object once.  ``True`` if stored now, ``False`` if an identical one was
         already there; :class:`ObjectExists` if a *different* one is (never overwritten).
-        ``level``: zstd level for this object (default: the repository's)."""
+        ``level``: zstd level for this object (default: the repository's).  ``blake3_hex``: the
+        caller's BLAKE3 of ``data`` (:func:`~coldkeep.repository.format.digest`), not computed
+        again."""
         key = self._named_key(name)
-        sha = digest(data).hex()
+        sha = blake3_hex or digest(data).hex()
         header = json.dumps({"name": name, "size": len(data), "blake3": sha, "meta": meta or {},
                              "time": clock.isoformat(clock.now())}).encode()  # fmt: skip
         stored, _ = seal_blob(self.keys, len(header).to_bytes(4, "little") + header + data,
