@@ -155,6 +155,9 @@ class PostgresConfig(ServiceSection):
     archive_timeout: NonNegativeInt = 300
     archive_async: bool = False  # archive_command = wal-push --async (postgres/spool.py)
     archive_async_workers: int = Field(default=0, ge=0, le=64)  # 0: CPUs, at most 4
+    # zstd level of base-backup chunks (database pages: level 1 costs ~1/3 less CPU than 3 for
+    # ~3 % more bytes; docs/benchmarks.md); WAL segments use at most level 1 anyway
+    compression_level: Annotated[int, Field(ge=-7, le=22)] = 1
     count_tables: list[str] = Field(default_factory=lambda: ["conversations"])
     check_sql: list[str] = Field(default_factory=list)
     database_size: Size = ""  # for projected restore times; empty: measure

@@ -462,3 +462,20 @@ def test_runs_are_bounded_by_content_size_for_a_repeated_chunk(tmp_path: Path) -
         assert len({loc.pack for _, loc in run}) == 1
         assert sum(loc.raw_length for _, loc in run) <= restore_mod.RUN_BYTES
     assert len(runs) == 1000 // 16 + 1 + 1 + 1  # 62 full runs of 16, the rest, p2, the tail
+
+
+def test_a_writer_compresses_at_its_own_level(tmp_path: Path) -> None:
+    """``writer(level=N)`` (pg backup's ``[postgres] compression_level``) overrides the
+    repository's level for the chunks it stores; they read back the same."""
+    repo = new_repo(tmp_path)
+    text = b"".join(b"row %d: the quick brown fox jumps over the lazy dog\n" % (i % 977) for i in range(20000))
+    sizes = {}
+    for level in (-7, 19):
+        data = text + str(level).encode()  # a distinct chunk per level
+        writer = repo.writer(level=level)
+        blob_id = writer.store(data)
+        writer.finish()
+        loc = repo.cache.get(blob_id)
+        assert loc is not None and repo.read_blob(blob_id) == data
+        sizes[level] = loc.length
+    assert sizes[19] < sizes[-7] < len(text)

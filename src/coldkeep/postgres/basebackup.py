@@ -417,7 +417,7 @@ class BaseBackup:
         )
         assert proc.stdout is not None
         set_pipe_size(proc.stdout.fileno())
-        writer = self.repo.writer()
+        writer = self.repo.writer(level=self.pg.compression_level)
         try:
             try:
                 stream = read_backup_stream(proc.stdout, writer, self.repo.config.chunker, threads=self.threads,

@@ -176,8 +176,11 @@ class BlobWriter:
     (write order: packs, index, snapshot).
     """
 
-    def __init__(self, repo: Repository, *, use_cache: bool = True, max_inflight: int = 2) -> None:
+    def __init__(
+        self, repo: Repository, *, use_cache: bool = True, max_inflight: int = 2, level: int | None = None
+    ) -> None:
         self.repo = repo
+        self.level = repo.config.compression_level if level is None else level  # zstd level of new chunks
         self.use_cache = use_cache
         self._lock = threading.Lock()
         self.pack_target = pack_target()
@@ -229,7 +232,7 @@ class BlobWriter:
         a view of a mapped file may be released afterwards."""
         blob_id = self.repo.keys.chunk_id(data)  # type: ignore[arg-type]
         if not self.known(blob_id):
-            parts, _, _ = seal_parts(self.repo.keys, data, self.repo.config.compression_level, blob_id)
+            parts, _, _ = seal_parts(self.repo.keys, data, self.level, blob_id)
             self.add(blob_id, kind, parts, len(data))
         return blob_id
 
