@@ -468,7 +468,9 @@ def test_a_writer_compresses_at_its_own_level(tmp_path: Path) -> None:
     """``writer(level=N)`` (pg backup's ``[postgres] compression_level``) overrides the
     repository's level for the chunks it stores; they read back the same."""
     repo = new_repo(tmp_path)
-    text = b"".join(b"row %d: the quick brown fox jumps over the lazy dog\n" % (i % 977) for i in range(20000))
+    text = b"".join(
+        b"row %d: the quick brown fox jumps over the lazy dog\n" % (i % 977) for i in range(20000)
+    )
     sizes = {}
     for level in (-7, 19):
         data = text + str(level).encode()  # a distinct chunk per level
