@@ -5,7 +5,8 @@ takes its final name: a file is written to a temporary name in its directory and
 when it verified, so a corrupt chunk never leaves a corrupt file behind.  Paths that would land
 outside the target (absolute, ``..``, through a symlink) are refused: every name is checked
 before anything is written, and every directory on the way once (see :class:`_Dirs`).  Chunk
-locations are looked up a batch of files at a time; the chunks of a big file are read,
+locations are looked up a batch of files at a time; small files go to the workers in groups of
+tree neighbours (one task per group, not per file); the chunks of a big file are read,
 decompressed and verified on worker threads ahead of the one being written.  Symlinks are created last,
 and modes and mtimes set after contents (directories deepest first).
 """
