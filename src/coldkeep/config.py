@@ -423,12 +423,17 @@ def parse_text(text: str, *, source: str = "<string>") -> Config:
 
 
 def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    return load_with_text(explicit)[0]
+
+
+def load_with_text(explicit: str | os.PathLike[str] | None = None) -> tuple[Config, str]:
+    """:func:`load`, and the text it validated."""
     path = find_config(explicit)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    return parse_text(text, source=str(path))
+    return parse_text(text, source=str(path)), text
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from coldkeep.repository.repository import Repository
 
 
 def open_repo(app: AppContext) -> Repository:
-    from coldkeep.repository.setup import open_repository
+    from coldkeep.repository.setup import open_repository_section
 
-    return open_repository(app.config())
+    return open_repository_section(app.repository_section())
 
 
 def parse_tags(values: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -211,8 +211,12 @@ class Backup:
             else (self.repo.find_snapshot(parent) if parent else None)
         )
         previous: dict[str, dict[str, Any]] = {}
+        # every entry of the parent with its JSON line: an entry that comes out equal (same keys
+        # in the same order, same values) is written with that line instead of encoding it again
+        previous_lines: dict[str, tuple[dict[str, Any], bytes | None]] = {}
         if parent_snap is not None:
-            for entry in self.repo.iter_tree(parent_snap):
+            for entry, line in self.repo.iter_tree_lines(parent_snap):
+                previous_lines[entry["path"]] = (entry, line)
                 if entry.get("type") == "file":
                     previous[entry["path"]] = entry
         warnings: list[str] = []
@@ -292,13 +296,20 @@ class Backup:
                     warnings.append(f"{path}: skipped (not a regular file, directory or symlink)")
             settle_pending()
             final: list[dict[str, Any]] = []
+            lines: list[bytes | None] = []
             for item in entries:
                 resolved = item.result() if isinstance(item, Future) else item
                 if resolved is not None:
                     final.append(resolved)
+                    before = previous_lines.get(resolved["path"])
+                    lines.append(
+                        before[1]
+                        if before is not None and before[0] == resolved and list(before[0]) == list(resolved)
+                        else None
+                    )
                     if on_entry is not None:
                         on_entry(resolved)
-            tree_ids = self.repo.write_tree(writer, final)
+            tree_ids = self.repo.write_tree(writer, final, lines)
             writer.finish()
         except BaseException:
             writer.abort()

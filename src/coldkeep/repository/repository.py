@@ -53,6 +53,17 @@ from coldkeep.storage.base import Backend, validate_key
 SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
 _TREE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 PACK_TARGET = 16 * 1024 * 1024
+#: a tree blob ends after an entry whose (keyed) path hash has its low bits all zero, or once it
+#: reaches this size: see :meth:`Repository.write_tree`
+TREE_BLOB_MAX = 1024 * 1024
+#: tree blobs hold 2 ** TREE_MIN_BITS entries on average, or more for big trees ...
+TREE_MIN_BITS = 4
+#: ... so that a snapshot has about this many tree blobs at most (its document lists them all)
+TREE_MAX_BLOBS = 1024
+#: neighbouring blobs of one pack closer than this are read in one request (:meth:`Repository.read_blobs`)
+READ_GAP = 64 * 1024
+#: the most bytes one such request reads
+READ_SPAN = 8 * 1024 * 1024
 #: overrides :data:`PACK_TARGET` (bytes); for tests, so that little data still makes many packs
 PACK_TARGET_ENV = "COLDKEEP_PACK_TARGET"
 
@@ -224,6 +235,22 @@ class BlobWriter:
         if to_upload is not None:
             self._upload(to_upload)
         return True
+
+    def store_many(self, blobs: Sequence[bytes], kind: str = "data") -> list[bytes]:
+        """:meth:`store` for several blobs, with one index query for all of them."""
+        ids = [self.repo.keys.chunk_id(data) for data in blobs]
+        with self._lock:
+            unknown = [i for i in dict.fromkeys(ids) if i not in self._session]
+        present = self.repo.cache.present(unknown) if self.use_cache and unknown else set()
+        level = self.repo.config.compression_level
+        for blob_id, data in zip(ids, blobs, strict=True):
+            if blob_id not in present:
+                with self._lock:
+                    if blob_id in self._session:
+                        continue
+                parts, _, _ = seal_parts(self.repo.keys, data, level, blob_id)
+                self.add(blob_id, kind, parts, len(data))
+        return ids
 
     def store(self, data: bytes | memoryview, kind: str = "data") -> bytes:
         """Hash, dedupe, compress, seal and add one chunk; returns its id.
@@ -405,11 +432,54 @@ class Repository:
         entry = entry or self.cache.get(blob_id)
         if entry is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-        what = f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}"
+        return self._open_stored(blob_id, entry, self._get_range(blob_id, entry, entry.length))
+
+    def read_blobs(self, blob_ids: Sequence[bytes]) -> Iterator[bytes]:
+        """The verified contents of ``blob_ids``, in order (each checked as by :meth:`read_blob`).
+
+        The locations come from one index query per batch, and blobs that lie next to each other
+        in one pack (the tree blobs of a snapshot, say) are fetched in one request.
+        """
+        located = self.cache.get_many(blob_ids)
+        i, n = 0, len(blob_ids)
+        while i < n:
+            first = located.get(blob_ids[i])
+            if first is None:
+                raise IntegrityError(f"blob {blob_ids[i].hex()[:16]} is not in the index")
+            j, end = i + 1, first.offset + first.length
+            while j < n:
+                nxt = located.get(blob_ids[j])
+                if (
+                    nxt is None
+                    or nxt.pack != first.pack
+                    or not end <= nxt.offset <= end + READ_GAP
+                    or nxt.offset + nxt.length - first.offset > READ_SPAN
+                ):
+                    break
+                end = nxt.offset + nxt.length
+                j += 1
+            if j == i + 1:
+                yield self._open_stored(blob_ids[i], first, self._get_range(blob_ids[i], first, first.length))
+            else:
+                span = self._get_range(blob_ids[i], first, end - first.offset)
+                for blob_id in blob_ids[i:j]:
+                    entry = located[blob_id]
+                    start = entry.offset - first.offset
+                    yield self._open_stored(blob_id, entry, span[start : start + entry.length])
+            i = j
+
+    def _get_range(self, blob_id: bytes, entry: BlobEntry, length: int) -> bytes:
+        """``length`` bytes of ``entry``'s pack from where the blob starts."""
         try:
-            stored = self.backend.get_range(pack_key(entry.pack), entry.offset, entry.length)
+            stored = self.backend.get_range(pack_key(entry.pack), entry.offset, length)
         except ObjectNotFound:
-            raise IntegrityError(f"{what}: pack missing") from None
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}: pack missing"
+            ) from None
+        return stored
+
+    def _open_stored(self, blob_id: bytes, entry: BlobEntry, stored: bytes) -> bytes:
+        what = f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}"
         if len(stored) != entry.length:
             raise IntegrityError(f"{what}: pack truncated")
         data = open_blob(self.keys, stored, blob_id, entry.raw_length, what)
@@ -500,27 +570,58 @@ class Repository:
 
     # -- trees -----------------------------------------------------------------------------------
 
-    def write_tree(self, writer: BlobWriter, entries: list[dict[str, Any]]) -> list[str]:
-        """Serialise tree entries as JSON lines into ~1 MiB tree blobs."""
-        ids: list[str] = []
+    def write_tree(
+        self,
+        writer: BlobWriter,
+        entries: Sequence[dict[str, Any]],
+        lines: Sequence[bytes | None] | None = None,
+    ) -> list[str]:
+        """Serialise tree entries as JSON lines into tree blobs; returns their ids, in order.
+
+        Readers concatenate the blobs, so where a blob ends is free.  It ends after an entry
+        whose path hashes (keyed, as chunk ids) to a value with its low :func:`tree_cut_bits`
+        bits zero, or once it reaches :data:`TREE_BLOB_MAX`: a boundary depends on the path
+        there and not on what came before, so the entries of unchanged files between two
+        boundaries make the same blob as in the previous snapshot, and a backup that changed a
+        few files writes only the few tree blobs that hold them.  ``lines[i]``, when given and
+        not ``None``, is the JSON line of ``entries[i]`` already encoded (a previous tree's).
+        """
+        mask = (1 << tree_cut_bits(len(entries))) - 1
+        path_hash = self.keys.chunk_id
+        encode = _TREE_ENCODER.encode  # one encoder: json.dumps with options builds one per call
+        blobs: list[bytes] = []
         buf: list[bytes] = []
         size = 0
-        encode = _TREE_ENCODER.encode  # one encoder: json.dumps with options builds one per call
-        for entry in entries:
-            line = encode(entry).encode() + b"\n"
+        for i, entry in enumerate(entries):
+            line = lines[i] if lines is not None else None
+            if line is None:
+                line = encode(entry).encode() + b"\n"
             buf.append(line)
             size += len(line)
-            if size >= 1024 * 1024:
-                ids.append(writer.store(b"".join(buf), "tree").hex())
+            if size >= TREE_BLOB_MAX or not (
+                int.from_bytes(path_hash(str(entry["path"]).encode("utf-8", "surrogateescape"))[:4], "little")
+                & mask
+            ):
+                blobs.append(b"".join(buf))
                 buf, size = [], 0
-        if buf or not ids:
-            ids.append(writer.store(b"".join(buf), "tree").hex())
-        return ids
+        if buf or not blobs:
+            blobs.append(b"".join(buf))
+        return [blob_id.hex() for blob_id in writer.store_many(blobs, "tree")]
 
     def iter_tree(self, snap: Snapshot) -> Iterator[dict[str, Any]]:
-        for blob_hex in snap.tree:
-            data = self.read_blob(bytes.fromhex(blob_hex))
+        for data in self.read_blobs([bytes.fromhex(h) for h in snap.tree]):
             yield from _tree_lines(data)
+
+    def iter_tree_lines(self, snap: Snapshot) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+        """:meth:`iter_tree` with each entry's JSON line as stored (``None`` where a blob had
+        to be parsed line by line)."""
+        for data in self.read_blobs([bytes.fromhex(h) for h in snap.tree]):
+            entries, raw = _tree_lines_raw(data)
+            if raw is None:
+                for entry in entries:
+                    yield entry, None
+            else:
+                yield from zip(entries, raw, strict=True)
 
     # -- named write-once objects ----------------------------------------------------------------
 
@@ -600,6 +701,16 @@ class Repository:
         return doc
 
 
+def tree_cut_bits(entries: int) -> int:
+    """How many low bits of a path hash must be zero for a tree blob to end there, for a tree of
+    ``entries`` entries: 2 ** TREE_MIN_BITS entries per blob on average, more in trees of more
+    than TREE_MAX_BLOBS times that (only a tree that doubles or halves changes its boundaries)."""
+    bits = TREE_MIN_BITS
+    while entries >> bits > TREE_MAX_BLOBS:
+        bits += 1
+    return bits
+
+
 def _tree_lines(data: bytes) -> list[Any]:
     """The entries of one tree blob (JSON lines), parsed in one ``json.loads`` call when possible.
 
@@ -607,15 +718,21 @@ def _tree_lines(data: bytes) -> list[Any]:
     are a JSON array; anything else (blank lines, a damaged line) is parsed line by line, with the
     same result and errors as before.
     """
+    return _tree_lines_raw(data)[0]
+
+
+def _tree_lines_raw(data: bytes) -> tuple[list[Any], list[bytes] | None]:
+    """:func:`_tree_lines`, and each entry's line (with its newline) when parsed in one call."""
     body = data.strip(b"\n")
     if not body:
-        return []
+        return [], None
     if b"\n\n" not in body and b"\r" not in body:
         with contextlib.suppress(ValueError):
             entries = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
             if isinstance(entries, list) and all(isinstance(e, dict) for e in entries):
-                return entries
-    return [json.loads(line) for line in data.splitlines() if line]
+                raw = [line + b"\n" for line in body.split(b"\n")]
+                return entries, raw if len(raw) == len(entries) else None
+    return [json.loads(line) for line in data.splitlines() if line], None
 
 
 def host() -> str:

@@ -6,7 +6,8 @@ final name: a file is written to a temporary name in its directory and renamed o
 when it verified, so a corrupt chunk never leaves a corrupt file behind.  Paths that would land
 outside the target (absolute, ``..``, through a symlink) are refused: every name is checked
 before anything is written, and every directory on the way once (see :class:`_Dirs`).  Chunk
-locations are looked up a batch of files at a time; the chunks of a big file are read,
+locations are looked up a batch of files at a time; small files go to the workers in groups of
+tree neighbours (one task per group, not per file); the chunks of a big file are read,
 decompressed and verified on worker threads ahead of the one being written.  Symlinks are created last,
 and modes and mtimes set after contents (directories deepest first).
 """
@@ -209,6 +210,10 @@ class Restorer:
     LOOKUP_FILES = 256
     #: chunks of one file read, decompressed and verified ahead of the one being written
     PREFETCH = 4
+    #: small (one-chunk) files restored by one worker task, at most this many ...
+    SMALL_GROUP_FILES = 16
+    #: ... and about this many bytes
+    SMALL_GROUP_BYTES = 4 * 1024 * 1024
 
     def __init__(
         self,
@@ -394,28 +399,48 @@ class Restorer:
             except OSError as exc:
                 return 0, f"{entry['path']}: {exc.strerror or exc}"
 
+        def several(
+            items: list[tuple[str, dict[str, Any]]],
+            located: dict[bytes, BlobEntry],
+            chunk_pool: ThreadPoolExecutor,
+        ) -> list[tuple[int, str | None]]:
+            return [one(item, located, chunk_pool) for item in items]
+
         cache = self.repo.cache
         with (
             ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore") as pool,
             ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore-chunk") as chunk_pool,
         ):
-            pending: collections.deque[Future[tuple[int, str | None]]] = collections.deque()
+            pending: collections.deque[Future[list[tuple[int, str | None]]]] = collections.deque()
 
             def drain(keep: int) -> None:
                 while len(pending) > keep:
-                    nbytes, error = pending.popleft().result()
-                    if error:
-                        result.errors.append(error)
-                    else:
-                        result.files += 1
-                        result.bytes += nbytes
+                    for nbytes, error in pending.popleft().result():
+                        if error:
+                            result.errors.append(error)
+                        else:
+                            result.files += 1
+                            result.bytes += nbytes
 
             for i in range(0, len(file_dests), self.LOOKUP_FILES):
                 batch = file_dests[i : i + self.LOOKUP_FILES]
                 located = cache.get_many(bytes.fromhex(c) for _, e in batch for c in e.get("chunks", ()))
+                # small files (one chunk) go to a worker a group at a time, neighbours in the tree
+                # (mostly one directory) together: one task per group instead of one per file
+                group: list[tuple[str, dict[str, Any]]] = []
+                group_bytes = 0
                 for item in batch:
-                    pending.append(pool.submit(one, item, located, chunk_pool))
-                drain(2 * self.LOOKUP_FILES)  # bounded: a couple of batches in flight
+                    if len(item[1].get("chunks", ())) > 1:
+                        pending.append(pool.submit(several, [item], located, chunk_pool))
+                        continue
+                    group.append(item)
+                    group_bytes += int(item[1].get("size", 0))
+                    if len(group) >= self.SMALL_GROUP_FILES or group_bytes >= self.SMALL_GROUP_BYTES:
+                        pending.append(pool.submit(several, group, located, chunk_pool))
+                        group, group_bytes = [], 0
+                if group:
+                    pending.append(pool.submit(several, group, located, chunk_pool))
+                drain(2 * self.LOOKUP_FILES // self.SMALL_GROUP_FILES)  # bounded: a few batches in flight
             drain(0)
         for rel, entry in links:
             try:

@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import os
 import pwd
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from coldkeep.config import Config, CopyConfig, RepositoryConfig
 from coldkeep.errors import ConfigError, NotFound
 from coldkeep.repository.crypto import read_passphrase
 from coldkeep.repository.repository import Repository
 from coldkeep.storage import open_backend
 from coldkeep.storage.base import Backend
+
+if TYPE_CHECKING:  # the pydantic models cost ~0.1 s to import: `backup` opens the repository without
+    from coldkeep.config import Config, CopyConfig  # them when it can (cli/validated.py)
+
+
+class BackendSection(Protocol):
+    """Where a repository is: ``[repository]``, a ``[repository.copies.NAME]``, or the lean
+    ``RepositorySection`` of :mod:`coldkeep.cli.walfast`."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def endpoint_url(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+
+
+class RepositorySectionLike(BackendSection, Protocol):
+    @property
+    def owner(self) -> str: ...
+    @property
+    def password_file(self) -> str: ...
 
 
 def _owner(name: str) -> str | None:
@@ -27,7 +48,7 @@ def _owner(name: str) -> str | None:
     return name
 
 
-def backend_for(section: RepositoryConfig | CopyConfig, *, owner: str = "", create: bool = False) -> Backend:
+def backend_for(section: BackendSection, *, owner: str = "", create: bool = False) -> Backend:
     return open_backend(
         section.url,
         endpoint_url=section.endpoint_url,
@@ -50,7 +71,10 @@ def init_repository(config: Config) -> dict[str, Any]:
 
 
 def open_repository(config: Config) -> Repository:
-    repo_cfg = config.repository
+    return open_repository_section(config.repository)
+
+
+def open_repository_section(repo_cfg: RepositorySectionLike) -> Repository:
     backend = backend_for(repo_cfg, owner=repo_cfg.owner)
     return Repository.open(backend, lambda: read_passphrase(repo_cfg.password_file))
 
