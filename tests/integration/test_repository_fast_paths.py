@@ -481,3 +481,46 @@ def test_a_writer_compresses_at_its_own_level(tmp_path: Path) -> None:
         assert loc is not None and repo.read_blob(blob_id) == data
         sizes[level] = loc.length
     assert sizes[19] < sizes[-7] < len(text)
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_big_files_are_written_in_parallel_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
+) -> None:
+    """Without the whole-file SHA-256 (pg restore) a big file is written by several threads at
+    their offsets: the bytes are the same, and a corrupt chunk in any segment still fails the
+    file and leaves nothing behind."""
+    from coldkeep.repository import restore as restore_mod
+    from coldkeep.repository.packer import pack_key
+
+    monkeypatch.setattr(restore_mod, "SEGMENT_MIN", 2 * MiB)
+    monkeypatch.setattr(restore_mod, "SEGMENT_PART", 1 * MiB)
+    repo, _, big = small_chunk_repo(tmp_path)
+    snap = repo.find_snapshot("latest")
+    if corrupt:
+        entry = next(e for e in repo.iter_tree(snap) if e["path"].endswith("big.bin"))
+        victim = bytes.fromhex(entry["chunks"][-3])  # in the last segment
+        loc = repo.cache.get(victim)
+        assert loc is not None
+        pack = tmp_path / "repo" / pack_key(loc.pack)
+        raw = bytearray(pack.read_bytes())
+        raw[loc.offset + 7] ^= 0x40
+        os.chmod(pack, 0o600)
+        pack.write_bytes(bytes(raw))
+    calls: list[int] = []
+    original = Restorer._write_segments
+
+    def counting(self: Restorer, *args: Any) -> int:
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(Restorer, "_write_segments", counting)
+    out = tmp_path / "out"
+    result = Restorer(repo, verify_files=False, durable=True, threads=4).run(snap, out)
+    assert calls == [1]  # big.bin only; one.txt is small
+    if corrupt:
+        assert len(result.errors) == 1 and "big.bin" in result.errors[0]
+        assert sorted(p.name for p in out.iterdir()) == ["one.txt"]
+    else:
+        assert not result.errors
+        assert (out / "big.bin").read_bytes() == big

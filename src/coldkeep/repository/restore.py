@@ -25,7 +25,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -91,6 +91,11 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 
 
 _start_writeback = _load_sync_file_range()
+
+#: without the whole-file SHA-256, files at least this big are written by several threads at
+#: once, in segments of at least :data:`SEGMENT_PART` bytes
+SEGMENT_MIN = 64 * 1024 * 1024
+SEGMENT_PART = 32 * 1024 * 1024
 
 #: a run of a file's chunks (read with one request) covers at most this many stored bytes and
 #: holds at most this many bytes of content
@@ -289,6 +294,60 @@ class Restorer:
             for future in window:
                 future.cancel()
 
+    def _write_segments(
+        self, fd: int, entry: dict[str, Any], located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor
+    ) -> int:
+        """Write a big file as a few contiguous segments at once, one ``pwritev`` per run at its
+        offset: one file no longer waits for one thread (a 1 GiB relation file written by one
+        thread was the last thing a restore waited for).  Only without the whole-file SHA-256,
+        which needs the bytes in order.  Every chunk is still checked against its id; on an error
+        every segment is waited for before the file is given up (no write after the close)."""
+        runs = self._runs(entry, located)
+        sizes = [sum(loc.raw_length for _, loc in run) for run in runs]
+        total = sum(sizes)
+        parts = max(1, min(self.threads, total // SEGMENT_PART))
+        segments: list[tuple[int, list[list[tuple[bytes, BlobEntry]]]]] = []
+        offset = 0
+        target = total / parts
+        current: list[list[tuple[bytes, BlobEntry]]] = []
+        start = 0
+        for run, size in zip(runs, sizes, strict=True):
+            current.append(run)
+            offset += size
+            if offset - start >= target and len(segments) < parts - 1:
+                segments.append((start, current))
+                current, start = [], offset
+        if current:
+            segments.append((start, current))
+
+        def write_segment(start: int, seg_runs: list[list[tuple[bytes, BlobEntry]]]) -> int:
+            pos = flushed = start
+            for run in seg_runs:
+                pieces = self.repo.read_blob_run(run)
+                views = [memoryview(p) for p in pieces]
+                left = sum(len(v) for v in views)
+                nbytes = left
+                while left:
+                    done = os.pwritev(fd, views, pos)
+                    pos += done
+                    left -= done
+                    while done:
+                        if done >= len(views[0]):
+                            done -= len(views[0])
+                            views.pop(0)
+                        else:
+                            views[0] = views[0][done:]
+                            done = 0
+                self.progress.add(0, nbytes)
+                if self.durable and _start_writeback and pos - flushed >= WRITEBACK_STEP:
+                    _start_writeback(fd, flushed, pos - flushed)
+                    flushed = pos
+            return pos - start
+
+        futures = [pool.submit(write_segment, start, seg_runs) for start, seg_runs in segments]
+        wait(futures)
+        return sum(f.result() for f in futures)  # the first error, once nothing writes any more
+
     def _write_file(
         self,
         dest: str,
@@ -306,7 +365,9 @@ class Restorer:
             try:
                 flushed = 0
                 try:
-                    for pieces in self._chunks(entry, located, pool):
+                    if sha is None and pool is not None and int(entry.get("size", 0)) >= SEGMENT_MIN:
+                        written = self._write_segments(fd, entry, located, pool)
+                    for pieces in () if written else self._chunks(entry, located, pool):
                         if sha is not None:
                             for data in pieces:
                                 sha.update(data)
@@ -411,19 +472,29 @@ class Restorer:
             ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore") as pool,
             ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore-chunk") as chunk_pool,
         ):
-            pending: collections.deque[Future[list[tuple[int, str | None]]]] = collections.deque()
+            pending: set[Future[list[tuple[int, str | None]]]] = set()
 
             def drain(keep: int) -> None:
-                while len(pending) > keep:
-                    for nbytes, error in pending.popleft().result():
-                        if error:
-                            result.errors.append(error)
-                        else:
-                            result.files += 1
-                            result.bytes += nbytes
+                while len(pending) > keep:  # whichever finished first: a big file does not hold up the rest
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        pending.discard(future)
+                        for nbytes, error in future.result():
+                            if error:
+                                result.errors.append(error)
+                            else:
+                                result.files += 1
+                                result.bytes += nbytes
 
-            for i in range(0, len(file_dests), self.LOOKUP_FILES):
-                batch = file_dests[i : i + self.LOOKUP_FILES]
+            # the biggest files first: the last file to start must not be a long one (a 1 GiB
+            # relation file started last made the whole restore wait for it alone)
+            multi = sorted(
+                (item for item in file_dests if len(item[1].get("chunks", ())) > 1),
+                key=lambda item: -int(item[1].get("size", 0)),
+            )
+            ordered = multi + [item for item in file_dests if len(item[1].get("chunks", ())) <= 1]
+            for i in range(0, len(ordered), self.LOOKUP_FILES):
+                batch = ordered[i : i + self.LOOKUP_FILES]
                 located = cache.get_many(bytes.fromhex(c) for _, e in batch for c in e.get("chunks", ()))
                 # small files (one chunk) go to a worker a group at a time, neighbours in the tree
                 # (mostly one directory) together: one task per group instead of one per file
@@ -431,15 +502,15 @@ class Restorer:
                 group_bytes = 0
                 for item in batch:
                     if len(item[1].get("chunks", ())) > 1:
-                        pending.append(pool.submit(several, [item], located, chunk_pool))
+                        pending.add(pool.submit(several, [item], located, chunk_pool))
                         continue
                     group.append(item)
                     group_bytes += int(item[1].get("size", 0))
                     if len(group) >= self.SMALL_GROUP_FILES or group_bytes >= self.SMALL_GROUP_BYTES:
-                        pending.append(pool.submit(several, group, located, chunk_pool))
+                        pending.add(pool.submit(several, group, located, chunk_pool))
                         group, group_bytes = [], 0
                 if group:
-                    pending.append(pool.submit(several, group, located, chunk_pool))
+                    pending.add(pool.submit(several, group, located, chunk_pool))
                 drain(2 * self.LOOKUP_FILES // self.SMALL_GROUP_FILES)  # bounded: a few batches in flight
             drain(0)
         for rel, entry in links:
