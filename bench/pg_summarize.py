@@ -118,7 +118,7 @@ class Summary:
         self.out(
             "Day 0 is the database as loaded; before each later day, 2 % new conversation rows are appended "
             "and 0.2 % of all rows are updated at random. coldkeep: `coldkeep --json pg backup` (streamed "
-            "`pg_basebackup -Ft -X none`, 128 KiB page chunks deduplicated against earlier backups, zstd-3, "
+            "`pg_basebackup -Ft -X none`, 128 KiB page chunks deduplicated against earlier backups, zstd-1 (`[postgres] compression_level`), "
             "complete once its WAL is archived). pgBackRest: full on day 0, `--type=incr` after "
             "(`compress-type=zst`, level 3, `process-max=2`, `start-fast=y`). `pg_basebackup -Ft -z -X stream -c fast` "
             "(gzip, a full copy every time). Stored = apparent bytes of the repository / backup directories; "
@@ -360,7 +360,7 @@ class Summary:
             "",
             "With `archive_command=''` (paused) a `CREATE TABLE AS` of md5-text rows writes the backlog (the peer "
             "benchmark's generator), then the variant is switched on and the time until no `.ready` file remains "
-            "is measured. `cp` neither compresses nor fsyncs; coldkeep and pgBackRest compress (zstd-3) and fsync "
+            "is measured. `cp` neither compresses nor fsyncs; coldkeep (zstd-1 for WAL) and pgBackRest (zstd-3) compress and fsync "
             "every segment.",
             "",
             "| variant | segments | WAL MB | wall s | segments/s | stored MB | ratio | machine CPU s | failed |",
