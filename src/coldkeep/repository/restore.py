@@ -102,18 +102,19 @@ SEGMENT_PART = 32 * 1024 * 1024
 RUN_BYTES = 2 * 1024 * 1024
 
 
-def _write_all(fd: int, pieces: Sequence[bytes]) -> int:
-    """Write ``pieces`` back to back (``writev``, continuing after short writes); their size."""
-    total = sum(len(p) for p in pieces)
-    if len(pieces) == 1:
-        views: list[memoryview] = [memoryview(pieces[0])]
-    else:
-        views = [memoryview(p) for p in pieces]
-    left = total
+def _write_all(fd: int, pieces: Sequence[bytes], offset: int | None = None) -> int:
+    """Write ``pieces`` back to back (``writev``, or ``pwritev`` at ``offset``), continuing after
+    short writes; returns their size."""
+    views = [memoryview(p) for p in pieces]
+    total = left = sum(len(v) for v in views)
     while left:
-        done = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+        if offset is not None:
+            done = os.pwritev(fd, views, offset)
+            offset += done
+        else:
+            done = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
         left -= done
-        while done:
+        while done:  # drop what was written from the front of the views
             if done >= len(views[0]):
                 done -= len(views[0])
                 views.pop(0)
@@ -323,21 +324,8 @@ class Restorer:
         def write_segment(start: int, seg_runs: list[list[tuple[bytes, BlobEntry]]]) -> int:
             pos = flushed = start
             for run in seg_runs:
-                pieces = self.repo.read_blob_run(run)
-                views = [memoryview(p) for p in pieces]
-                left = sum(len(v) for v in views)
-                nbytes = left
-                while left:
-                    done = os.pwritev(fd, views, pos)
-                    pos += done
-                    left -= done
-                    while done:
-                        if done >= len(views[0]):
-                            done -= len(views[0])
-                            views.pop(0)
-                        else:
-                            views[0] = views[0][done:]
-                            done = 0
+                nbytes = _write_all(fd, self.repo.read_blob_run(run), pos)
+                pos += nbytes
                 self.progress.add(0, nbytes)
                 if self.durable and _start_writeback and pos - flushed >= WRITEBACK_STEP:
                     _start_writeback(fd, flushed, pos - flushed)
