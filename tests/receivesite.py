@@ -134,6 +134,15 @@ def replication(env: Env, name: str = "coldkeep") -> list[tuple[object, ...]]:
     )
 
 
+def switch_and_wait_for_segment(c: Any, receiver: Receiver) -> None:
+    """Switch WAL (with a transaction after it, so the switch completes) and wait until the
+    receiver stored the segment that was switched away from."""
+    lsn = c.sql("SELECT pg_switch_wal()")[0][0]
+    name = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
+    c.sql("SELECT txid_current()")
+    receiver.event("segment", name=name, timeout=60)
+
+
 def wait_replication(env: Env, *, sync_state: str | None = None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     rows: list[tuple[object, ...]] = []

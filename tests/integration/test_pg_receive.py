@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from tests.pgsite import Env, archiving_env
-from tests.receivesite import Receiver, use_spool, wait_gone, wait_replication
+from tests.receivesite import Receiver, switch_and_wait_for_segment, use_spool, wait_gone, wait_replication
 from tests.walsite import wait_archived
 
 from coldkeep.postgres.cluster import TempCluster
@@ -253,10 +253,7 @@ def test_reconnects_after_the_server_restarts(pgenv: Env, receivers: list[Receiv
     )
     assert second
     wait_replication(env)
-    lsn = c.sql("SELECT pg_switch_wal()")[0][0]
-    name = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
-    c.sql("SELECT txid_current()")
-    receiver.event("segment", name=name, timeout=60)
+    switch_and_wait_for_segment(c, receiver)
     assert receiver.terminate() == 0
     assert not receiver.of("error"), receiver.events
     assert [e["retry_in_s"] for e in receiver.of("disconnected")][:2] == [1, 2]
@@ -310,9 +307,6 @@ def test_a_partial_torn_while_pg_receivewal_preallocated_it_is_repaired(
     assert removed["file"] == torn.name and removed["bytes"] == 13_262_848
     second.event("streaming")
     wait_replication(env)
-    lsn = c.sql("SELECT pg_switch_wal()")[0][0]
-    name = str(c.sql(f"SELECT pg_walfile_name('{lsn}')")[0][0])
-    c.sql("SELECT txid_current()")
-    second.event("segment", name=name, timeout=60)
+    switch_and_wait_for_segment(c, second)
     assert second.terminate() == 0
     assert not second.of("disconnected"), second.events

@@ -478,7 +478,7 @@ class Repository:
             ) from None
         return stored
 
-    def _open_stored(self, blob_id: bytes, entry: BlobEntry, stored: bytes) -> bytes:
+    def _open_stored(self, blob_id: bytes, entry: BlobEntry, stored: bytes | memoryview) -> bytes:
         what = f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}"
         if len(stored) != entry.length:
             raise IntegrityError(f"{what}: pack truncated")
@@ -488,32 +488,21 @@ class Repository:
         return data
 
     def read_blob_run(self, run: Sequence[tuple[bytes, BlobEntry]]) -> list[bytes]:
-        """:meth:`read_blob` for blobs of one pack stored close together, with one read of the
-        range that covers them all; in the order given."""
+        """:meth:`read_blob` for blobs of one pack stored close together (in any order: see
+        ``Restorer._runs``), with one read of the range that covers them all; in the order given."""
         if len(run) == 1:
             return [self.read_blob(*run[0])]
-        first = run[0][1]
-        start = min(entry.offset for _, entry in run)
-        end = max(entry.offset + entry.length for _, entry in run)
-        if any(entry.pack != first.pack for _, entry in run):
+        if any(entry.pack != run[0][1].pack for _, entry in run):
             raise ValueError("a run of blobs must come from one pack")
-        try:
-            stored = memoryview(self.backend.get_range(pack_key(first.pack), start, end - start))
-        except ObjectNotFound:
-            raise IntegrityError(
-                f"blob {run[0][0].hex()[:16]} in pack {first.pack[:16]}: pack missing"
-            ) from None
-        out: list[bytes] = []
-        for blob_id, entry in run:
-            what = f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}"
-            piece = stored[entry.offset - start : entry.offset - start + entry.length]
-            if len(piece) != entry.length:
-                raise IntegrityError(f"{what}: pack truncated")
-            data = open_blob(self.keys, piece, blob_id, entry.raw_length, what)
-            if len(data) != entry.raw_length or self.keys.chunk_id(data) != blob_id:
-                raise IntegrityError(f"{what}: content does not match its id (corrupt)")
-            out.append(data)
-        return out
+        low_id, low = min(run, key=lambda item: item[1].offset)
+        end = max(entry.offset + entry.length for _, entry in run)
+        span = memoryview(self._get_range(low_id, low, end - low.offset))
+        return [
+            self._open_stored(
+                blob_id, entry, span[entry.offset - low.offset : entry.offset - low.offset + entry.length]
+            )
+            for blob_id, entry in run
+        ]
 
     # -- snapshots -------------------------------------------------------------------------------
 

@@ -355,16 +355,17 @@ class Restorer:
                 try:
                     if sha is None and pool is not None and int(entry.get("size", 0)) >= SEGMENT_MIN:
                         written = self._write_segments(fd, entry, located, pool)
-                    for pieces in () if written else self._chunks(entry, located, pool):
-                        if sha is not None:
-                            for data in pieces:
-                                sha.update(data)
-                        nbytes = _write_all(fd, pieces)
-                        written += nbytes
-                        self.progress.add(0, nbytes)
-                        if self.durable and _start_writeback and written - flushed >= WRITEBACK_STEP:
-                            _start_writeback(fd, flushed, written - flushed)
-                            flushed = written
+                    else:
+                        for pieces in self._chunks(entry, located, pool):
+                            if sha is not None:
+                                for data in pieces:
+                                    sha.update(data)
+                            nbytes = _write_all(fd, pieces)
+                            written += nbytes
+                            self.progress.add(0, nbytes)
+                            if self.durable and _start_writeback and written - flushed >= WRITEBACK_STEP:
+                                _start_writeback(fd, flushed, written - flushed)
+                                flushed = written
                 except IntegrityError as exc:
                     raise IntegrityError(f"{entry['path']}: {exc.message}") from None
                 if sha is not None and sha.hexdigest() != entry.get("sha256"):
