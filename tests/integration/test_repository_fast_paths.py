@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import stat
 from pathlib import Path
 from typing import Any
@@ -524,3 +525,53 @@ def test_big_files_are_written_in_parallel_segments(
     else:
         assert not result.errors
         assert (out / "big.bin").read_bytes() == big
+
+
+def test_small_files_are_read_a_run_at_a_time_and_keep_their_metadata(tmp_path: Path) -> None:
+    """One-chunk files restored in groups: neighbours' chunks (one pack, close together) come in
+    one ranged read, and every file gets its content, mode and mtime."""
+    repo = Repository.init(CountingBackend(tmp_path / "repo"))
+    src = tmp_path / "src"
+    rng = random.Random(7)
+    files: dict[str, bytes] = {}
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(40):
+            name = f"d{d}/f{i:02d}.txt"
+            files[name] = rng.randbytes(rng.randrange(0, 20_000))
+            (src / name).write_bytes(files[name])
+            os.chmod(src / name, 0o640 if i % 2 else 0o600)
+            os.utime(src / name, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    Backup(repo).run([src], base=src)
+    snap = repo.find_snapshot("latest")
+    CountingBackend.ranged = 0
+    out = tmp_path / "out"
+    result = Restorer(repo).run(snap, out)
+    assert not result.errors and result.files == len(files)
+    assert CountingBackend.ranged <= len(files) // 4  # groups of 16 neighbours, not one read per file
+    for name, content in files.items():
+        got = out / name
+        assert got.read_bytes() == content
+        st, orig = got.stat(), (src / name).stat()
+        assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(orig.st_mode)
+        assert st.st_mtime_ns == orig.st_mtime_ns
+    assert not list(out.rglob(".coldkeep-tmp-*"))
+
+
+def test_an_existing_file_in_the_target_is_replaced_not_written_into(tmp_path: Path) -> None:
+    """Small files are created with O_EXCL; one that already exists (here a hard link to a file
+    outside the target) is replaced by a rename, so the file outside keeps its content."""
+    repo = new_repo(tmp_path)
+    snap = _snapshot_with(repo, [_file("a", b"restored a"), _file("b", b"restored b"), _file("e", b"")])
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    target = tmp_path / "target"
+    target.mkdir()
+    os.link(outside, target / "a")
+    result = Restorer(repo).run(snap, target)
+    assert not result.errors, result.errors
+    assert outside.read_bytes() == b"precious"
+    assert (target / "a").read_bytes() == b"restored a"
+    assert (target / "b").read_bytes() == b"restored b"
+    assert (target / "e").read_bytes() == b""
+    assert sorted(p.name for p in target.iterdir()) == ["a", "b", "e"]

@@ -2,8 +2,9 @@
 
 Every chunk is verified against its id (BLAKE3, keyed when encrypted), every file's size against
 the snapshot's and, unless ``verify_files=False``, its whole-file SHA-256 too, before it takes its
-final name: a file is written to a temporary name in its directory and renamed only
-when it verified, so a corrupt chunk never leaves a corrupt file behind.  Paths that would land
+final name: a small file (one chunk) is verified in memory before it is created (``O_EXCL``), a
+bigger one is written to a temporary name in its directory and renamed only when it verified, so
+a corrupt chunk never leaves a corrupt file behind.  Paths that would land
 outside the target (absolute, ``..``, through a symlink) are refused: every name is checked
 before anything is written, and every directory on the way once (see :class:`_Dirs`).  Chunk
 locations are looked up a batch of files at a time; small files go to the workers in groups of
@@ -376,7 +377,7 @@ class Restorer:
                     raise IntegrityError(
                         f"{entry['path']}: {written} bytes restored, the snapshot says {entry.get('size')}"
                     )
-                self._set_meta(tmp, entry)  # before the fsync, so owner, mode and mtime are durable too
+                self._set_meta_fd(fd, entry)  # before the fsync, so owner, mode and mtime are durable too
                 if self.durable:
                     os.fsync(fd)
             finally:
@@ -388,6 +389,134 @@ class Restorer:
             raise
         self.progress.add(1, 0)
         return written
+
+    def _small_runs(
+        self, items: Sequence[tuple[str, dict[str, Any]]], located: dict[bytes, BlobEntry]
+    ) -> list[list[tuple[int, bytes, BlobEntry]]]:
+        """The chunks of one-chunk files (index into ``items``, id, location), grouped into runs
+        that one request reads: same pack, in pack order, the covering range at most
+        :data:`RUN_BYTES` and mostly theirs (a backup packs neighbouring files together)."""
+        chunks: list[tuple[int, bytes, BlobEntry]] = []
+        for i, (_, entry) in enumerate(items):
+            for hex_id in entry.get("chunks", ()):
+                blob_id = bytes.fromhex(hex_id)
+                loc = located.get(blob_id)
+                if loc is None:
+                    raise IntegrityError(f"{entry['path']}: blob {hex_id[:16]} is not in the index")
+                chunks.append((i, blob_id, loc))
+        chunks.sort(key=lambda c: (c[2].pack, c[2].offset))
+        runs: list[list[tuple[int, bytes, BlobEntry]]] = []
+        run: list[tuple[int, bytes, BlobEntry]] = []
+        lo = used = 0
+        for chunk in chunks:
+            loc = chunk[2]
+            if run:
+                span = max(loc.offset + loc.length, run[-1][2].offset + run[-1][2].length) - lo
+                if loc.pack == run[0][2].pack and span <= RUN_BYTES and 4 * (used + loc.length) >= 3 * span:
+                    run.append(chunk)
+                    used += loc.length
+                    continue
+                runs.append(run)
+            run, lo, used = [chunk], loc.offset, loc.length
+        if run:
+            runs.append(run)
+        return runs
+
+    def _write_small(
+        self, items: Sequence[tuple[str, dict[str, Any]]], located: dict[bytes, BlobEntry]
+    ) -> list[tuple[int, str | None]]:
+        """Restore a group of small files (at most one chunk each) in a few reads: the chunks of
+        neighbouring files, stored close together, are read with one request per run, every
+        one checked against its id and every file against its size and SHA-256 in memory, before
+        the file is created.  A verified file is then written straight to its name
+        (``O_EXCL``: no temporary name, no rename); a name that already exists (a restore into a
+        non-empty target) takes :meth:`_write_file`'s temporary name and rename, so an existing
+        file, or a hard link to one outside the target, is replaced and never written into.
+        A run that fails its checks is retried a file at a time, so each error names its file."""
+        results: list[tuple[int, str | None]] = [(0, None)] * len(items)
+        contents: dict[int, bytes] = {}
+        retry: list[int] = []
+        try:
+            runs = self._small_runs(items, located)
+        except IntegrityError:
+            runs, retry = [], list(range(len(items)))
+        for run in runs:
+            try:
+                datas = self.repo.read_blob_run([(blob_id, loc) for _, blob_id, loc in run])
+            except IntegrityError:
+                retry.extend(i for i, _, _ in run)
+                continue
+            for (i, _, _), data in zip(run, datas, strict=True):
+                contents[i] = data
+        for i, (dest, entry) in enumerate(items):
+            if i in retry:
+                results[i] = self._one(dest, entry, located, None)
+                continue
+            data = contents.get(i, b"")
+            try:
+                if len(data) != int(entry.get("size", len(data))):
+                    raise IntegrityError(
+                        f"{entry['path']}: {len(data)} bytes restored, the snapshot says {entry.get('size')}"
+                    )
+                if self.verify_files and hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+                    raise IntegrityError(
+                        f"{entry['path']}: SHA-256 mismatch after restore (expected {entry.get('sha256')})"
+                    )
+                try:
+                    fd = os.open(
+                        dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                    )
+                except FileExistsError:
+                    results[i] = self._one(dest, entry, located, None)
+                    continue
+                try:
+                    try:
+                        if data:
+                            _write_all(fd, (data,))
+                        self._set_meta_fd(fd, entry)
+                        if self.durable:
+                            os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(dest)
+                    raise
+            except IntegrityError as exc:
+                results[i] = (0, exc.message)
+                continue
+            except OSError as exc:
+                results[i] = (0, f"{entry['path']}: {exc.strerror or exc}")
+                continue
+            self.progress.add(1, len(data))
+            results[i] = (len(data), None)
+        return results
+
+    def _one(
+        self,
+        dest: str,
+        entry: dict[str, Any],
+        located: dict[bytes, BlobEntry],
+        chunk_pool: ThreadPoolExecutor | None,
+    ) -> tuple[int, str | None]:
+        """:meth:`_write_file` with its errors as a message: (bytes written, error or None)."""
+        try:
+            return self._write_file(dest, entry, located, chunk_pool), None
+        except (IntegrityError, UsageError) as exc:
+            return 0, exc.message
+        except OSError as exc:
+            return 0, f"{entry['path']}: {exc.strerror or exc}"
+
+    def _set_meta_fd(self, fd: int, entry: dict[str, Any]) -> None:
+        """Owner, mode and mtime of an open regular file (no path walk per call)."""
+        if self.as_root:
+            with contextlib.suppress(OSError):
+                os.chown(fd, int(entry.get("uid", 0)), int(entry.get("gid", 0)))
+        os.chmod(fd, int(entry.get("mode", 0o644)))
+        mtime = int(entry.get("mtime_ns", 0))
+        if mtime > 0:
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.utime(fd, ns=(mtime, mtime))
 
     def _set_meta(self, path: str, entry: dict[str, Any], *, symlink: bool = False) -> None:
         if self.as_root:
@@ -437,24 +566,14 @@ class Restorer:
             except OSError as exc:
                 result.errors.append(f"{entry['path']}: {exc.strerror or exc}")
 
-        def one(
-            item: tuple[str, dict[str, Any]], located: dict[bytes, BlobEntry], chunk_pool: ThreadPoolExecutor
-        ) -> tuple[int, str | None]:
-            dest, entry = item
-            try:
-                big = len(entry.get("chunks", ())) > 1
-                return self._write_file(dest, entry, located, chunk_pool if big else None), None
-            except (IntegrityError, UsageError) as exc:
-                return 0, exc.message
-            except OSError as exc:
-                return 0, f"{entry['path']}: {exc.strerror or exc}"
-
         def several(
             items: list[tuple[str, dict[str, Any]]],
             located: dict[bytes, BlobEntry],
             chunk_pool: ThreadPoolExecutor,
         ) -> list[tuple[int, str | None]]:
-            return [one(item, located, chunk_pool) for item in items]
+            if len(items) == 1 and len(items[0][1].get("chunks", ())) > 1:
+                return [self._one(items[0][0], items[0][1], located, chunk_pool)]
+            return self._write_small(items, located)
 
         cache = self.repo.cache
         with (
