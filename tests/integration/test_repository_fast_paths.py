@@ -575,3 +575,59 @@ def test_an_existing_file_in_the_target_is_replaced_not_written_into(tmp_path: P
     assert (target / "b").read_bytes() == b"restored b"
     assert (target / "e").read_bytes() == b""
     assert sorted(p.name for p in target.iterdir()) == ["a", "b", "e"]
+
+
+def test_small_files_are_backed_up_in_groups_with_one_index_query_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files up to GROUP_FILE go to the workers a group at a time: the group's chunks are looked
+    up with one query (no per-chunk ``has``), duplicates inside a group are stored once, empty
+    files and a small safetensors file (tensor-aligned chunks) come back exactly, and files above
+    GROUP_FILE still take the per-file path."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from coldkeep.repository.index import IndexCache
+
+    repo = new_repo(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(3)
+    expected: dict[str, bytes] = {}
+    shared = rng.randbytes(30_000)
+    for i in range(100):
+        content = shared if i % 10 == 0 else rng.randbytes(rng.randrange(0, 50_000))
+        expected[f"f{i:03d}"] = content
+    expected["big"] = rng.randbytes(backup_mod.GROUP_FILE + 1)
+    for name, content in expected.items():
+        (src / name).write_bytes(content)
+    save_file({"a": np.arange(1000, dtype=np.float16), "b": np.ones(3000, dtype=np.float16)},
+              str(src / "t.safetensors"))  # fmt: skip
+    expected["t.safetensors"] = (src / "t.safetensors").read_bytes()
+    calls = {"has": 0, "present": 0}
+    real_has, real_present = IndexCache.has, IndexCache.present
+
+    def has(self: IndexCache, blob_id: bytes) -> bool:
+        calls["has"] += 1
+        return real_has(self, blob_id)
+
+    def present(self: IndexCache, blob_ids: Any) -> set[bytes]:
+        calls["present"] += 1
+        return real_present(self, blob_ids)
+
+    monkeypatch.setattr(IndexCache, "has", has)
+    monkeypatch.setattr(IndexCache, "present", present)
+    result = Backup(repo).run([src], base=src)
+    assert result.files == len(expected)
+    # the 2 MiB file's chunks each ask `has`; the 101 small files ask in a few group queries
+    assert calls["has"] < 10
+    assert 1 <= calls["present"] <= 101 // backup_mod.GROUP_FILES + 3 + 2  # + tree blobs
+    tensor = next(e for e in repo.iter_tree(result.snapshot) if e["path"] == "t.safetensors")
+    assert len(tensor["chunks"]) >= 2  # header + tensors: not one CDC chunk
+    out = tmp_path / "out"
+    restored = Restorer(repo).run(result.snapshot, out)
+    assert not restored.errors
+    for name, content in expected.items():
+        assert (out / name).read_bytes() == content
+    # the shared content is stored once
+    assert result.new_stored_bytes < sum(len(c) for c in expected.values()) - 8 * len(shared)

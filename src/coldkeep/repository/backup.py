@@ -27,6 +27,11 @@ from coldkeep.repository.chunker import chunk_buffer, chunk_file, strategy_for
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 SMALL_FILE = 4 * 1024 * 1024
+#: files up to this size are backed up in groups of neighbours, one task and one index query per
+#: group: at most GROUP_FILES files and about GROUP_BYTES bytes
+GROUP_FILE = 1024 * 1024
+GROUP_FILES = 32
+GROUP_BYTES = 4 * 1024 * 1024
 #: reuse candidates are checked against the index once this many of their chunk ids are pending
 REUSE_BATCH = 4096
 
@@ -122,6 +127,19 @@ def _meta(name: str, st: os.stat_result) -> dict[str, Any]:
     }
 
 
+class _Member:
+    """One file's place in a group task: ``result()`` is its entry (``None``: not backed up)."""
+
+    __slots__ = ("future", "index")
+
+    def __init__(self, future: Future[list[dict[str, Any] | None]], index: int) -> None:
+        self.future = future
+        self.index = index
+
+    def result(self) -> dict[str, Any] | None:
+        return self.future.result()[self.index]
+
+
 class Backup:
     def __init__(
         self,
@@ -182,6 +200,54 @@ class Backup:
             ids.append(writer.store(view[offset : offset + length]).hex())
         return sha.hexdigest(), ids
 
+    def _group_entries(
+        self, writer: BlobWriter, items: list[tuple[str, dict[str, Any]]], warnings: list[str]
+    ) -> list[dict[str, Any] | None]:
+        """Back up a group of small files (neighbours in the walk) at once: each read with one
+        ``read()`` and hashed, their chunks stored with one index query for the group
+        (:meth:`BlobWriter.store_many`) instead of one per chunk; the chunk boundaries are
+        those of :meth:`_file`."""
+        params = self.repo.config.chunker
+        blobs: list[memoryview] = []
+        spans: list[tuple[int, int, str] | None] = []
+        for path, _entry in items:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(os.fstat(f.fileno()).st_size)
+            except OSError as exc:
+                warnings.append(f"{path}: cannot read ({exc.strerror}); not in the snapshot")
+                spans.append(None)
+                continue
+            first = len(blobs)
+            view = memoryview(data)
+            resolved = strategy_for(path)
+            for offset, length in chunk_buffer(view, "auto" if resolved == "cdc" else resolved, params):
+                blobs.append(view[offset : offset + length])
+            spans.append((first, len(blobs), hashlib.sha256(data).hexdigest()))
+        ids = [blob_id.hex() for blob_id in writer.store_many(blobs)] if blobs else []
+        results: list[dict[str, Any] | None] = []
+        for (path, entry), span in zip(items, spans, strict=True):
+            if span is None:
+                results.append(None)
+                continue
+            first, end, sha = span
+            self._changed_check(path, entry, warnings)
+            entry.update(sha256=sha, chunks=ids[first:end])
+            self.progress.add(1, int(entry["size"]))
+            results.append(entry)
+        return results
+
+    @staticmethod
+    def _changed_check(path: str, entry: dict[str, Any], warnings: list[str]) -> None:
+        """Warn (and force a re-read next time) when the file changed while it was read."""
+        try:
+            st = os.lstat(path)
+            if st.st_mtime_ns != entry["mtime_ns"] or st.st_size != entry["size"]:
+                warnings.append(f"{path}: changed while being backed up")
+                entry["mtime_ns"] = -1  # force a re-read next time
+        except OSError:
+            pass
+
     def run(
         self,
         sources: list[Path],
@@ -221,7 +287,7 @@ class Backup:
                     previous[entry["path"]] = entry
         warnings: list[str] = []
         writer = self.repo.writer()
-        entries: list[dict[str, Any] | Future[dict[str, Any] | None]] = []
+        entries: list[dict[str, Any] | Future[dict[str, Any] | None] | _Member] = []
         files = dirs = reused = 0
         logical = 0
         file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-file")
@@ -230,6 +296,19 @@ class Backup:
         # chunks are confirmed in the index, a batch of ids per query
         pending: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
         pending_chunks = 0
+        # small files waiting to go to a worker as one group: (index in entries, path, entry)
+        group: list[tuple[int, str, dict[str, Any]]] = []
+        group_bytes = 0
+
+        def flush_group() -> None:
+            nonlocal group_bytes
+            if not group:
+                return
+            future = file_pool.submit(self._group_entries, writer, [(p, e) for _, p, e in group], warnings)
+            for k, (index, _, _) in enumerate(group):
+                entries[index] = _Member(future, k)
+            group.clear()
+            group_bytes = 0
 
         def settle_pending() -> None:
             nonlocal reused, pending_chunks
@@ -278,6 +357,12 @@ class Backup:
                         pending_chunks += len(old["chunks"])
                         if pending_chunks >= REUSE_BATCH:
                             settle_pending()
+                    elif size <= GROUP_FILE:
+                        group.append((len(entries), path, entry))
+                        entries.append(entry)  # replaced by its group member when the group goes
+                        group_bytes += size
+                        if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
+                            flush_group()
                     else:
                         entries.append(
                             file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, warnings)
@@ -295,10 +380,11 @@ class Backup:
                 else:
                     warnings.append(f"{path}: skipped (not a regular file, directory or symlink)")
             settle_pending()
+            flush_group()
             final: list[dict[str, Any]] = []
             lines: list[bytes | None] = []
             for item in entries:
-                resolved = item.result() if isinstance(item, Future) else item
+                resolved = item.result() if isinstance(item, (Future, _Member)) else item
                 if resolved is not None:
                     final.append(resolved)
                     before = previous_lines.get(resolved["path"])
@@ -366,13 +452,7 @@ class Backup:
         except OSError as exc:
             warnings.append(f"{path}: cannot read ({exc.strerror}); not in the snapshot")
             return None
-        try:
-            st = os.lstat(path)
-            if st.st_mtime_ns != entry["mtime_ns"] or st.st_size != entry["size"]:
-                warnings.append(f"{path}: changed while being backed up")
-                entry["mtime_ns"] = -1  # force a re-read next time
-        except OSError:
-            pass
+        self._changed_check(path, entry, warnings)
         entry.update(sha256=sha, chunks=ids)
         self.progress.add(1, int(entry["size"]))
         return entry

@@ -236,13 +236,16 @@ class BlobWriter:
             self._upload(to_upload)
         return True
 
-    def store_many(self, blobs: Sequence[bytes], kind: str = "data") -> list[bytes]:
-        """:meth:`store` for several blobs, with one index query for all of them."""
-        ids = [self.repo.keys.chunk_id(data) for data in blobs]
+    def store_many(
+        self, blobs: Sequence[bytes | memoryview], kind: str = "data", level: int | None = None
+    ) -> list[bytes]:
+        """:meth:`store` for several blobs, with one index query for all of them (at the writer's
+        level unless ``level`` is given); each blob is copied into its pack before this returns."""
+        ids = [self.repo.keys.chunk_id(data) for data in blobs]  # type: ignore[arg-type]
         with self._lock:
             unknown = [i for i in dict.fromkeys(ids) if i not in self._session]
         present = self.repo.cache.present(unknown) if self.use_cache and unknown else set()
-        level = self.repo.config.compression_level
+        level = self.level if level is None else level
         for blob_id, data in zip(ids, blobs, strict=True):
             if blob_id not in present:
                 with self._lock:
@@ -595,7 +598,7 @@ class Repository:
                 buf, size = [], 0
         if buf or not blobs:
             blobs.append(b"".join(buf))
-        return [blob_id.hex() for blob_id in writer.store_many(blobs, "tree")]
+        return [blob_id.hex() for blob_id in writer.store_many(blobs, "tree", self.config.compression_level)]
 
     def iter_tree(self, snap: Snapshot) -> Iterator[dict[str, Any]]:
         for data in self.read_blobs([bytes.fromhex(h) for h in snap.tree]):
