@@ -463,9 +463,10 @@ class Restorer:
         self, items: Sequence[tuple[str, dict[str, Any]]], located: dict[bytes, BlobEntry]
     ) -> list[tuple[int, str | None]]:
         """Restore a group of small files (at most one chunk each) in a few reads: the chunks of
-        neighbouring files, stored close together, are read with one request per run, every
-        one checked against its id and every file against its size and SHA-256 in memory, before
-        the file is created.  A verified file is then written straight to its name
+        neighbouring files, stored close together, are read with one request per run, and every
+        file is checked in memory before it is created: its size, and its SHA-256 (which proves
+        its one chunk; :meth:`Repository.check_blob` names the chunk when it fails) or, without
+        the whole-file SHA-256, its chunk against the chunk's id.  A verified file is then written straight to its name
         (``O_EXCL``: no temporary name, no rename); a name that already exists (a restore into a
         non-empty target) takes :meth:`_write_file`'s temporary name and rename, so an existing
         file, or a hard link to one outside the target, is replaced and never written into.
