@@ -185,45 +185,38 @@ class Backup:
     ) -> tuple[str, list[str]]:
         if size > SMALL_FILE:
             return self._chunk_large(writer, pool, path)
-        # A small file is read with one read(), not mapped: no mmap/munmap and no page faults per
-        # file.  Same boundaries as chunk_file(path, "auto"): the strategy its path gives, and a
-        # file that is not a relation file still sniffed for a safetensors header.
+        sha, views = self._read_small(path)
+        return sha, [blob_id.hex() for blob_id in writer.store_many(views)]
+
+    def _read_small(self, path: str) -> tuple[str, list[memoryview]]:
+        """A small file's SHA-256 and its chunks (views of one buffer).  It is read with one
+        ``read()``, not mapped: no mmap/munmap and no page faults per file.  Same boundaries as
+        ``chunk_file(path, "auto")``: the strategy its path gives, and a file that is not a
+        relation file still sniffed for a safetensors header."""
         with open(path, "rb") as f:
             data = f.read(os.fstat(f.fileno()).st_size)
-        sha = hashlib.sha256(data)
-        ids: list[str] = []
         resolved = strategy_for(path)
         view = memoryview(data)
-        for offset, length in chunk_buffer(
-            view, "auto" if resolved == "cdc" else resolved, self.repo.config.chunker
-        ):
-            ids.append(writer.store(view[offset : offset + length]).hex())
-        return sha.hexdigest(), ids
+        ranges = chunk_buffer(view, "auto" if resolved == "cdc" else resolved, self.repo.config.chunker)
+        return hashlib.sha256(data).hexdigest(), [view[offset : offset + length] for offset, length in ranges]
 
     def _group_entries(
         self, writer: BlobWriter, items: list[tuple[str, dict[str, Any]]], warnings: list[str]
     ) -> list[dict[str, Any] | None]:
         """Back up a group of small files (neighbours in the walk) at once: each read with one
         ``read()`` and hashed, their chunks stored with one index query for the group
-        (:meth:`BlobWriter.store_many`) instead of one per chunk; the chunk boundaries are
-        those of :meth:`_file`."""
-        params = self.repo.config.chunker
+        (:meth:`BlobWriter.store_many`) instead of one per chunk (:meth:`_read_small`)."""
         blobs: list[memoryview] = []
         spans: list[tuple[int, int, str] | None] = []
         for path, _entry in items:
             try:
-                with open(path, "rb") as f:
-                    data = f.read(os.fstat(f.fileno()).st_size)
+                sha, views = self._read_small(path)
             except OSError as exc:
                 warnings.append(f"{path}: cannot read ({exc.strerror}); not in the snapshot")
                 spans.append(None)
                 continue
-            first = len(blobs)
-            view = memoryview(data)
-            resolved = strategy_for(path)
-            for offset, length in chunk_buffer(view, "auto" if resolved == "cdc" else resolved, params):
-                blobs.append(view[offset : offset + length])
-            spans.append((first, len(blobs), hashlib.sha256(data).hexdigest()))
+            spans.append((len(blobs), len(blobs) + len(views), sha))
+            blobs.extend(views)
         ids = [blob_id.hex() for blob_id in writer.store_many(blobs)] if blobs else []
         results: list[dict[str, Any] | None] = []
         for (path, entry), span in zip(items, spans, strict=True):

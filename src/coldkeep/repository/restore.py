@@ -378,7 +378,7 @@ class Restorer:
                     raise IntegrityError(
                         f"{entry['path']}: {written} bytes restored, the snapshot says {entry.get('size')}"
                     )
-                self._set_meta_fd(fd, entry)  # before the fsync, so owner, mode and mtime are durable too
+                self._set_meta(fd, entry)  # before the fsync, so owner, mode and mtime are durable too
                 if self.durable:
                     os.fsync(fd)
             finally:
@@ -521,7 +521,7 @@ class Restorer:
                     try:
                         if data:
                             _write_all(fd, (data,))
-                        self._set_meta_fd(fd, entry)
+                        self._set_meta(fd, entry)
                         if self.durable:
                             os.fsync(fd)
                     finally:
@@ -555,18 +555,9 @@ class Restorer:
         except OSError as exc:
             return 0, f"{entry['path']}: {exc.strerror or exc}"
 
-    def _set_meta_fd(self, fd: int, entry: dict[str, Any]) -> None:
-        """Owner, mode and mtime of an open regular file (no path walk per call)."""
-        if self.as_root:
-            with contextlib.suppress(OSError):
-                os.chown(fd, int(entry.get("uid", 0)), int(entry.get("gid", 0)))
-        os.chmod(fd, int(entry.get("mode", 0o644)))
-        mtime = int(entry.get("mtime_ns", 0))
-        if mtime > 0:
-            with contextlib.suppress(OSError, NotImplementedError):
-                os.utime(fd, ns=(mtime, mtime))
-
-    def _set_meta(self, path: str, entry: dict[str, Any], *, symlink: bool = False) -> None:
+    def _set_meta(self, path: str | int, entry: dict[str, Any], *, symlink: bool = False) -> None:
+        """Owner, mode and mtime of ``path``, or of an open regular file (a descriptor: no path
+        walk per call); a symlink's own owner and mtime."""
         if self.as_root:
             with contextlib.suppress(OSError):
                 os.chown(
