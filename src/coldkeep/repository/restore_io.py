@@ -51,8 +51,10 @@ Linker = Callable[[int, str], None]
 
 
 def _load_linkat() -> Linker | None:
-    """``linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH)`` from libc (Linux; the kernel allows it
-    to a process with ``CAP_DAC_READ_SEARCH``, such as root), or None."""
+    """``linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH)`` from libc, or None (not Linux).  The
+    kernel allows it to a process with ``CAP_DAC_READ_SEARCH`` (root) and, in recent kernels, to
+    the one that opened the file; elsewhere it fails (``ENOENT``/``EPERM``) and the next way is
+    tried."""
     if not sys.platform.startswith("linux"):
         return None
     try:
