@@ -116,7 +116,7 @@ def flip_in_blob(site: Site, blob: BlobEntry) -> Path:
 
 
 def leftovers(target: Path) -> list[str]:
-    return sorted(p.name for p in target.rglob(".coldkeep-tmp-*"))
+    return sorted(p.name for p in target.rglob(".coldkeep-restore-*"))
 
 
 # ------------------------------------------------------------------------------------------------

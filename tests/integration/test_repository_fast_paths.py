@@ -555,7 +555,7 @@ def test_small_files_are_read_a_run_at_a_time_and_keep_their_metadata(tmp_path: 
         st, orig = got.stat(), (src / name).stat()
         assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(orig.st_mode)
         assert st.st_mtime_ns == orig.st_mtime_ns
-    assert not list(out.rglob(".coldkeep-tmp-*"))
+    assert not list(out.rglob(".coldkeep-restore-*"))
 
 
 def test_an_existing_file_in_the_target_is_replaced_not_written_into(tmp_path: Path) -> None:

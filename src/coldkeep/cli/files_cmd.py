@@ -79,6 +79,8 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
     with open_repo(app) as repo, progress(app, "restore") as prog:
         snap = repo.find_snapshot(snapshot)
         result = Restorer(repo, progress=prog).run(snap, target, includes)
+    for warning in result.warnings:  # restored, but not as the snapshot has it
+        app.out.warn(warning)
     for error in result.errors[1:]:  # the first one is the error line below
         app.out.warn(error)
     app.out.emit(

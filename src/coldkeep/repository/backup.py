@@ -336,6 +336,10 @@ class Backup:
                     entry = {"path": name, "mode": stat.S_IMODE(mode), "uid": st.st_uid, "gid": st.st_gid,
                              "mtime_ns": st.st_mtime_ns, "type": "file", "size": size, "ino": st.st_ino,
                              "ctime_ns": st.st_ctime_ns}  # fmt: skip
+                    if st.st_blocks * 512 < size:  # holes (or compressed/inline data): restore keeps holes
+                        entry["sparse"] = True
+                    if st.st_nlink > 1:  # names of one inode restore as hard links to the first
+                        entry["hardlink"] = f"{st.st_dev}:{st.st_ino}"
                     files += 1
                     logical += size
                     old = previous.get(name)

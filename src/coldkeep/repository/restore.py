@@ -3,14 +3,18 @@
 Every chunk is verified against its id (BLAKE3, keyed when encrypted), every file's size against
 the snapshot's and, unless ``verify_files=False``, its whole-file SHA-256 too, before it takes its
 final name: a small file (one chunk) is verified in memory before it is created (``O_EXCL``), a
-bigger one is written to a temporary name in its directory and renamed only when it verified, so
-a corrupt chunk never leaves a corrupt file behind.  Paths that would land
-outside the target (absolute, ``..``, through a symlink) are refused: every name is checked
-before anything is written, and every directory on the way once (see :class:`_Dirs`).  Chunk
-locations are looked up a batch of files at a time; small files go to the workers in groups of
-tree neighbours (one task per group, not per file); the chunks of a big file are read,
-decompressed and verified on worker threads ahead of the one being written.  Symlinks are created last,
-and modes and mtimes set after contents (directories deepest first).
+bigger one is written to an unnamed file in its directory (or a fresh random temporary name where
+that is not possible, see :mod:`~coldkeep.repository.restore_io`) and named only when it
+verified, so a corrupt chunk never leaves a corrupt file behind, and nothing already in the
+target is opened, written into or deleted: a name in the way is replaced by a rename.  Paths that
+would land outside the target (absolute, ``..``, NUL, through a symlink) are refused: every name
+is checked before anything is written, and every directory on the way once (see :class:`_Dirs`).
+Chunk locations are looked up a batch of files at a time; small files go to the workers in
+groups of tree neighbours (one task per group, not per file); the chunks of a big file are read,
+decompressed and verified on worker threads ahead of the one being written.  A sparse file's
+all-zero chunks are left as holes.  The second and later names of a hard-linked file are linked
+to its first name once that is restored; then symlinks are created, and modes and mtimes of
+directories set last (deepest first).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 from coldkeep.errors import IntegrityError, UsageError
 from coldkeep.repository.packer import BlobEntry
 from coldkeep.repository.repository import Progress, Repository, Snapshot
+from coldkeep.repository.restore_io import Names, is_zero, write_all, write_sparse
 
 
 @dataclass
@@ -46,6 +51,8 @@ class RestoreResult:
     bytes: int = 0
     duration_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    #: what was restored, but not as the snapshot has it (a hard link restored as a copy)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +64,7 @@ class RestoreResult:
             "bytes": self.bytes,
             "duration_s": self.duration_s,
             "errors": self.errors,
+            "warnings": self.warnings,
         }
 
 
@@ -103,31 +111,10 @@ SEGMENT_PART = 32 * 1024 * 1024
 RUN_BYTES = 2 * 1024 * 1024
 
 
-def _write_all(fd: int, pieces: Sequence[bytes], offset: int | None = None) -> int:
-    """Write ``pieces`` back to back (``writev``, or ``pwritev`` at ``offset``), continuing after
-    short writes; returns their size."""
-    views = [memoryview(p) for p in pieces]
-    total = left = sum(len(v) for v in views)
-    while left:
-        if offset is not None:
-            done = os.pwritev(fd, views, offset)
-            offset += done
-        else:
-            done = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
-        left -= done
-        while done:  # drop what was written from the front of the views
-            if done >= len(views[0]):
-                done -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][done:]
-                done = 0
-    return total
-
-
 def safe_relpath(name: str) -> PurePosixPath:
+    """``name`` as a path relative to the target; refuses absolute paths, ``..`` and NUL bytes."""
     rel = PurePosixPath(name)
-    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or not rel.parts:
+    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or not rel.parts or "\0" in name:
         raise UsageError(f"refusing to restore {name!r}: it would land outside the target directory")
     return rel
 
@@ -238,6 +225,7 @@ class Restorer:
         self.progress = progress or Progress()
         self.as_root = os.geteuid() == 0
         self.durable = durable
+        self.names = Names()
 
     def _runs(
         self, entry: dict[str, Any], located: dict[bytes, BlobEntry]
@@ -323,10 +311,12 @@ class Restorer:
         if current:
             segments.append((start, current))
 
+        write = write_sparse if entry.get("sparse") else write_all
+
         def write_segment(start: int, seg_runs: list[list[tuple[bytes, BlobEntry]]]) -> int:
             pos = flushed = start
             for run in seg_runs:
-                nbytes = _write_all(fd, self.repo.read_blob_run(run), pos)
+                nbytes = write(fd, self.repo.read_blob_run(run), pos)
                 pos += nbytes
                 self.progress.add(0, nbytes)
                 if self.durable and _start_writeback and pos - flushed >= WRITEBACK_STEP:
@@ -345,50 +335,60 @@ class Restorer:
         located: dict[bytes, BlobEntry],
         pool: ThreadPoolExecutor | None = None,
     ) -> int:
-        """Write, verify and rename one file; its directory was checked by :class:`_Dirs`."""
-        directory, _, base = dest.rpartition("/")
-        tmp = f"{directory}/.coldkeep-tmp-{base}"
-        sha = hashlib.sha256() if self.verify_files else None
-        written = 0
+        """Write and verify one file without a name (or under a fresh temporary one), then give it
+        its name (:meth:`Names.publish`); its directory was checked by :class:`_Dirs`.  A failed
+        file leaves nothing behind, and nothing that was in the target is opened or removed."""
+        temp = self.names.create_temp(dest.rpartition("/")[0])
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                flushed = 0
-                try:
-                    if sha is None and pool is not None and int(entry.get("size", 0)) >= SEGMENT_MIN:
-                        written = self._write_segments(fd, entry, located, pool)
-                    else:
-                        for pieces in self._chunks(entry, located, pool):
-                            if sha is not None:
-                                for data in pieces:
-                                    sha.update(data)
-                            nbytes = _write_all(fd, pieces)
-                            written += nbytes
-                            self.progress.add(0, nbytes)
-                            if self.durable and _start_writeback and written - flushed >= WRITEBACK_STEP:
-                                _start_writeback(fd, flushed, written - flushed)
-                                flushed = written
-                except IntegrityError as exc:
-                    raise IntegrityError(f"{entry['path']}: {exc.message}") from None
-                if sha is not None and sha.hexdigest() != entry.get("sha256"):
-                    raise IntegrityError(
-                        f"{entry['path']}: SHA-256 mismatch after restore (expected {entry.get('sha256')})"
-                    )
-                if written != int(entry.get("size", written)):
-                    raise IntegrityError(
-                        f"{entry['path']}: {written} bytes restored, the snapshot says {entry.get('size')}"
-                    )
-                self._set_meta(fd, entry)  # before the fsync, so owner, mode and mtime are durable too
-                if self.durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+                written = self._fill(temp.fd, entry, located, pool)
+            except BaseException:
+                self.names.discard(temp)
+                raise
+            self.names.publish(temp, dest)
+        finally:
+            os.close(temp.fd)
         self.progress.add(1, 0)
+        return written
+
+    def _fill(
+        self, fd: int, entry: dict[str, Any], located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor | None
+    ) -> int:
+        """Write a file's chunks into the new file ``fd`` and verify it (size and, with
+        ``verify_files``, SHA-256), then set its metadata (and fsync it when ``durable``);
+        returns its size.  A sparse entry's all-zero chunks are left as holes."""
+        sha = hashlib.sha256() if self.verify_files else None
+        sparse = bool(entry.get("sparse"))
+        written = flushed = 0
+        try:
+            if sha is None and pool is not None and int(entry.get("size", 0)) >= SEGMENT_MIN:
+                written = self._write_segments(fd, entry, located, pool)
+            else:
+                for pieces in self._chunks(entry, located, pool):
+                    if sha is not None:
+                        for data in pieces:
+                            sha.update(data)
+                    nbytes = write_sparse(fd, pieces, written) if sparse else write_all(fd, pieces)
+                    written += nbytes
+                    self.progress.add(0, nbytes)
+                    if self.durable and _start_writeback and written - flushed >= WRITEBACK_STEP:
+                        _start_writeback(fd, flushed, written - flushed)
+                        flushed = written
+        except IntegrityError as exc:
+            raise IntegrityError(f"{entry['path']}: {exc.message}") from None
+        if sha is not None and sha.hexdigest() != entry.get("sha256"):
+            raise IntegrityError(
+                f"{entry['path']}: SHA-256 mismatch after restore (expected {entry.get('sha256')})"
+            )
+        if written != int(entry.get("size", written)):
+            raise IntegrityError(
+                f"{entry['path']}: {written} bytes restored, the snapshot says {entry.get('size')}"
+            )
+        if sparse:
+            os.ftruncate(fd, written)  # the size, with any hole at the end
+        self._set_meta(fd, entry)  # before the fsync, so owner, mode and mtime are durable too
+        if self.durable:
+            os.fsync(fd)
         return written
 
     def _tasks(self, file_dests: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dict[str, Any]]]]:
@@ -468,8 +468,9 @@ class Restorer:
         its one chunk; :meth:`Repository.check_blob` names the chunk when it fails) or, without
         the whole-file SHA-256, its chunk against the chunk's id.  A verified file is then written straight to its name
         (``O_EXCL``: no temporary name, no rename); a name that already exists (a restore into a
-        non-empty target) takes :meth:`_write_file`'s temporary name and rename, so an existing
-        file, or a hard link to one outside the target, is replaced and never written into.
+        non-empty target) takes :meth:`_write_file`'s way (a new file, renamed onto the name), so
+        an existing file, or a hard link to one outside the target, is replaced and never written
+        into.  A sparse file's all-zero chunk is a hole.
         A run that fails its checks is retried a file at a time, so each error names its file."""
         results: list[tuple[int, str | None]] = [(0, None)] * len(items)
         contents: dict[int, bytes] = {}
@@ -519,8 +520,10 @@ class Restorer:
                     continue
                 try:
                     try:
-                        if data:
-                            _write_all(fd, (data,))
+                        if entry.get("sparse") and is_zero(data):
+                            os.ftruncate(fd, len(data))  # all hole
+                        elif data:
+                            write_all(fd, (data,))
                         self._set_meta(fd, entry)
                         if self.durable:
                             os.fsync(fd)
@@ -591,6 +594,8 @@ class Restorer:
                 files.append((rel, entry))
             elif kind == "symlink":
                 links.append((rel, entry))
+        # temporary names are never one of the names this restore creates
+        self.names = Names({dirs_guard.path(rel) for group in (dirs, files, links) for rel, _ in group})
         self.progress.files_total = len(files)
         self.progress.bytes_total = sum(int(e.get("size", 0)) for _, e in files)
         for rel, _ in dirs:
@@ -604,54 +609,15 @@ class Restorer:
                 result.errors.append(exc.message)
             except OSError as exc:
                 result.errors.append(f"{entry['path']}: {exc.strerror or exc}")
-
-        def several(
-            items: list[tuple[str, dict[str, Any]]],
-            located: dict[bytes, BlobEntry],
-            chunk_pool: ThreadPoolExecutor,
-        ) -> list[tuple[int, str | None]]:
-            if len(items) == 1 and len(items[0][1].get("chunks", ())) > 1:
-                return [self._one(items[0][0], items[0][1], located, chunk_pool)]
-            return self._write_small(items, located)
-
-        cache = self.repo.cache
-        with (
-            ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore") as pool,
-            ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore-chunk") as chunk_pool,
-        ):
-            pending: set[Future[list[tuple[int, str | None]]]] = set()
-
-            def drain(keep: int) -> None:
-                while len(pending) > keep:  # whichever finished first: a big file does not hold up the rest
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        pending.discard(future)
-                        for nbytes, error in future.result():
-                            if error:
-                                result.errors.append(error)
-                            else:
-                                result.files += 1
-                                result.bytes += nbytes
-
-            tasks = self._tasks(file_dests)
-            for i in range(0, len(tasks), self.LOOKUP_TASKS):
-                batch = tasks[i : i + self.LOOKUP_TASKS]
-                located = cache.get_many(
-                    bytes.fromhex(c) for task in batch for _, e in task for c in e.get("chunks", ())
-                )
-                for task in batch:
-                    pending.add(pool.submit(several, task, located, chunk_pool))
-                drain(2 * self.LOOKUP_TASKS)  # bounded: a few batches in flight
-            drain(0)
+        first, later = _hard_links(file_dests)
+        failed = self._restore_contents([item for item in file_dests if id(item) not in later], result)
+        self._restore_hard_links(file_dests, first, later, failed, result)
         for rel, entry in links:
             try:
                 dirs_guard.check_fresh(rel.rpartition("/")[0])
                 parent, _, base = rel.rpartition("/")
-                dest = os.path.join(dirs_guard.ensure(parent), base)
-                if os.path.lexists(dest):
-                    os.unlink(dest)
-                os.symlink(entry["target"], dest)
-                self._set_meta(dest, entry, symlink=True)
+                self._symlink(entry["target"], os.path.join(dirs_guard.ensure(parent), base))
+                self._set_meta(dirs_guard.path(rel), entry, symlink=True)
                 result.symlinks += 1
             except (OSError, UsageError) as exc:
                 result.errors.append(f"{entry['path']}: {getattr(exc, 'message', None) or exc}")
@@ -667,3 +633,157 @@ class Restorer:
                 fsync_dir(directory)
         result.duration_s = round(time.monotonic() - started, 3)
         return result
+
+    def _restore_contents(
+        self, file_dests: list[tuple[str, dict[str, Any]]], result: RestoreResult
+    ) -> set[str]:
+        """Restore these files on the worker threads (:meth:`_tasks`); counts them in ``result``
+        and returns the destinations that failed."""
+        failed: set[str] = set()
+
+        def several(
+            items: list[tuple[str, dict[str, Any]]],
+            located: dict[bytes, BlobEntry],
+            chunk_pool: ThreadPoolExecutor,
+        ) -> list[tuple[int, str | None]]:
+            if len(items) == 1 and len(items[0][1].get("chunks", ())) > 1:
+                return [self._one(items[0][0], items[0][1], located, chunk_pool)]
+            return self._write_small(items, located)
+
+        cache = self.repo.cache
+        with (
+            ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore") as pool,
+            ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore-chunk") as chunk_pool,
+        ):
+            pending: dict[Future[list[tuple[int, str | None]]], list[tuple[str, dict[str, Any]]]] = {}
+
+            def drain(keep: int) -> None:
+                while len(pending) > keep:  # whichever finished first: a big file does not hold up the rest
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        task = pending.pop(future)
+                        for (dest, _), (nbytes, error) in zip(task, future.result(), strict=True):
+                            if error:
+                                result.errors.append(error)
+                                failed.add(dest)
+                            else:
+                                result.files += 1
+                                result.bytes += nbytes
+
+            tasks = self._tasks(file_dests)
+            for i in range(0, len(tasks), self.LOOKUP_TASKS):
+                batch = tasks[i : i + self.LOOKUP_TASKS]
+                located = cache.get_many(
+                    bytes.fromhex(c) for task in batch for _, e in task for c in e.get("chunks", ())
+                )
+                for task in batch:
+                    pending[pool.submit(several, task, located, chunk_pool)] = task
+                drain(2 * self.LOOKUP_TASKS)  # bounded: a few batches in flight
+            drain(0)
+        return failed
+
+    def _restore_hard_links(
+        self,
+        file_dests: list[tuple[str, dict[str, Any]]],
+        first: dict[str, tuple[str, dict[str, Any]]],
+        later: set[int],
+        failed: set[str],
+        result: RestoreResult,
+    ) -> None:
+        """The second and later names of hard-linked files (:func:`_hard_links`), once the first
+        name of each was restored and verified: linked to it (:meth:`_hard_link`).  When the
+        first name failed, the next name is restored from its own chunks and the rest link to
+        that; when linking fails (another filesystem mounted inside the target, too many links,
+        a filesystem without hard links) the name is restored as a copy, and a warning says so."""
+        source = {key: item for key, item in first.items() if item[0] not in failed}
+        for item in file_dests:
+            if id(item) not in later:
+                continue
+            dest, entry = item
+            key = str(entry["hardlink"])
+            size = int(entry.get("size", 0))
+            if key in source:
+                src_dest, src_entry = source[key]
+                try:
+                    self._hard_link(src_dest, dest)
+                except _LinkFailed as exc:
+                    result.warnings.append(
+                        f"{entry['path']}: restored as a copy, not as a hard link to {src_entry['path']} ({exc})"
+                    )
+                except (OSError, IntegrityError) as exc:
+                    reason = exc.message if isinstance(exc, IntegrityError) else exc.strerror or str(exc)
+                    result.errors.append(f"{entry['path']}: {reason}")
+                    continue
+                else:
+                    result.files += 1
+                    result.bytes += size
+                    self.progress.add(1, size)
+                    continue
+            located = self.repo.cache.get_many(bytes.fromhex(c) for c in entry.get("chunks", ()))
+            nbytes, error = self._one(dest, entry, located, None)
+            if error:
+                result.errors.append(error)
+                continue
+            result.files += 1
+            result.bytes += nbytes
+            source.setdefault(key, item)
+
+    def _hard_link(self, source: str, dest: str) -> None:
+        """Make ``dest`` another name of the file this restore created at ``source`` (both in the
+        target): ``link`` (never through a symlink), or, when a name is in the way, a link at a
+        fresh temporary name renamed onto it.  Raises :class:`_LinkFailed` when the filesystem
+        refuses the link itself."""
+        try:
+            os.link(source, dest, follow_symlinks=False)
+        except FileExistsError:
+            try:
+                tmp = self.names.make(
+                    dest.rpartition("/")[0], lambda p: os.link(source, p, follow_symlinks=False)
+                )
+            except OSError as exc:
+                raise _LinkFailed(exc.strerror or str(exc)) from None
+            self.names.replace(tmp, dest)
+        except OSError as exc:
+            raise _LinkFailed(exc.strerror or str(exc)) from None
+        st, there = os.lstat(source), os.lstat(dest)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (there.st_dev, there.st_ino):
+            raise IntegrityError(f"{source} changed while it was being restored; {dest} is not linked to it")
+
+    def _symlink(self, link_target: str, dest: str) -> None:
+        """A symlink at ``dest``; one in the way (file or symlink) is replaced by a rename from a
+        fresh temporary name, never deleted first (a directory stays: an error)."""
+        try:
+            os.symlink(link_target, dest)
+        except FileExistsError:
+            tmp = self.names.make(dest.rpartition("/")[0], lambda p: os.symlink(link_target, p))
+            self.names.replace(tmp, dest)
+
+
+class _LinkFailed(Exception):
+    """The filesystem refused a hard link (the name is restored as a copy instead)."""
+
+
+def _same_file(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two tree entries of one inode that recorded the same content and metadata (a file changed
+    between the backup's reads of its names is not: each name restores its own bytes)."""
+    keys = ("size", "sha256", "chunks", "mode", "uid", "gid", "mtime_ns")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _hard_links(
+    file_dests: list[tuple[str, dict[str, Any]]],
+) -> tuple[dict[str, tuple[str, dict[str, Any]]], set[int]]:
+    """The hard links among the files to restore: ``(first, later)``, where ``first`` maps each
+    link key (``hardlink`` of the tree entry, see backup) with more than one name to its first
+    name's item, and ``later`` holds the ``id()`` of every other item with that key and the same
+    recorded content; those are made links to the first name rather than restored from chunks."""
+    first: dict[str, tuple[str, dict[str, Any]]] = {}
+    later: set[int] = set()
+    for item in file_dests:
+        key = item[1].get("hardlink")
+        if not isinstance(key, str) or not key:
+            continue
+        leader = first.setdefault(key, item)
+        if leader is not item and _same_file(leader[1], item[1]):
+            later.add(id(item))
+    return first, later
