@@ -220,12 +220,24 @@ def main() -> None:
         ck("repo", "check", "--read-data", show=False)
         print("  corruption detected, and the repaired pack checks clean")
 
-        step("retention: keep the last 2 snapshots, then prune")
-        ck("forget", "--keep-last", "2")
+        step("retention: `forget` removes generic snapshots only (datasets are Tier-1), then prune")
+        logs = RUN / "training-logs"
+        logs.mkdir()
+        for i in range(3):
+            (logs / f"run{i}.log").write_text(f"epoch {i} loss {1.0 / (i + 1):.3f}\n" * 2000)
+            ck("backup", str(logs), "--label", f"logs {i}", show=False)
+        forgot = json.loads(ck("--json", "forget", "--keep-last", "2", show=False))
+        assert len(forgot["removed"]) == 1 and len(forgot["left_alone"]) == 3, forgot
+        print(f"  removed 1 of 3 log snapshots; left alone: {len(forgot['left_alone'])} dataset snapshots (Tier-1)")
         ck("repo", "prune")
         ck("repo", "check")
 
         pg_section(cluster)
+
+        step("the README's retention line leaves base backups (pg expire owns them) and datasets alone")
+        ck("forget", "--keep-daily", "30", "--keep-monthly", "12")
+        kinds = [s["kind"] + ":" + s["tags"].get("kind", "") for s in json.loads(ck("--json", "snapshots", show=False))]
+        assert kinds.count("pg-base:pg-base") == 2 and kinds.count("files:dataset") == 3, kinds
 
         step("offsite copy (a second local repository stands in for S3 here)")
         with open(RUN / "coldkeep.toml", "a") as fh:

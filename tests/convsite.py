@@ -121,7 +121,8 @@ class ConvSite:
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COLDKEEP_")}
-        env.update(COLDKEEP_CACHE_DIR=str(self.cache), **NOW_ENV)
+        # COLDKEEP_NOW and the kill points are test hooks: they act only with the testing switch
+        env.update(COLDKEEP_CACHE_DIR=str(self.cache), COLDKEEP_TESTING="1", **NOW_ENV)
         env.update(self.extra_env)
         env.update(extra or {})
         return env

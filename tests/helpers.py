@@ -6,7 +6,8 @@
   bit-exact fingerprint of a directory (contents, symlink targets, directories);
 * :func:`one_line_error` — the error contract: exactly one ``error:`` and one ``hint:`` line on
   stderr and never a traceback;
-* :func:`flip_byte` — damage a file on disk in place.
+* :func:`flip_byte` — damage a file on disk in place;
+* :func:`need` — skip a test whose requirement this machine lacks, but fail it under CI.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 COLDKEEP = str(Path(sys.executable).parent / "coldkeep")
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -45,6 +48,28 @@ _SCRUB = (
     "COLDKEEP_FAULTS_COUNTS",
     "COLDKEEP_CACHE_DIR",
 )
+
+
+#: set to ``1`` by ``.ci/run``: there a missing test requirement is a failure, not a skip
+CI_ENV = "COLDKEEP_CI"
+
+
+def under_ci() -> bool:
+    return os.environ.get(CI_ENV, "") == "1"
+
+
+def need(condition: object, reason: str) -> None:
+    """Go on when ``condition`` holds; else skip the test with ``reason`` — or, under CI
+    (``COLDKEEP_CI=1``), fail it: CI must run every test, a skipped one proves nothing."""
+    if not condition:
+        missing(reason)
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip (fail under CI) because ``reason``: a requirement of the test is missing here."""
+    if under_ci():
+        pytest.fail(f"requirement missing under CI ({CI_ENV}=1): {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def toml_str(value: str) -> str:

@@ -1,21 +1,23 @@
 """Time, in one place, so tests and retention can pin "now".
 
-Everything coldkeep records is UTC with an explicit offset.  ``COLDKEEP_NOW`` (ISO 8601 with an
-offset) freezes :func:`now` for demos and tests that need a fixed date.
+Everything coldkeep records is UTC with an explicit offset.  The test hook ``COLDKEEP_NOW`` (ISO 8601
+with an offset) freezes :func:`now` for tests that need a fixed date; like every test hook it acts
+only with ``COLDKEEP_TESTING=1`` (:mod:`coldkeep.testhooks`).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
 
+from coldkeep import testhooks
 from coldkeep.errors import UsageError
 
 
 def now() -> datetime:
-    frozen = os.environ.get("COLDKEEP_NOW")
+    """The current time in UTC (or the test hook ``COLDKEEP_NOW``'s, in tests)."""
+    frozen = testhooks.value("COLDKEEP_NOW")
     if frozen:
         return parse_timestamp(frozen)
     return datetime.now(UTC)

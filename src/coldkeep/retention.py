@@ -2,8 +2,10 @@
 
 ``apply_policy(items, policy, now) -> decisions`` is a pure function (no I/O, no clock reads:
 ``now`` is a parameter), in the spirit of restic's ``ApplyPolicy`` and borg's ``prune``.  Generic
-snapshots (``coldkeep forget``), PostgreSQL base-backup expiry and checkpoint archival all hand it
-:class:`Item` values (an id, a time, tags) and act on the :class:`Decision` list it returns.
+snapshots (``coldkeep forget``) and the coming checkpoint archival hand it :class:`Item` values
+(an id, a time, tags, and for snapshots the host and paths) and act on the :class:`Decision` list
+it returns.  (``pg expire`` has its own rule, :mod:`coldkeep.postgres.expire`: a time window that
+must keep its oldest moment recoverable is not a count of buckets.)
 
 Semantics (restic-compatible, applied to each group on its own):
 
@@ -17,7 +19,12 @@ Semantics (restic-compatible, applied to each group on its own):
 * ``keep_within=D`` keeps every item with ``time >= now - D`` (so items dated in the future are
   kept too).  Reason ``"within 30d"``.
 * ``keep_tags`` keeps every item carrying one of the ``KEY=VALUE`` tags.  Reason ``"tag k=v"``.
-* ``group_by`` (tag keys) splits the items into groups; a missing tag groups as ``""``.
+* ``group_by`` splits the items into groups, and every rule applies to each group on its own.
+  Its words are ``host`` (the item's host), ``paths`` (its set of paths, in any order), ``tags``
+  (its whole set of tags) or any other word: the value of that tag key (a missing tag groups as
+  ``""``).  ``coldkeep forget`` groups by ``host,paths`` unless told otherwise, as restic does.
+  A decision's ``group`` lists ``(word, value)``; ``paths`` and ``tags`` values are JSON text
+  (``["/data/a", "/data/b"]``, ``{"kind": "logs"}``), exact and readable.
 
 An item is kept when any rule keeps it; its reasons list every rule that kept it, in the order
 last, hourly, daily, weekly, monthly, yearly, within, tags (tags in policy order).  A removed item
@@ -37,6 +44,7 @@ the input order.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,13 +76,20 @@ _EMPTY_POLICY_HINT = (
 )
 
 
+#: ``group_by`` words that name an item attribute rather than a tag key
+GROUP_HOST, GROUP_PATHS, GROUP_TAGS = "host", "paths", "tags"
+
+
 @dataclass(frozen=True)
 class Item:
-    """Anything retention decides about: an id, a tz-aware time and string tags."""
+    """Anything retention decides about: an id, a tz-aware time, string tags and, for snapshots,
+    the host and the paths it was taken of (used only for grouping)."""
 
     id: str
     time: datetime
     tags: Mapping[str, str] = field(default_factory=dict, hash=False)
+    host: str = ""
+    paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -84,8 +99,11 @@ class Item:
                 f"retention item {self.id!r} has a time without a UTC offset: {self.time!r}",
                 hint="every recorded time must carry an offset, e.g. 2026-11-26T08:00:00+00:00",
             )
+        if not isinstance(self.host, str) or isinstance(self.paths, str):
+            raise UsageError(f"retention item {self.id!r}: host must be a string and paths a list of strings")
         # a private read-only copy: a caller mutating its dict later cannot change a decision
         object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
+        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
 
 
 def _check_count(name: str, value: object) -> int:
@@ -146,7 +164,10 @@ class Policy:
         keys: list[str] = []
         for key in self.group_by:
             if not isinstance(key, str) or not key or "=" in key or "," in key:
-                raise UsageError(f"not a tag key to group by: {key!r}", hint="write e.g. --group-by host")
+                raise UsageError(
+                    f"not a tag key or group word to group by: {key!r}",
+                    hint="write e.g. --group-by host,paths (words: host, paths, tags, or a tag key)",
+                )
             if key not in keys:
                 keys.append(key)
         # normalised: tuples (callers may pass lists), duplicates dropped, order kept
@@ -179,8 +200,9 @@ class Policy:
 
         Counts may be ints or decimal strings (``None`` = 0); ``keep_within`` is a duration such as
         ``30d`` (:func:`coldkeep.clock.parse_duration`); ``keep_tag`` holds ``KEY=VALUE`` strings;
-        ``group_by`` holds tag keys, each entry may be comma-separated (``host,phase``).  Bad input
-        raises :class:`~coldkeep.errors.UsageError`.
+        ``group_by`` holds group words (``host``, ``paths``, ``tags`` or tag keys), each entry may be
+        comma-separated (``host,paths``); a blank entry adds nothing, so ``[""]`` is one group.  Bad
+        input raises :class:`~coldkeep.errors.UsageError`.
         """
         if isinstance(keep_tag, str) or isinstance(group_by, str):
             raise UsageError("keep_tag and group_by must be lists of strings, not one string")
@@ -207,7 +229,7 @@ class Policy:
                 counts[name] = _check_count(name, raw)
         within = parse_duration(keep_within) if keep_within is not None and keep_within.strip() else None
         tags = tuple(_parse_tag(t) for t in keep_tag)
-        keys = tuple(k.strip() for entry in group_by for k in entry.split(","))
+        keys = tuple(k.strip() for entry in group_by if entry.strip() for k in entry.split(","))
         return cls(**counts, keep_within=within, keep_tags=tags, group_by=keys)
 
     def describe(self) -> str:
@@ -307,8 +329,18 @@ def _sort_key(item: Item) -> tuple[datetime, str]:
     return (item.time, item.id)
 
 
+def _group_value(item: Item, key: str) -> str:
+    if key == GROUP_HOST:
+        return item.host
+    if key == GROUP_PATHS:
+        return json.dumps(sorted(item.paths), ensure_ascii=False)
+    if key == GROUP_TAGS:
+        return json.dumps(dict(sorted(item.tags.items())), ensure_ascii=False)
+    return item.tags.get(key, "")
+
+
 def _group_of(item: Item, keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    return tuple((k, item.tags.get(k, "")) for k in keys)
+    return tuple((k, _group_value(item, k)) for k in keys)
 
 
 def _apply_to_group(newest_first: list[Item], policy: Policy, now: datetime) -> dict[str, list[str]]:

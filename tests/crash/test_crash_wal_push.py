@@ -124,7 +124,7 @@ def test_postgres_retries_a_killed_archive_command(
 marker="{markers}/$(basename "$1")"
 if [ ! -e "$marker" ]; then
   touch "$marker"
-  export COLDKEEP_FAULTS="kill:put_if_absent:1:after"
+  export COLDKEEP_FAULTS="kill:put_if_absent:1:after" COLDKEEP_TESTING=1  # a test hook needs the switch
 fi
 exec {push} "$1"
 """)

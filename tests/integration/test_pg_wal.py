@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.helpers import AWS_ENV, flip_byte, one_line_error
+from tests.helpers import AWS_ENV, flip_byte, need, one_line_error
 from tests.walsite import (
     PG_USER,
     SEGMENT_1,
@@ -28,7 +28,7 @@ from tests.walsite import (
 
 from coldkeep.errors import RESTORE_COMMAND_FATAL
 from coldkeep.postgres import wal
-from coldkeep.postgres.cluster import TempCluster
+from coldkeep.postgres.cluster import TempCluster, running_as_root
 from coldkeep.postgres.prefetch import SPOOL_DIR, remove_spool
 
 pytestmark = pytest.mark.pg
@@ -129,8 +129,7 @@ def test_check_refuses_archiving_off_and_reports_archiver_failures(
 
 
 def test_setup_refuses_a_coldkeep_postgres_cannot_run(site: WalSite, tmp_path: Path) -> None:
-    if PG_USER == "root":
-        pytest.skip("needs root to run as another user")
+    need(running_as_root(), "needs root: the server must run as another user than the test")
     private = tmp_path / "coldkeep"  # tmp_path is 0700 root: postgres cannot reach it
     private.write_text("#!/bin/sh\nexit 0\n")
     private.chmod(0o755)

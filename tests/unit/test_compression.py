@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from tests.helpers import need
 
 from coldkeep.repository.format import FLAG_ZSTD, compress, decompress
 
@@ -19,9 +20,9 @@ def text(n: int, seed: int) -> bytes:
     return " ".join(rng.choice(words) for _ in range(n // 8)).encode()[:n]
 
 
-@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
 @pytest.mark.parametrize("level", [-3, 1, 3, 9, 12])
 def test_blobs_are_standard_zstd_frames_the_zstd_tool_reads(tmp_path: Path, level: int) -> None:
+    need(shutil.which("zstd"), "needs the zstd command (make sysdeps installs it)")
     for size in (100, 50_000, 300_000):
         data = text(size, size)
         flag, payload = compress(data, level)

@@ -289,39 +289,74 @@ def test_every_rule_that_keeps_an_item_is_listed_in_a_stable_order() -> None:
 
 def test_group_by_applies_the_policy_to_each_group() -> None:
     items = [
-        it("a1", "2026-11-01T00:00:00Z", host="a"),
-        it("a2", "2026-11-02T00:00:00Z", host="a"),
-        it("b1", "2026-11-03T00:00:00Z", host="b"),
-        it("b2", "2026-11-04T00:00:00Z", host="b"),
+        it("a1", "2026-11-01T00:00:00Z", env="a"),
+        it("a2", "2026-11-02T00:00:00Z", env="a"),
+        it("b1", "2026-11-03T00:00:00Z", env="b"),
+        it("b2", "2026-11-04T00:00:00Z", env="b"),
         it("none", "2026-10-01T00:00:00Z"),
     ]
-    decisions = apply_policy(items, Policy.parse(keep_last=1, group_by=["host"]), NOW)
+    decisions = apply_policy(items, Policy.parse(keep_last=1, group_by=["env"]), NOW)
     assert reasons(decisions) == {"a2": ["last 1"], "b2": ["last 1"], "none": ["last 1"]}
     groups = {d.item.id: d.group for d in decisions}
     assert groups == {
-        "a1": (("host", "a"),),
-        "a2": (("host", "a"),),
-        "b1": (("host", "b"),),
-        "b2": (("host", "b"),),
-        "none": (("host", ""),),  # a missing tag is its own group, not dropped
+        "a1": (("env", "a"),),
+        "a2": (("env", "a"),),
+        "b1": (("env", "b"),),
+        "b2": (("env", "b"),),
+        "none": (("env", ""),),  # a missing tag is its own group, not dropped
     }
     assert summarize(decisions) == {"total": 5, "kept": 3, "removed": 2, "groups": 3}
 
 
 def test_group_by_several_keys() -> None:
     items = [
-        it("x", "2026-11-01T00:00:00Z", host="a", phase="prod"),
-        it("y", "2026-11-02T00:00:00Z", host="a", phase="dev"),
-        it("z", "2026-11-03T00:00:00Z", host="a", phase="dev"),
+        it("x", "2026-11-01T00:00:00Z", env="a", phase="prod"),
+        it("y", "2026-11-02T00:00:00Z", env="a", phase="dev"),
+        it("z", "2026-11-03T00:00:00Z", env="a", phase="dev"),
     ]
-    decisions = apply_policy(items, Policy.parse(keep_last=1, group_by=["host,phase"]), NOW)
+    decisions = apply_policy(items, Policy.parse(keep_last=1, group_by=["env,phase"]), NOW)
     assert kept(decisions) == ["x", "z"]
-    assert decisions[0].group == (("host", "a"), ("phase", "prod"))
-    assert decisions[0].to_dict()["group"] == {"host": "a", "phase": "prod"}
+    assert decisions[0].group == (("env", "a"), ("phase", "prod"))
+    assert decisions[0].to_dict()["group"] == {"env": "a", "phase": "prod"}
+
+
+def snap(id_: str, when: str, on: str, *paths: str, **tags: str) -> Item:
+    """A snapshot-like item: taken on host ``on`` of ``paths``, with ``tags``."""
+    return Item(id_, ts(when), tags, host=on, paths=paths)
+
+
+def test_group_by_host_and_paths_as_restic_does() -> None:
+    items = [
+        snap("g1", "2026-11-01T00:00:00Z", "gpu1", "/data/a", "/data/b"),
+        snap("g2", "2026-11-02T00:00:00Z", "gpu1", "/data/b", "/data/a"),  # the same set of paths
+        snap("g3", "2026-11-03T00:00:00Z", "gpu1", "/data/a"),
+        snap("d1", "2026-11-04T00:00:00Z", "db1", "/data/a"),
+        snap("d2", "2026-11-05T00:00:00Z", "db1", "/data/a", host="gpu1"),  # a tag named host: not the host
+    ]
+    decisions = apply_policy(items, Policy.parse(keep_last=1, group_by=["host,paths"]), NOW)
+    assert kept(decisions) == ["g2", "g3", "d2"]
+    groups = {d.item.id: d.to_dict()["group"] for d in decisions}
+    assert groups["g1"] == groups["g2"] == {"host": "gpu1", "paths": '["/data/a", "/data/b"]'}
+    assert groups["d2"] == {"host": "db1", "paths": '["/data/a"]'}
+    # without grouping the newest of all is the only one kept
+    assert kept(apply_policy(items, Policy.parse(keep_last=1, group_by=[""]), NOW)) == ["d2"]
+
+
+def test_group_by_the_whole_tag_set() -> None:
+    items = [
+        it("a", "2026-11-01T00:00:00Z", kind="logs"),
+        it("b", "2026-11-02T00:00:00Z", kind="logs", phase="dev"),  # another set: its own group
+        it("c", "2026-11-03T00:00:00Z", kind="logs"),
+        it("d", "2026-11-04T00:00:00Z"),
+    ]
+    decisions = apply_policy(items, Policy.parse(keep_last=1, group_by=["tags"]), NOW)
+    assert kept(decisions) == ["b", "c", "d"]
+    assert decisions[1].to_dict()["group"] == {"tags": '{"kind": "logs", "phase": "dev"}'}
+    assert decisions[3].group == (("tags", "{}"),)
 
 
 def test_without_group_by_every_decision_has_the_empty_group() -> None:
-    items = [it("x", "2026-11-01T00:00:00Z", host="a")]
+    items = [snap("x", "2026-11-01T00:00:00Z", "a", "/p", env="a")]
     assert apply_policy(items, Policy(keep_last=1), NOW)[0].group == ()
 
 
@@ -443,6 +478,7 @@ def test_parse_durations(within: str, expected: timedelta | None) -> None:
         ({"keep_tag": ["=prod"]}, "not a KEY=VALUE tag"),
         ({"keep_tag": "phase=prod"}, "lists of strings"),
         ({"group_by": ["host,"]}, "not a tag key"),
+        ({"group_by": ["host,,paths"]}, "not a tag key"),
         ({"group_by": ["host=a"]}, "not a tag key"),
         ({"keep_daily": "seven"}, "keep_daily must be a whole number"),
         ({"keep_daily": "--5"}, "keep_daily must be a whole number"),
@@ -543,7 +579,10 @@ def _golden_items() -> list[Item]:
             tags["phase"] = "prod"
         if n in _BEST:
             tags["type"] = "best"
-        items.append(Item(f"s{n:02d}", ts(text), tags))
+        # the snapshot's own host (the `host` tag mirrors it for the older tag-key goldens) and
+        # paths: every fourth item of /data/b, every fifth of both (in either order), else /data/a
+        paths = ("/data/b",) if n % 4 == 0 else ("/data/b", "/data/a") if n % 5 == 0 else ("/data/a",)
+        items.append(Item(f"s{n:02d}", ts(text), tags, host=tags.get("host", ""), paths=paths))
     return items
 
 
@@ -560,13 +599,15 @@ GOLDEN_POLICIES: dict[str, Policy] = {
     "tags": Policy.parse(keep_tag=["phase=prod", "type=best"]),
     "typical": Policy(keep_last=2, keep_daily=7, keep_weekly=4, keep_monthly=6, keep_yearly=3),
     "per_host": Policy.parse(keep_last=1, keep_daily=2, keep_monthly=2, group_by=["host"]),
+    "per_host_paths": Policy.parse(keep_last=1, keep_daily=2, group_by=["host,paths"]),
     "mixed": Policy.parse(keep_weekly=2, keep_monthly=3, keep_within="7d", keep_tag=["phase=prod"]),
 }
 
 # Verified by hand, not by running the engine: from the table of UTC times and ISO weeks in the
 # comments of _TIMES, walking the list newest first and writing down the first item of each new
 # bucket until the count ran out (and, for per_host, doing that separately for db1 = n % 3 != 0,
-# gpu1 = n % 3 == 0, and the untagged s01/s26).  These are asserted against the golden files, so
+# gpu1 = n % 3 == 0, and the untagged s01/s26; for per_host_paths also by paths: /data/b when
+# n % 4 == 0, else both when n % 5 == 0, else /data/a).  These are asserted against the golden files, so
 # regenerating the goldens cannot silently change them.
 HAND_CHECKED: dict[str, dict[str, list[str]]] = {
     "last3": {"s58": ["last 3"], "s59": ["last 2"], "s60": ["last 1"]},
@@ -613,6 +654,24 @@ HAND_CHECKED: dict[str, dict[str, list[str]]] = {
         "s56": ["daily 2 (2026-11-25)"],
         "s59": ["last 1", "daily 1 (2026-11-26)", "monthly 1 (2026-11)"],
         "s60": ["last 1", "daily 1 (2026-11-26)", "monthly 1 (2026-11)"],
+    },
+    # seven groups of (host, paths): ("", a) s01 s26; (db1, a) ... s53 s58 s59; (db1, a+b) ... s50 s55;
+    # (db1, b) ... s52 s56; (gpu1, a) ... s54 s57; (gpu1, a+b) s15 s30 s45; (gpu1, b) ... s48 s60
+    "per_host_paths": {
+        "s01": ["daily 2 (2024-12-01)"],
+        "s26": ["last 1", "daily 1 (2026-04-01)"],
+        "s53": ["daily 2 (2026-11-24)"],
+        "s59": ["last 1", "daily 1 (2026-11-26)"],
+        "s50": ["daily 2 (2026-11-23)"],
+        "s55": ["last 1", "daily 1 (2026-11-25)"],
+        "s52": ["daily 2 (2026-11-23)"],
+        "s56": ["last 1", "daily 1 (2026-11-25)"],
+        "s54": ["daily 2 (2026-11-25)"],
+        "s57": ["last 1", "daily 1 (2026-11-26)"],
+        "s30": ["daily 2 (2026-06-30)"],
+        "s45": ["last 1", "daily 1 (2026-11-19)"],
+        "s48": ["daily 2 (2026-11-20)"],  # 01:30+02:00 on the 21st is the 20th in UTC
+        "s60": ["last 1", "daily 1 (2026-11-26)"],
     },
 }
 
@@ -687,15 +746,18 @@ def item_lists(draw: st.DrawFn, max_size: int = 30) -> list[Item]:
                 st.sampled_from(_OFFSETS),
                 st.sampled_from([None, "a", "b"]),  # host
                 st.sampled_from([None, "prod", "dev"]),  # phase
+                st.sampled_from([(), ("/a",), ("/a", "/b"), ("/b", "/a")]),  # paths
             ),
             max_size=max_size,
             unique_by=lambda e: e[0],
         )
     )
     items = []
-    for id_, steps, tz, host, phase in entries:
+    for id_, steps, tz, host, phase, paths in entries:
+        # the host is the item's own and also a tag (so keep_tags can name it)
         tags = {k: v for k, v in (("host", host), ("phase", phase)) if v is not None}
-        items.append(Item(f"i{id_:03d}", (_BASE + timedelta(minutes=30 * steps)).astimezone(tz), tags))
+        when = (_BASE + timedelta(minutes=30 * steps)).astimezone(tz)
+        items.append(Item(f"i{id_:03d}", when, tags, host=host or "", paths=paths))
     return items
 
 
@@ -710,11 +772,21 @@ policies = st.builds(
     keep_yearly=_counts,
     keep_within=st.one_of(st.none(), st.integers(1, 2 * 365 * 24).map(lambda h: timedelta(hours=h))),
     keep_tags=st.sampled_from([(), (("phase", "prod"),), (("phase", "dev"), ("host", "b"))]),
-    group_by=st.sampled_from([(), ("host",), ("host", "phase")]),
+    group_by=st.sampled_from([(), ("host",), ("host", "phase"), ("host", "paths"), ("paths",), ("tags",)]),
 ).filter(lambda p: not p.is_empty())
 nows = st.integers(0, 3 * 365 * 24).map(lambda h: _BASE + timedelta(hours=h))
 
 FAST = settings(max_examples=150, deadline=None)
+
+
+def _expected_group_value(item: Item, key: str) -> str:
+    if key == "host":
+        return item.host
+    if key == "paths":
+        return json.dumps(sorted(item.paths))
+    if key == "tags":
+        return json.dumps({k: item.tags[k] for k in sorted(item.tags)})
+    return item.tags.get(key, "")
 
 
 def _by_group(decisions: list[Decision]) -> dict[tuple[tuple[str, str], ...], list[Decision]]:
@@ -735,7 +807,7 @@ def test_prop_one_decision_per_item_with_reasons(items: list[Item], policy: Poli
             assert d.reasons and REMOVE_REASON not in d.reasons
         else:
             assert d.reasons == (REMOVE_REASON,)
-        assert d.group == tuple((k, d.item.tags.get(k, "")) for k in policy.group_by)
+        assert d.group == tuple((k, _expected_group_value(d.item, k)) for k in policy.group_by)
     summary = summarize(decisions)
     assert summary["kept"] + summary["removed"] == summary["total"] == len(items)
 

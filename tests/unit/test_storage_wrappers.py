@@ -219,8 +219,9 @@ def test_fail_on_list(tmp_path: Path) -> None:
 
 
 def test_from_env_shares_one_plan_per_process(tmp_path: Path) -> None:
-    env = {"COLDKEEP_FAULTS": "fail:put:2"}
+    env = {"COLDKEEP_FAULTS": "fail:put:2", "COLDKEEP_TESTING": "1"}
     assert FaultPlan.from_env({}) is None
+    assert FaultPlan.from_env({"COLDKEEP_FAULTS": "fail:put:2"}) is None  # a test hook needs the switch
     a = FaultBackend.from_env(LocalBackend(tmp_path / "a"), env)
     b = FaultBackend.from_env(LocalBackend(tmp_path / "b"), env)
     assert isinstance(a, FaultBackend) and isinstance(b, FaultBackend)

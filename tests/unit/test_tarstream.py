@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.helpers import need
 
 from coldkeep.postgres.basebackup import read_backup_stream
 from coldkeep.postgres.tarstream import TarFormatError, TarReader, TarTruncated
@@ -21,7 +22,11 @@ from coldkeep.repository.chunker import ChunkerParams
 from coldkeep.repository.repository import Repository
 from coldkeep.storage.local import LocalBackend
 
-pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+
+@pytest.fixture(autouse=True)
+def _gnu_tar() -> None:
+    need(shutil.which("tar"), "needs GNU tar (make sysdeps installs it)")
+
 
 LONG_DIR = "d" * 60 + "/" + "e" * 70
 LONG_FILE = f"{LONG_DIR}/{'f' * 90}.dat"  # > 100 (GNU/pax) and > 155 + 100 split rules for ustar

@@ -98,6 +98,7 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
 
 
 @click.command()
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT_ID]...")
 @click.option("--keep-last", type=click.IntRange(min=0), default=0)
 @click.option("--keep-hourly", type=click.IntRange(min=0), default=0)
 @click.option("--keep-daily", type=click.IntRange(min=0), default=0)
@@ -106,7 +107,13 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
 @click.option("--keep-yearly", type=click.IntRange(min=0), default=0)
 @click.option("--keep-within", default=None, metavar="DURATION", help="e.g. 30d, 12h, 2w")
 @click.option("--keep-tag", "keep_tags", multiple=True, metavar="KEY=VALUE")
-@click.option("--group-by", default="", metavar="tags|KEY,KEY", help="apply the policy per tag group")
+@click.option(
+    "--group-by",
+    default="host,paths",
+    show_default=True,
+    metavar="WORDS",
+    help="apply the policy to each group: host, paths, tags (the whole set) or tag keys, comma-separated; '' for one group",
+)
 @click.option(
     "--tag", "tags", multiple=True, metavar="KEY=VALUE", help="only consider snapshots with this tag"
 )
@@ -114,6 +121,7 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
 @pass_app
 def forget(
     app: AppContext,
+    snapshot_ids: tuple[str, ...],
     keep_last: int,
     keep_hourly: int,
     keep_daily: int,
@@ -126,44 +134,49 @@ def forget(
     tags: tuple[str, ...],
     dry_run: bool,
 ) -> None:
-    """Remove snapshots that no retention rule keeps (then `repo prune` reclaims space)."""
+    """Remove generic file snapshots: the ones named, or the ones no --keep-* rule keeps.
+
+    Only snapshots written by `coldkeep backup` are considered.  Snapshots a service owns
+    (PostgreSQL base backups: `coldkeep pg expire`) and Tier-1 data (snapshots of kind or tag
+    kind=dataset, checkpoint, repro, conversations) are never removed by `forget`.  Then
+    `coldkeep repo prune` reclaims the space.
+    """
     from coldkeep import retention
+    from coldkeep.errors import UsageError
+    from coldkeep.repository.forget import forget_by_policy, forget_ids
     from coldkeep.repository.locks import locked
 
+    policy = retention.Policy.parse(
+        keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within,
+        keep_tag=list(keep_tags), group_by=[group_by],
+    )  # fmt: skip
+    if snapshot_ids and (not policy.is_empty() or tags):
+        raise UsageError(
+            "give snapshot ids or --keep-*/--tag options, not both",
+            hint="`coldkeep forget ID…` removes those snapshots; `coldkeep forget --keep-daily 7` applies a policy",
+        )
     with open_repo(app) as repo, locked(repo.backend, "forget", exclusive=True):
-        snaps = repo.list_snapshots(parse_tags(tags))
-        group_keys: list[str] = []
-        if group_by == "tags":
-            group_keys = sorted({k for s in snaps for k in s.tags})
-        elif group_by:
-            group_keys = [g.strip() for g in group_by.split(",") if g.strip()]
-        policy = retention.Policy.parse(
-            keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
-            keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within,
-            keep_tag=list(keep_tags), group_by=group_keys,
-        )  # fmt: skip
-        items = [retention.Item(s.id, clock.parse_timestamp(s.time), s.tags) for s in snaps]
-        decisions = retention.apply_policy(items, policy, clock.now())
-        if not dry_run:
-            for d in decisions:
-                if not d.keep:
-                    repo.delete_snapshot(d.item.id)
-    rows = [
-        {"id": d.item.id, "time": clock.isoformat(d.item.time), "keep": d.keep, "reasons": list(d.reasons)}
-        for d in decisions
-    ]
+        if snapshot_ids:
+            result = forget_ids(repo, snapshot_ids, dry_run=dry_run)
+        else:
+            result = forget_by_policy(repo, policy, now=clock.now(), tags=parse_tags(tags), dry_run=dry_run)
 
     def human(console: Console) -> None:
         from rich.table import Table
 
         table = Table("id", "time", "decision", "reasons")
-        for r in rows:
-            table.add_row(str(r["id"])[:8], str(r["time"]), "keep" if r["keep"] else "[red]remove[/red]",
-                          ", ".join(r["reasons"]))  # type: ignore[arg-type]  # fmt: skip
+        for d in result.decisions:
+            table.add_row(d.item.id[:8], clock.isoformat(d.item.time), "keep" if d.keep else "[red]remove[/red]",
+                          ", ".join(d.reasons))  # fmt: skip
         console.print(table)
-        removed = sum(1 for r in rows if not r["keep"])
+        if result.left_alone:
+            console.print(f"left alone: {len(result.left_alone)} snapshot(s) that services own")
+            for a in result.left_alone:
+                console.print(f"  {a.snapshot.short_id}  {a.snapshot.time}  {a.owner.describe()}")
         console.print(
-            f"{removed} snapshot(s) {'would be ' if dry_run else ''}removed; run `coldkeep repo prune` to reclaim space"
+            f"{len(result.removed)} snapshot(s) {'would be ' if dry_run else ''}removed; "
+            "run `coldkeep repo prune` to reclaim space"
         )
 
-    app.out.emit({"dry_run": dry_run, "decisions": rows}, human)
+    app.out.emit(result.to_json(), human)

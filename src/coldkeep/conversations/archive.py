@@ -42,7 +42,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from coldkeep import clock
+from coldkeep import clock, testhooks
 from coldkeep.config import Config
 from coldkeep.conversations import db
 from coldkeep.conversations.db import Target, connect, open_target
@@ -75,6 +75,13 @@ ROW_JSON = (
 )
 #: COPY's CSV mode with delimiter/quote bytes that JSON never contains raw: lines pass untouched
 CSV_RAW = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
+
+
+def hook_int(name: str, default: int) -> int:
+    """The test hook ``name`` as a positive whole number, else ``default`` (always ``default``
+    outside tests: :mod:`coldkeep.testhooks`)."""
+    text = (testhooks.value(name) or "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else default
 
 
 def month_start(ts: datetime) -> datetime:
@@ -253,15 +260,11 @@ class Archiver:
             older_than if older_than is not None else timedelta(days=self.cfg.archive_after_days)
         )
         self.batch_rows = batch_rows or self.cfg.batch_rows
-        env_early = os.environ.get("COLDKEEP_CONV_EARLY_DIV", "")
-        self.early_rows = max(
-            1, self.batch_rows // (int(env_early) if env_early.isdigit() else EARLY_DIVISOR)
-        )
+        self.early_rows = max(1, self.batch_rows // hook_int("COLDKEEP_CONV_EARLY_DIV", EARLY_DIVISOR))
         self.dry_run = dry_run
         self.purge = purge
         self.lock_wait = lock_wait
-        env_committers = os.environ.get("COLDKEEP_CONV_COMMITTERS", "")
-        self.committers = committers or (int(env_committers) if env_committers.isdigit() else COMMITTERS)
+        self.committers = committers or hook_int("COLDKEEP_CONV_COMMITTERS", COMMITTERS)
         self.store = store
         self.hooks = hooks or {}
         self.log = log or (lambda _msg: None)

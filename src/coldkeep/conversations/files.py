@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
+from coldkeep import testhooks
 from coldkeep.errors import ConfigError
 
 FORMATS = ("jsonl.zst", "jsonl.gz")
@@ -55,7 +56,8 @@ MAX_INFLIGHT = 2
 DIR_MODE = 0o750
 
 # ------------------------------------------------------------------------------------------------
-# test hook: SIGKILL ourselves at a named stage (COLDKEEP_CONV_KILL_AT=stage:n[,stage:n...])
+# test hook: SIGKILL ourselves at a named stage (COLDKEEP_CONV_KILL_AT=stage:n[,stage:n...]);
+# acts only with COLDKEEP_TESTING=1 (coldkeep.testhooks)
 
 KILL_ENV = "COLDKEEP_CONV_KILL_AT"
 _kill_lock = threading.Lock()
@@ -64,8 +66,9 @@ _kill_counts: dict[str, int] = {}
 
 def kill_point(stage: str) -> None:
     """SIGKILL this process the n-th time it reaches ``stage`` when ``$COLDKEEP_CONV_KILL_AT``
-    names it (crash tests use it to land a kill exactly between two critical steps)."""
-    spec = os.environ.get(KILL_ENV)
+    names it and testing is switched on (crash tests use it to land a kill exactly between two
+    critical steps); a no-op otherwise."""
+    spec = testhooks.value(KILL_ENV)
     if not spec:
         return
     for item in spec.split(","):

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from coldkeep import clock
+from coldkeep import clock, testhooks
 from coldkeep.errors import (
     IntegrityError,
     NotFound,
@@ -64,13 +64,14 @@ TREE_MAX_BLOBS = 1024
 READ_GAP = 64 * 1024
 #: the most bytes one such request reads
 READ_SPAN = 8 * 1024 * 1024
-#: overrides :data:`PACK_TARGET` (bytes); for tests, so that little data still makes many packs
+#: test hook overriding :data:`PACK_TARGET` (bytes), so that little data still makes many packs
 PACK_TARGET_ENV = "COLDKEEP_PACK_TARGET"
 
 
 def pack_target() -> int:
-    """The pack size to aim for: ``$COLDKEEP_PACK_TARGET`` when a positive integer, else 16 MiB."""
-    value = os.environ.get(PACK_TARGET_ENV, "").strip()
+    """The pack size to aim for: 16 MiB, or in tests the hook ``$COLDKEEP_PACK_TARGET`` when it is a
+    positive integer (:mod:`coldkeep.testhooks`)."""
+    value = (testhooks.value(PACK_TARGET_ENV) or "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else PACK_TARGET
 
 

@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-import os
 from urllib.parse import unquote, urlsplit
 
 from coldkeep.errors import ConfigError
 from coldkeep.storage.base import Backend, Capabilities, ObjectInfo, validate_key, validate_prefix
-from coldkeep.storage.wrappers import FAULTS_ENV, FaultBackend, RetryBackend, unwrap
+from coldkeep.storage.wrappers import FaultBackend, RetryBackend, unwrap
 
 __all__ = [
     "Backend",
@@ -38,8 +37,8 @@ def open_backend(
     * ``s3://bucket/prefix`` -> :class:`~coldkeep.storage.s3.S3Backend` (``create`` creates the
       bucket if missing).
 
-    The result is ``RetryBackend(FaultBackend(backend))``, the fault layer present only when
-    ``COLDKEEP_FAULTS`` is set.  Any other URL is a :class:`~coldkeep.errors.ConfigError`.
+    The result is ``RetryBackend(FaultBackend(backend))``, the fault layer present only when the
+    test hook ``COLDKEEP_FAULTS`` is set and testing is switched on (:mod:`coldkeep.testhooks`).  Any other URL is a :class:`~coldkeep.errors.ConfigError`.
     """
     try:
         parts = urlsplit(url)
@@ -75,6 +74,4 @@ def open_backend(
         )
     else:
         raise ConfigError(f"repository URL must start with file:// or s3:// (got {url!r})")
-    if os.environ.get(FAULTS_ENV, "").strip():
-        backend = FaultBackend.from_env(backend)
-    return RetryBackend(backend)
+    return RetryBackend(FaultBackend.from_env(backend))

@@ -2,7 +2,8 @@
 
 Both keep the :class:`~coldkeep.storage.base.Backend` contract, so they stack in any order;
 :func:`coldkeep.storage.open_backend` builds ``RetryBackend(FaultBackend(real))`` (the fault layer
-only when ``COLDKEEP_FAULTS`` is set), so injected transient failures exercise the retry path.
+only when the test hook ``COLDKEEP_FAULTS`` is set, which needs ``COLDKEEP_TESTING=1``: see
+:mod:`coldkeep.testhooks`), so injected transient failures exercise the retry path.
 
 Fault plans
 -----------
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, ClassVar, TypeVar
 
+from coldkeep import testhooks
 from coldkeep.errors import ObjectNotFound, StorageError, StorageFull
 from coldkeep.storage.base import Backend, Capabilities, Data, ObjectInfo
 
@@ -288,20 +290,20 @@ class FaultPlan:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FaultPlan | None:
-        """The process-wide plan from ``COLDKEEP_FAULTS`` (``None`` when unset or empty).
+        """The process-wide plan from the test hook ``COLDKEEP_FAULTS`` (``None`` when unset, empty,
+        or testing is not switched on in ``environ``: see :mod:`coldkeep.testhooks`).
 
         Every backend opened in one process shares it, so ``kill:put:7`` means the seventh put
         this process makes.  ``COLDKEEP_FAULTS_COUNTS`` names a file for the call counts.
         """
-        env = os.environ if environ is None else environ
-        text = env.get(FAULTS_ENV, "").strip()
+        text = (testhooks.value(FAULTS_ENV, environ) or "").strip()
         if not text:
             return None
         with cls._env_lock:
             plan = cls._env_plans.get(text)
             if plan is None:
                 plan = cls._env_plans[text] = cls.parse(text)
-                counts_file = env.get(COUNTS_ENV, "")
+                counts_file = testhooks.value(COUNTS_ENV, environ)
                 if counts_file:
                     atexit.register(plan.write_counts, counts_file)
             return plan
