@@ -212,11 +212,23 @@ def test_other_cluster_refused_then_new_lineage_after_upgrade(
     registered: WalSite, pg_bin_dir: Path, tmp_path: Path
 ) -> None:
     site = registered
-    old_segment = site.wal_file(SEGMENT_1)
+
+    def frozen(live: Path, where: str) -> Path:
+        """A copy of a live segment: a running server keeps writing into the file in pg_wal, and
+        comparing a fetched copy with that file raced the server (what is fetched is what was
+        pushed)."""
+        copy = site.base / where / live.name
+        copy.parent.mkdir()
+        shutil.copyfile(live, copy)
+        for path in (copy.parent, copy):
+            shutil.chown(path, PG_USER, PG_USER)
+        return copy
+
+    old_segment = frozen(site.wal_file(SEGMENT_1), "old-segment")
     site.ok("pg", "wal-push", str(old_segment))
 
     upgraded = fresh_cluster(site.base / "new-pg", pg_bin_dir)  # pg_upgrade makes a new system identifier
-    new_segment = upgraded.data_dir / "pg_wal" / SEGMENT_1
+    new_segment = frozen(upgraded.data_dir / "pg_wal" / SEGMENT_1, "new-segment")
     # a push from another cluster is refused (and stores nothing)
     before = sha(site.archived_path(SEGMENT_1))
     proc = site.run("pg", "wal-push", str(new_segment))
