@@ -213,7 +213,10 @@ def test_other_cluster_refused_then_new_lineage_after_upgrade(
     registered: WalSite, pg_bin_dir: Path, tmp_path: Path
 ) -> None:
     site = registered
-    old_segment = site.wal_file(SEGMENT_1)
+    # a copy: the live segment keeps growing (checkpoints, autovacuum) while the test runs
+    (tmp_path / "old-pg").mkdir()
+    old_segment = tmp_path / "old-pg" / SEGMENT_1
+    shutil.copyfile(site.wal_file(SEGMENT_1), old_segment)
     site.ok("pg", "wal-push", str(old_segment))
 
     upgraded = fresh_cluster(site.base / "new-pg", pg_bin_dir)  # pg_upgrade makes a new system identifier
