@@ -153,6 +153,9 @@ class PostgresConfig(ServiceSection):
     os_user: str = "postgres"
     retention_days: NonNegativeInt = 30
     archive_timeout: NonNegativeInt = 300
+    # `pg backup`: the most seconds its WAL may take to be archived (the server's wait at the end
+    # of pg_basebackup, then the wait for the segments in the repository) before the backup fails
+    backup_wal_timeout: Annotated[int, Field(ge=1, le=86400)] = 300
     archive_async: bool = False  # archive_command = wal-push --async (postgres/spool.py)
     archive_async_workers: int = Field(default=0, ge=0, le=64)  # 0: CPUs, at most 4
     # zstd level of base-backup chunks (database pages: level 1 costs ~1/3 less CPU than 3 for

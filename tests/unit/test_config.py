@@ -89,6 +89,11 @@ format = "jsonl.zst"
             "repository.url: repository URL must start with file:// or s3://",
         ),
         ('[postgres]\ndsn = "host=x password=secret"\n', "postgres.dsn: the DSN must not contain a password"),
+        (
+            "[postgres]\nbackup_wal_timeout = 0\n",
+            "postgres.backup_wal_timeout: Input should be greater than or equal to 1",
+        ),
+        ('[postgres]\nbackup_wal_timeout = "soon"\n', "postgres.backup_wal_timeout"),
         ('[schedule]\npg_backup = "0 25 * * *"\n', "schedule.pg_backup"),
         ('[storage.hot]\npath = "/x"\ncapacity = "lots"\n', "storage.hot.capacity"),
     ],

@@ -39,9 +39,14 @@ _mount_wal_commands()
 
 @pg.command("backup")
 @click.option("--label", default="", help="free text stored with the backup")
-@click.option("--wal-timeout", default=120.0, show_default=True, help="seconds to wait for the backup's WAL")
+@click.option(
+    "--wal-timeout",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="seconds the backup's WAL may take to be archived (default: [postgres].backup_wal_timeout)",
+)
 @pass_app
-def backup(app: AppContext, label: str, wal_timeout: float) -> None:
+def backup(app: AppContext, label: str, wal_timeout: float | None) -> None:
     """Take a deduplicated base backup; complete once its WAL is archived."""
     from coldkeep.postgres.basebackup import BaseBackup
     from coldkeep.repository.locks import locked

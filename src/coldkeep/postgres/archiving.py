@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 from coldkeep import clock
 from coldkeep.config import Config
 from coldkeep.errors import EXIT_FAILED, ColdkeepError, PostgresError, UsageError
-from coldkeep.postgres import archive, pgconn, wal
+from coldkeep.postgres import archive, children, pgconn, wal
 from coldkeep.postgres.cluster import running_as_root
 from coldkeep.repository.repository import Repository
 
@@ -156,12 +156,12 @@ def access_problems(config: Config, executable: str, config_path: str) -> list[s
             )
     problems = []
     for argv, problem in checks:
-        full = ["runuser", "-u", os_user, "--", *argv] if running_as_root() and os_user != me else argv
-        try:
-            proc = subprocess.run(
-                full, capture_output=True, text=True, timeout=60, cwd="/", env=_server_like_env()
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
+        try:  # as the server would: its account, no virtualenv on PATH, no coldkeep variables
+            proc = children.run(argv, os_user=os_user, timeout=60, extra_env={"PATH": children.SAFE_PATH})
+        except OSError as exc:  # the program itself cannot be executed by that account
+            problems.append(f"{os_user} {problem} ({exc.strerror or exc})")
+            continue
+        except subprocess.SubprocessError as exc:
             problems.append(f"{problem}: {exc}")
             continue
         if proc.returncode != 0:
@@ -172,14 +172,6 @@ def access_problems(config: Config, executable: str, config_path: str) -> list[s
             "files coldkeep writes as root would not be writable by the archiver"
         )
     return problems
-
-
-def _server_like_env() -> dict[str, str]:
-    """Roughly what PostgreSQL's children see: no virtualenv, no coldkeep secrets."""
-    keep = ("LANG", "LC_ALL", "TZ")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    return env
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,7 +401,8 @@ class CheckResult:
         return dict(self.__dict__)
 
 
-def _archiver(conn: Any) -> dict[str, Any]:
+def archiver_stats(conn: Any) -> dict[str, Any]:
+    """``pg_stat_archiver``'s counts, last archived and last failed segment and their times."""
     row = conn.execute(
         "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, "
         "last_failed_time FROM pg_stat_archiver"
@@ -421,6 +414,18 @@ def _archiver(conn: Any) -> dict[str, Any]:
     return {
         k: (clock.isoformat(v) if hasattr(v, "astimezone") else v) for k, v in zip(keys, row, strict=True)
     }
+
+
+def describe_archiver(now: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """``pg_stat_archiver`` in one line: failed count (and how many failures since ``before``),
+    the last failed segment and when, the last archived segment."""
+    failed = f"failed_count {now['failed_count']}"
+    if before is not None:
+        failed += f" ({int(now['failed_count'] or 0) - int(before['failed_count'] or 0):+d} meanwhile)"
+    return (
+        f"pg_stat_archiver: {failed}, last_failed_wal {now['last_failed_wal'] or '-'} at "
+        f"{now['last_failed_time'] or '-'}, last_archived_wal {now['last_archived_wal'] or '-'}"
+    )
 
 
 def check(config: Config, repo: Repository, *, timeout: float = 60.0, poll_s: float = 0.2) -> CheckResult:
@@ -438,7 +443,7 @@ def check(config: Config, repo: Repository, *, timeout: float = 60.0, poll_s: fl
         lineage = archive.find_lineage(repo)
         if int(lineage["system_identifier"]) != sysid:
             raise archive.OtherCluster(recorded=lineage["system_identifier"], found=sysid)
-        before = _archiver(conn)
+        before = archiver_stats(conn)
         # an empty segment is not switched: write a little WAL first (a transaction id's commit)
         conn.execute("SELECT txid_current()")
         lsn = str(_value(conn, "SELECT pg_switch_wal()"))
@@ -450,13 +455,8 @@ def check(config: Config, repo: Repository, *, timeout: float = 60.0, poll_s: fl
             if any(name == key for name, _ in repo.list_named(key)):
                 break
             if time.monotonic() > deadline:
-                now = _archiver(conn)
-                failed = int(now["failed_count"] or 0) - int(before["failed_count"] or 0)
-                detail = (
-                    f"{segment} did not reach the repository within {timeout:g} s; pg_stat_archiver: "
-                    f"failed_count {now['failed_count']} ({failed:+d} during the check), "
-                    f"last_failed_wal {now['last_failed_wal'] or '-'} at {now['last_failed_time'] or '-'}, "
-                    f"last_archived_wal {now['last_archived_wal'] or '-'}"
+                detail = f"{segment} did not reach the repository within {timeout:g} s; " + describe_archiver(
+                    archiver_stats(conn), before
                 )
                 raise ArchiveCheckFailed(detail)
             time.sleep(poll_s)
@@ -465,5 +465,5 @@ def check(config: Config, repo: Repository, *, timeout: float = 60.0, poll_s: fl
             archive.read_archived(repo, segment, prefix=str(lineage["prefix"]))
         except ColdkeepError as exc:
             raise ArchiveCheckFailed(f"{segment} was archived but does not verify: {exc.message}") from None
-        stats = _archiver(conn)
+        stats = archiver_stats(conn)
     return CheckResult(segment, key, lsn, elapsed, stats, sysid, str(lineage["prefix"]))

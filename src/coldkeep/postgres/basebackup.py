@@ -11,7 +11,9 @@ against the manifest.  The server computes CRC32C (hardware-assisted, ~10 GB/s) 
 second SHA-256 of every byte: that SHA-256 cost the walsender ~1.4 s of CPU per 2 GB, taken from
 the same cores that hash and compress the stream here.  WAL is not in the backup: it comes
 from the archive, and the backup counts as complete only once every segment from its start to its
-stop LSN is there.
+stop LSN is there — within ``[postgres].backup_wal_timeout`` (:mod:`coldkeep.postgres.backupwait`:
+the server itself waits for the archiver before it ends the stream, and a failing
+``archive_command`` would make that wait endless).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import crc32c
 
 from coldkeep import clock
 from coldkeep.config import Config
-from coldkeep.errors import IntegrityError, PostgresError, UsageError
-from coldkeep.postgres import pgconn
-from coldkeep.postgres.cluster import as_user, find_bin_dir, server_version
+from coldkeep.errors import ColdkeepError, IntegrityError, PostgresError, UsageError
+from coldkeep.postgres import backupwait, children, pgconn
+from coldkeep.postgres.cluster import find_bin_dir, server_version
 from coldkeep.postgres.tarstream import TarFormatError, TarReader, TarTruncated, set_pipe_size
 from coldkeep.repository.chunker import StreamChunker, chunk_buffer, strategy_for
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
@@ -357,13 +359,14 @@ def parse_backup_label(text: str) -> dict[str, str]:
 
 class BaseBackup:
     def __init__(self, config: Config, repo: Repository, *, progress: Progress | None = None,
-                 threads: int | None = None, wal_wait_s: float = 120.0) -> None:  # fmt: skip
+                 threads: int | None = None, wal_wait_s: float | None = None) -> None:  # fmt: skip
         self.config = config
         self.pg = config.postgres
         self.repo = repo
         self.progress = progress or Progress()
         self.threads = threads or max(2, os.cpu_count() or 2)
-        self.wal_wait_s = wal_wait_s
+        # the most the backup waits for its WAL to be archived (the server's wait and ours)
+        self.wal_wait_s = float(wal_wait_s if wal_wait_s is not None else self.pg.backup_wal_timeout)
 
     def _pg_basebackup_argv(self, bin_dir: Path, label: str) -> list[str]:
         conn = pgconn.conninfo(self.pg.dsn)
@@ -407,35 +410,22 @@ class BaseBackup:
                 hint="run `coldkeep pg setup --apply` (or `--new-lineage` after pg_upgrade)",
             )
         start_time = clock.now()
-        proc = subprocess.Popen(
-            as_user(self.pg.os_user, self._pg_basebackup_argv(bin_dir, label)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=pgconn.client_env(self.pg),
-            cwd="/",
-            bufsize=0,
-        )
-        assert proc.stdout is not None
-        set_pipe_size(proc.stdout.fileno())
         writer = self.repo.writer(level=self.pg.compression_level)
+        watch = backupwait.ArchiveWatch(self.pg, backupwait.application_name(), self.wal_wait_s)
+        proc: subprocess.Popen[bytes] | None = None
         try:
             try:
-                stream = read_backup_stream(proc.stdout, writer, self.repo.config.chunker, threads=self.threads,
-                                            progress=self.progress)  # fmt: skip
-            except TarTruncated as exc:
-                # a cut stream is usually pg_basebackup failing: report its own words
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                if proc.wait() != 0 and stderr.strip():
-                    raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}"
-                                        f" ({exc.message})") from None  # fmt: skip
+                with watch:
+                    proc = self._start(bin_dir, label, watch.app_name)
+                    watch.on_expire = proc.kill
+                    stream = self._read(proc, writer)
+            except ColdkeepError:
+                if watch.expired is not None:
+                    raise watch.expired from None
                 raise
-            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            if proc.wait() != 0:
-                raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}")
+            if watch.expired is not None:
+                raise watch.expired
+            stream_end = time.monotonic()
             if on_stream_done is not None:
                 on_stream_done()
             entries = [entry for entry, _, _ in stream.pending]
@@ -456,8 +446,9 @@ class BaseBackup:
             tree = self.repo.write_tree(writer, entries)
             writer.finish()
         except BaseException:
-            proc.kill()
-            proc.wait()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
             writer.abort()
             raise
         stop_time = clock.now()
@@ -472,7 +463,7 @@ class BaseBackup:
                 "SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'MB' THEN 1048576 ELSE 1 END"
                 " FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[0])  # type: ignore[index]  # fmt: skip
         needed = archive.segments_for_backup(timeline, start_lsn, stop_lsn, seg_size)
-        self._wait_for_wal(lineage, needed)
+        self._wait_for_wal(lineage, needed, watch, stream_end)
         logical = sum(size for size, _, _ in computed.values())
         label_fields = parse_backup_label(label_text)
         snap = Snapshot(
@@ -513,6 +504,38 @@ class BaseBackup:
         self.repo.save_snapshot(snap)
         return BackupInfo(snap)
 
+    def _start(self, bin_dir: Path, label: str, app_name: str) -> subprocess.Popen[bytes]:
+        """``pg_basebackup`` (as the PostgreSQL OS user when root) with libpq's variables only,
+        known to the server as ``app_name``."""
+        proc = children.popen(self._pg_basebackup_argv(bin_dir, label), os_user=self.pg.os_user, connect=True,
+                              passfile=self.pg.passfile, extra_env={"PGAPPNAME": app_name},
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              bufsize=0)  # fmt: skip
+        assert proc.stdout is not None
+        set_pipe_size(proc.stdout.fileno())
+        return proc
+
+    def _read(self, proc: subprocess.Popen[bytes], writer: BlobWriter) -> _Stream:
+        """Store the whole tar stream; ``pg_basebackup``'s own words when it fails."""
+        try:
+            stream = read_backup_stream(proc.stdout, writer, self.repo.config.chunker, threads=self.threads,
+                                        progress=self.progress)  # fmt: skip
+        except TarTruncated as exc:
+            # a cut stream is usually pg_basebackup failing: report its own words
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.wait() != 0 and stderr.strip():
+                raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}"
+                                    f" ({exc.message})") from None  # fmt: skip
+            raise
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.wait() != 0:
+            raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}")
+        return stream
+
     def _config_files(self, writer: BlobWriter) -> list[dict[str, Any]]:
         """Configuration files that live outside the data directory (Debian: /etc/postgresql/…)."""
         cfg_dir = self.pg.config_dir
@@ -539,10 +562,13 @@ class BaseBackup:
             entries.append(entry)
         return entries
 
-    def _wait_for_wal(self, lineage: dict[str, Any], needed: list[str]) -> None:
+    def _wait_for_wal(self, lineage: dict[str, Any], needed: list[str], watch: backupwait.ArchiveWatch,
+                      stream_end: float) -> None:  # fmt: skip
+        """Until every segment the backup needs is in the repository, within the budget the server's
+        own archive wait started (see :mod:`coldkeep.postgres.backupwait`)."""
         from coldkeep.postgres import walchain as archive
 
-        deadline = time.monotonic() + self.wal_wait_s
+        deadline = watch.deadline(stream_end)
         switched = False
         while True:
             have = archive.archived_set(self.repo, lineage)
@@ -550,13 +576,10 @@ class BaseBackup:
             if not missing:
                 return
             if time.monotonic() > deadline:
-                raise PostgresError(
-                    f"the backup's WAL is not archived: {missing[0]}"
-                    + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
-                    + f" after {self.wal_wait_s:.0f} s; the backup is not complete",
-                    hint="check the archiver with `coldkeep pg check` and pg_stat_archiver",
-                )
-            if not switched and time.monotonic() > deadline - self.wal_wait_s + 2:
+                more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise watch.error(f"{missing[0]}{more} not in the repository; "
+                                  + backupwait.describe_archiver_now(self.pg))  # fmt: skip
+            if not switched and time.monotonic() > stream_end + 2:
                 with pgconn.connect(self.pg) as conn:
                     conn.execute("SELECT pg_switch_wal()")
                 switched = True

@@ -1,8 +1,9 @@
 """PostgreSQL server binaries, the OS user they run as, and throwaway instances.
 
 The server refuses to run as root, so when coldkeep runs as root every server-side program
-(``initdb``, ``pg_ctl``, ``postgres``, ``pg_basebackup`` writing server-owned files) runs as
-``[postgres].os_user`` through ``runuser``, in directories that user owns.
+(``initdb``, ``pg_ctl``, ``postgres``, ``pg_basebackup``) runs as ``[postgres].os_user``, in
+directories that user owns.  Every program is started through :mod:`coldkeep.postgres.children`
+(an allow-listed environment: no ``COLDKEEP_PASSWORD``, no ``AWS_*``).
 
 :class:`TempCluster` is a private instance (unix socket in its own directory, ``listen_addresses``
 empty, a free port) used by restore tests, drills, the demo and the test suite.  It never touches a
@@ -25,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from coldkeep.errors import PostgresBinariesNotFound, PostgresError
+from coldkeep.postgres import children
 
 SERVER_PROGRAMS = ("postgres", "pg_ctl", "initdb")
 
@@ -45,7 +47,7 @@ def find_bin_dir(configured: str = "") -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            out = children.run([pg_config, "--bindir"], timeout=10)
             candidate = Path(out.stdout.strip())
             if out.returncode == 0 and _has_server(candidate):
                 return candidate
@@ -66,7 +68,7 @@ def find_bin_dir(configured: str = "") -> Path:
 
 def server_version(bin_dir: Path) -> tuple[int, str]:
     """``(major, full text)`` from ``postgres --version``."""
-    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30)
+    out = children.run([str(bin_dir / "postgres"), "--version"], timeout=30)
     match = re.search(r"(\d+)(?:\.(\d+))?", out.stdout)
     if out.returncode != 0 or not match:
         raise PostgresBinariesNotFound(f"{bin_dir}/postgres --version failed: {out.stderr.strip()}")
@@ -75,13 +77,6 @@ def server_version(bin_dir: Path) -> tuple[int, str]:
 
 def running_as_root() -> bool:
     return os.geteuid() == 0
-
-
-def as_user(os_user: str, argv: Sequence[str]) -> list[str]:
-    """Prefix ``argv`` so it runs as ``os_user`` when we are root (and are not that user)."""
-    if running_as_root() and os_user != "root":
-        return ["runuser", "-u", os_user, "--", *argv]
-    return list(argv)
 
 
 def chown_to(path: Path, os_user: str) -> None:
@@ -96,25 +91,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run(
-    argv: Sequence[str],
-    *,
-    os_user: str,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 600,
-    cwd: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run(
-        as_user(os_user, argv),
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=cwd or "/",
-        check=False,
-    )
+def run(argv: Sequence[str], *, os_user: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a server program (or a client of a private instance, given every setting on its command
+    line) as ``os_user``, with no ``PG*`` variables and none of coldkeep's secrets (only where S3
+    credential files are, for ``restore_command``: :data:`~coldkeep.postgres.children.SERVER_VARS`)."""
+    return children.run(argv, os_user=os_user, timeout=timeout, server=True)
 
 
 class TempCluster:
@@ -275,7 +256,7 @@ class TempCluster:
 
 def _has_locale(name: str) -> bool:
     try:
-        out = subprocess.run(["locale", "-a"], capture_output=True, text=True, timeout=10)
+        out = children.run(["locale", "-a"], timeout=10)
     except (OSError, subprocess.SubprocessError):
         return False
     wanted = name.lower().replace("-", "")

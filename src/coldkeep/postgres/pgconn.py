@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,13 +12,6 @@ from psycopg import sql
 
 from coldkeep.config import PostgresConfig
 from coldkeep.errors import PostgresUnreachable, UsageError
-
-
-def client_env(pg: PostgresConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    if pg.passfile:
-        env["PGPASSFILE"] = pg.passfile
-    return env
 
 
 def conninfo(dsn: str) -> dict[str, str]:

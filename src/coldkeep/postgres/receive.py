@@ -44,7 +44,7 @@ from coldkeep.errors import (
     PostgresError,
     UsageError,
 )
-from coldkeep.postgres import archive, pgconn, wal
+from coldkeep.postgres import archive, children, wal
 from coldkeep.postgres.cluster import find_bin_dir, running_as_root
 from coldkeep.postgres.walstream import cleanup, forget_segment, store_partial
 from coldkeep.repository.repository import Repository
@@ -219,16 +219,10 @@ class Receiver:
             raise UsageError(f"postgres.receive_dsn: {exc}") from None
 
     def _popen_kwargs(self) -> dict[str, Any]:
-        env = pgconn.client_env(self.pg)
-        for key in list(env):
-            if key.startswith("COLDKEEP_"):
-                env.pop(key)
-        kwargs: dict[str, Any] = {"cwd": "/", "env": env, "start_new_session": True}
-        user = self._user()
-        if user is not None:
-            env["HOME"] = user.pw_dir
-            env["USER"] = env["LOGNAME"] = user.pw_name
-            kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+        """pg_receivewal as the PostgreSQL OS user (when root), in a session of its own, with
+        libpq's variables and nothing else of coldkeep's environment."""
+        kwargs = children.spawn_args(os_user=self.pg.os_user, connect=True, passfile=self.pg.passfile)
+        kwargs["start_new_session"] = True
         return kwargs
 
     def create_slot(self) -> None:

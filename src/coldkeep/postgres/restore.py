@@ -107,6 +107,19 @@ def restore_command(config: Config, lineage: str) -> str:
     return archiving.restore_command(archiving.coldkeep_executable(), os.path.abspath(config.source), lineage)
 
 
+def check_passphrase_source(config: Config, repo: Repository) -> None:
+    """Refuse, before anything is written, an encrypted repository without
+    ``[repository].password_file``: the restored server runs ``wal-fetch`` without
+    ``COLDKEEP_PASSWORD`` (no child process gets it), so recovery could not read a segment."""
+    if repo.config.encrypted and not config.repository.password_file:
+        raise UsageError(
+            "the repository is encrypted and [repository].password_file is not set: the restored server's "
+            "restore_command (coldkeep pg wal-fetch) cannot read the passphrase (COLDKEEP_PASSWORD is never "
+            "passed to a server)",
+            hint="put the passphrase in a file the PostgreSQL OS user can read and name it in [repository].password_file",
+        )
+
+
 def choose_backup(backups: list[Snapshot], target: Target, ref: str | None) -> Snapshot:
     if not backups:
         raise PostgresError("there are no base backups to restore", hint="take one with `coldkeep pg backup`")
@@ -259,6 +272,7 @@ class PgRestore:
     ) -> tuple[RestoreReport, Snapshot]:
         backup = choose_backup(catalog.list_backups(self.repo), target, backup_ref)
         check_reachable(self.repo, backup, target)
+        check_passphrase_source(self.config, self.repo)
         data_dir = Path(os.path.abspath(data_dir))
         report = RestoreReport(backup_id=backup.id, target=target.describe(), data_dir=str(data_dir))
         report.moved_aside = move_aside(data_dir)

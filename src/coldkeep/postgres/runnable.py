@@ -18,18 +18,24 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from coldkeep.postgres.cluster import as_user
-
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+from coldkeep.postgres import children
+from coldkeep.postgres.children import SAFE_PATH
 
 
 def runs_as(os_user: str, executable: str) -> bool:
     try:
-        proc = subprocess.run(as_user(os_user, [executable, "--version"]), capture_output=True, text=True,
-                              timeout=60, cwd="/", env={"PATH": SAFE_PATH})  # fmt: skip
+        proc = children.run(
+            [executable, "--version"], os_user=os_user, timeout=60, extra_env={"PATH": SAFE_PATH}
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return proc.returncode == 0
+
+
+def _must(proc: subprocess.CompletedProcess[str]) -> str:
+    """The output of a step that has to succeed (raises ``CalledProcessError`` otherwise)."""
+    proc.check_returncode()
+    return proc.stdout.strip()
 
 
 def build_runnable(base: Path, os_user: str = "postgres") -> str | None:
@@ -45,9 +51,9 @@ def build_runnable(base: Path, os_user: str = "postgres") -> str | None:
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)
     venv = base / "venv"
-    subprocess.run([system_python, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
+    _must(children.run([system_python, "-m", "venv", "--without-pip", str(venv)], timeout=300))
+    site = Path(_must(children.run([str(venv / "bin" / "python"), "-c",
+                                    "import sysconfig; print(sysconfig.get_paths()['purelib'])"], timeout=60)))  # fmt: skip
     ours = sysconfig.get_paths()["purelib"]
     script = venv / "bin" / "coldkeep"
     script.write_text(
@@ -56,7 +62,7 @@ def build_runnable(base: Path, os_user: str = "postgres") -> str | None:
     script.chmod(0o755)
     pth = site / "coldkeep-env.pth"
     pth.write_text(f"import site; site.addsitedir({ours!r})\n")
-    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    _must(children.run(["chmod", "-R", "a+rX", str(base)], timeout=300))
     if runs_as(os_user, str(script)):
         return str(script)
     # the packages themselves are out of reach: copy them (and coldkeep's own source)
@@ -71,5 +77,5 @@ def build_runnable(base: Path, os_user: str = "postgres") -> str | None:
     for pth_file in site.glob("*.pth"):
         if "coldkeep" in pth_file.read_text(errors="replace"):
             pth_file.unlink()
-    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    _must(children.run(["chmod", "-R", "a+rX", str(base)], timeout=300))
     return str(script) if runs_as(os_user, str(script)) else None
