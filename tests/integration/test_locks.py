@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers import Site, one_line_error, tree_digest
 
 from coldkeep.errors import LockHeld, LockLost, StorageError
 from coldkeep.repository import locks
@@ -30,7 +31,6 @@ from coldkeep.repository.restore import Restorer
 from coldkeep.storage.base import Backend, Data
 from coldkeep.storage.local import LocalBackend
 from coldkeep.storage.wrappers import WrapperBackend
-from tests.helpers import Site, one_line_error, tree_digest
 
 WAIT = 60.0  # seconds a test waits for something that happens at once, before it gives up
 
@@ -190,7 +190,9 @@ def test_prune_with_lock_wait_waits_for_the_restore_then_runs(
     proc = site.popen("--json", "repo", "prune", "--lock-wait", str(WAIT))
     try:
         lines = _stderr_lines(proc)
-        line = lines.get(timeout=WAIT)  # the prune says that it waits, and for whom
+        line = ""
+        while "waits up to" not in line:  # the prune says that it waits, and for whom
+            line = lines.get(timeout=WAIT)
         assert "prune (exclusive) waits up to" in line and f"restore (shared, pid {os.getpid()}" in line
         assert proc.poll() is None
         gate.go.set()
@@ -310,7 +312,10 @@ def test_a_backup_whose_lock_refresh_keeps_failing_stops_without_a_snapshot(
         gate.go.set()
         with pytest.raises(LockLost) as lost:
             run.result()
-        assert "not refreshed for" in lost.value.message and "injected: cannot write locks/" in lost.value.message
+        assert (
+            "not refreshed for" in lost.value.message
+            and "injected: cannot write locks/" in lost.value.message
+        )
         assert repo.snapshot_ids() == []
 
 

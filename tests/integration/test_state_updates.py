@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.fixtures.s3 import S3Proxy
 
 from coldkeep.postgres import archive, catalog
 from coldkeep.repository.crypto import KdfParams
 from coldkeep.repository.repository import Repository
 from coldkeep.storage import open_backend
 from coldkeep.storage.s3 import S3Backend
-from tests.fixtures.s3 import S3Proxy
 
 WRITERS = 8
 UPDATES = 20
@@ -127,7 +127,9 @@ def test_backup_status_records_of_concurrent_verifies_are_all_kept(where: tuple[
     assert {b for b in status if b != "shared-backup"} == {
         f"backup-{n}-{i}" for n in range(WRITERS) for i in range(UPDATES)
     }
-    assert all(status[f"backup-{n}-{i}"]["verified_at"] == f"{n}.{i}" for n in range(WRITERS) for i in range(UPDATES))
+    assert all(
+        status[f"backup-{n}-{i}"]["verified_at"] == f"{n}.{i}" for n in range(WRITERS) for i in range(UPDATES)
+    )
     assert status["shared-backup"] == {f"check_{n}": UPDATES - 1 for n in range(WRITERS)}
     for repo in repos:
         repo.close()
@@ -147,8 +149,12 @@ def test_concurrent_pg_setups_record_each_lineage_once(where: tuple[str, str]) -
     in_threads(lambda n: archive.record_system_identifier(repos[n], 8000 + n, new_lineage=True))
     lineages = archive.lineages(repos[0])
     assert lineages[0]["system_identifier"] == 7000 and lineages[0]["prefix"] == "wal"
-    assert sorted(int(item["system_identifier"]) for item in lineages[1:]) == [8000 + n for n in range(WRITERS)]
-    assert sorted(item["prefix"] for item in lineages[1:]) == sorted(f"wal-{8000 + n}" for n in range(WRITERS))
+    assert sorted(int(item["system_identifier"]) for item in lineages[1:]) == [
+        8000 + n for n in range(WRITERS)
+    ]
+    assert sorted(item["prefix"] for item in lineages[1:]) == sorted(
+        f"wal-{8000 + n}" for n in range(WRITERS)
+    )
     for repo in repos:
         repo.close()
 

@@ -14,8 +14,8 @@ Contract (in addition to :mod:`coldkeep.storage.base`)
   ``get_version`` is the ETag; ``None`` means ``If-None-Match: *``); 412 (and a 409 conflict
   between two conditional writes) is "the object changed", ``False``.  A server that answers 501
   gets the read-compare-put fallback and ``capabilities.atomic_update = False``.  A server that
-  ignores ``If-Match`` altogether cannot be told from one that honours it: AWS S3, MinIO, Ceph
-  RGW and moto honour it.
+  ignores ``If-Match`` altogether cannot be told from one that honours it (AWS S3 and moto
+  honour it; check another S3-compatible server before relying on it).
 * Errors: missing key -> :class:`~coldkeep.errors.ObjectNotFound`; endpoint unreachable or timing
   out -> :class:`~coldkeep.errors.StorageUnavailable` (transient); 5xx / SlowDown ->
   :class:`~coldkeep.errors.StorageError` (transient); anything else -> ``StorageError``.
