@@ -9,7 +9,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,20 +96,26 @@ def test_put_if_absent(backend: Backend) -> None:
 def test_put_if_absent_race_has_one_winner(backend: Backend) -> None:
     if not backend.capabilities.atomic_create:
         pytest.skip("backend does not claim atomic create")
+    results = race(lambda i: backend.put_if_absent("race/key", f"writer {i}".encode()))
+    assert sorted(results) == [False] * 7 + [True]
+    assert backend.get("race/key").startswith(b"writer ")
+
+
+def race(write: Callable[[int], bool], writers: int = 8) -> list[bool]:
+    """``write(i)`` from ``writers`` threads let go at once; their results."""
     results: list[bool] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(writers)
 
     def worker(i: int) -> None:
         barrier.wait()
-        results.append(backend.put_if_absent("race/key", f"writer {i}".encode()))
+        results.append(write(i))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [False] * 7 + [True]
-    assert backend.get("race/key").startswith(b"writer ")
+    return results
 
 
 def test_put_if_version_is_a_compare_and_swap(backend: Backend) -> None:
@@ -133,18 +139,7 @@ def test_put_if_version_race_has_one_winner(backend: Backend) -> None:
     assert backend.capabilities.atomic_update  # every backend here claims it (S3: If-Match)
     backend.put("race/rec", b"start")
     _, version = backend.get_version("race/rec")
-    results: list[bool] = []
-    barrier = threading.Barrier(8)
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        results.append(backend.put_if_version("race/rec", f"writer {i}".encode(), version))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race(lambda i: backend.put_if_version("race/rec", f"writer {i}".encode(), version))
     assert sorted(results) == [False] * 7 + [True]
     assert backend.get("race/rec").startswith(b"writer ")
 
