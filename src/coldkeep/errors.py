@@ -12,7 +12,7 @@ Exit codes (documented in the README and docs/design.md):
 1     operation failed
 2     usage or configuration error
 3     integrity / verification failure
-4     lock held by another process
+4     lock held by another process (or this run's own lock was lost)
 5     not found
 ====  ==========================================================
 
@@ -176,6 +176,22 @@ class LockHeld(ColdkeepError):
     exit_code = EXIT_LOCKED
     template = "repository is locked by {detail}"
     hint = "wait for it to finish; if that process is gone, run `coldkeep repo unlock`"
+
+
+class LockLost(ColdkeepError):
+    """This run's own lock could not be kept: another process may treat it as stale."""
+
+    exit_code = EXIT_LOCKED
+    template = "lost the repository lock of {detail}; stopped before writing anything that depends on it"
+    hint = (
+        "check that the repository is reachable and that nobody ran `repo unlock --all`, then run "
+        "the command again (data already stored is reused; `repo prune` removes the rest)"
+    )
+
+
+class StateConflict(RepositoryError):
+    template = "could not update {detail}: other writers kept changing it"
+    hint = "run the command again"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,20 +96,52 @@ def test_put_if_absent(backend: Backend) -> None:
 def test_put_if_absent_race_has_one_winner(backend: Backend) -> None:
     if not backend.capabilities.atomic_create:
         pytest.skip("backend does not claim atomic create")
+    results = race(lambda i: backend.put_if_absent("race/key", f"writer {i}".encode()))
+    assert sorted(results) == [False] * 7 + [True]
+    assert backend.get("race/key").startswith(b"writer ")
+
+
+def race(write: Callable[[int], bool], writers: int = 8) -> list[bool]:
+    """``write(i)`` from ``writers`` threads let go at once; their results."""
     results: list[bool] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(writers)
 
     def worker(i: int) -> None:
         barrier.wait()
-        results.append(backend.put_if_absent("race/key", f"writer {i}".encode()))
+        results.append(write(i))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return results
+
+
+def test_put_if_version_is_a_compare_and_swap(backend: Backend) -> None:
+    with pytest.raises(ObjectNotFound):
+        backend.get_version("state/rec")
+    assert backend.put_if_version("state/rec", b"one", "no-such-version") is False  # nothing there
+    assert backend.put_if_version("state/rec", b"one", None) is True  # None: only if absent
+    assert backend.put_if_version("state/rec", b"other", None) is False
+    data, v1 = backend.get_version("state/rec")
+    assert data == b"one"
+    assert backend.put_if_version("state/rec", b"two", v1) is True
+    data, v2 = backend.get_version("state/rec")
+    assert data == b"two" and v2 != v1
+    assert backend.put_if_version("state/rec", b"three", v1) is False  # v1 is gone
+    assert backend.get("state/rec") == b"two"
+    backend.delete("state/rec")
+    assert backend.put_if_version("state/rec", b"four", v2) is False  # deleted meanwhile
+
+
+def test_put_if_version_race_has_one_winner(backend: Backend) -> None:
+    assert backend.capabilities.atomic_update  # every backend here claims it (S3: If-Match)
+    backend.put("race/rec", b"start")
+    _, version = backend.get_version("race/rec")
+    results = race(lambda i: backend.put_if_version("race/rec", f"writer {i}".encode(), version))
     assert sorted(results) == [False] * 7 + [True]
-    assert backend.get("race/key").startswith(b"writer ")
+    assert backend.get("race/rec").startswith(b"writer ")
 
 
 def test_get_range(backend: Backend) -> None:

@@ -9,7 +9,7 @@ import click
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
-from coldkeep.cli.repo_support import open_repo, parse_tags, progress
+from coldkeep.cli.repo_support import lock_wait_option, open_repo, parse_tags, progress
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError
 from coldkeep.units import human_bytes
 
@@ -74,9 +74,14 @@ def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
 @pass_app
 def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, ...]) -> int:
     """Restore a snapshot (id, prefix or `latest`) into DIR, verifying every byte."""
+    from coldkeep.repository.locks import locked
     from coldkeep.repository.restore import Restorer
 
-    with open_repo(app) as repo, progress(app, "restore") as prog:
+    with (
+        open_repo(app) as repo,
+        locked(repo.backend, "restore", exclusive=False),
+        progress(app, "restore") as prog,
+    ):
         snap = repo.find_snapshot(snapshot)
         result = Restorer(repo, progress=prog).run(snap, target, includes)
     for warning in result.warnings:  # restored, but not as the snapshot has it
@@ -118,6 +123,7 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
     "--tag", "tags", multiple=True, metavar="KEY=VALUE", help="only consider snapshots with this tag"
 )
 @click.option("--dry-run", is_flag=True, help="show the decisions, delete nothing")
+@lock_wait_option
 @pass_app
 def forget(
     app: AppContext,
@@ -133,6 +139,7 @@ def forget(
     group_by: str,
     tags: tuple[str, ...],
     dry_run: bool,
+    lock_wait: float,
 ) -> None:
     """Remove generic file snapshots: the ones named, or the ones no --keep-* rule keeps.
 
@@ -156,7 +163,7 @@ def forget(
             "give snapshot ids or --keep-*/--tag options, not both",
             hint="`coldkeep forget ID…` removes those snapshots; `coldkeep forget --keep-daily 7` applies a policy",
         )
-    with open_repo(app) as repo, locked(repo.backend, "forget", exclusive=True):
+    with open_repo(app) as repo, locked(repo.backend, "forget", exclusive=True, wait_s=lock_wait):
         if snapshot_ids:
             result = forget_ids(repo, snapshot_ids, dry_run=dry_run)
         else:

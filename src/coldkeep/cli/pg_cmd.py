@@ -14,7 +14,7 @@ from rich.table import Table
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
-from coldkeep.cli.repo_support import open_repo, progress
+from coldkeep.cli.repo_support import lock_wait_option, open_repo, progress
 from coldkeep.errors import EXIT_INTEGRITY
 from coldkeep.units import human_bytes
 
@@ -105,8 +105,9 @@ def verify(app: AppContext, backup: str | None, all_backups: bool) -> int:
     """Check files against backup_manifest and the WAL chain to the newest segment (exit 3 on failure)."""
     from coldkeep.postgres.catalog import find_backup, list_backups
     from coldkeep.postgres.verify import verify_backup
+    from coldkeep.repository.locks import locked
 
-    with open_repo(app) as repo:
+    with open_repo(app) as repo, locked(repo.backend, "pg verify", exclusive=False):
         snaps = list_backups(repo) if all_backups else [find_backup(repo, backup or "latest")]
         results = [verify_backup(repo, s) for s in snaps]
 
@@ -158,10 +159,12 @@ def restore(
 ) -> None:
     """Restore a base backup and set up recovery to a target (point-in-time recovery)."""
     from coldkeep.postgres.restore import PgRestore, make_target
+    from coldkeep.repository.locks import locked
 
     target = make_target(time_=time_, xid=xid, lsn=lsn, name=name, immediate=immediate)
     cfg = app.config()
-    with open_repo(app) as repo:
+    # shared lock while the files are restored and, with --start, while the WAL is replayed
+    with open_repo(app) as repo, locked(repo.backend, "pg restore", exclusive=False):
         restorer = PgRestore(cfg, repo)
         report, backup = restorer.prepare(target_dir, target=target, backup_ref=backup_ref, timeline=timeline,
                                           exclusive=exclusive, archive_mode=archive_mode)  # fmt: skip
@@ -215,8 +218,9 @@ def restore_test(app: AppContext, backup_ref: str) -> int:
 @pg.command("expire")
 @click.option("--dry-run", is_flag=True, help="show the decisions, delete nothing")
 @click.option("--prune/--no-prune", default=True, show_default=True, help="reclaim space afterwards")
+@lock_wait_option
 @pass_app
-def expire(app: AppContext, dry_run: bool, prune: bool) -> None:
+def expire(app: AppContext, dry_run: bool, prune: bool, lock_wait: float) -> None:
     """Apply [postgres].retention_days to backups and WAL (oldest day stays recoverable)."""
     from coldkeep.postgres.expire import execute, plan
     from coldkeep.repository.locks import locked
@@ -224,11 +228,11 @@ def expire(app: AppContext, dry_run: bool, prune: bool) -> None:
 
     cfg = app.config()
     with open_repo(app) as repo:
-        with locked(repo.backend, "pg expire", exclusive=True):
+        with locked(repo.backend, "pg expire", exclusive=True, wait_s=lock_wait):
             decided = plan(repo, cfg.postgres.retention_days, clock.now())
             if not dry_run:
                 execute(repo, decided)
-        pruned = run_prune(repo).to_json() if prune and not dry_run else None
+        pruned = run_prune(repo, lock_wait=lock_wait).to_json() if prune and not dry_run else None
     data = decided.to_json() | {"dry_run": dry_run, "prune": pruned}
 
     def human(console: Console) -> None:

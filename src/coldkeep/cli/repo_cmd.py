@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coldkeep.cli.context import AppContext, pass_app
-from coldkeep.cli.repo_support import open_repo
+from coldkeep.cli.repo_support import lock_wait_option, open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
 from coldkeep.units import human_bytes
 
@@ -63,13 +63,14 @@ def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> i
 @click.option("--max-unused", type=click.FloatRange(0, 100), default=5.0, show_default=True, metavar="PCT",
               help="repack packs with more unused space than this")  # fmt: skip
 @click.option("--dry-run", is_flag=True)
+@lock_wait_option
 @pass_app
-def prune(app: AppContext, max_unused: float, dry_run: bool) -> None:
+def prune(app: AppContext, max_unused: float, dry_run: bool, lock_wait: float) -> None:
     """Remove data no snapshot uses (exclusive lock; safe to kill)."""
     from coldkeep.repository.prune import prune as run_prune
 
     with open_repo(app) as r:
-        result = run_prune(r, max_unused_pct=max_unused, dry_run=dry_run)
+        result = run_prune(r, max_unused_pct=max_unused, dry_run=dry_run, lock_wait=lock_wait)
     data = result.to_json()
     app.out.emit(data, lambda c: c.print(
         f"{'would delete' if dry_run else 'deleted'} {result.packs_deleted} pack(s) (repacked {result.packs_repacked}); "
@@ -101,11 +102,12 @@ def repair(app: AppContext, source: str) -> int:
     """Replace damaged or missing packs with verified ones from a copy."""
     from coldkeep.repository.check import check as run_check
     from coldkeep.repository.copy import repair_from
+    from coldkeep.repository.locks import locked
     from coldkeep.repository.setup import backend_for, copy_section
 
     cfg = app.config()
     src = backend_for(copy_section(cfg, source))
-    with open_repo(app) as r:
+    with open_repo(app) as r, locked(r.backend, "repair", exclusive=False):
         before = run_check(r, read_data=True)
         damaged = sorted({p.object.split(" ")[0] for p in before.problems if p.object.startswith("data/")})
         repaired = repair_from(r, src, damaged)
@@ -121,9 +123,10 @@ def repair(app: AppContext, source: str) -> int:
 @pass_app
 def stats(app: AppContext) -> None:
     """Logical and stored bytes, dedup and compression ratios, per tag."""
+    from coldkeep.repository.locks import locked
     from coldkeep.repository.stats import stats as run_stats
 
-    with open_repo(app) as r:
+    with open_repo(app) as r, locked(r.backend, "stats", exclusive=False):
         data = run_stats(r)
 
     def human(console: Console) -> None:
@@ -164,7 +167,9 @@ def unlock(app: AppContext, all_locks: bool) -> None:
 @pass_app
 def rebuild_cache(app: AppContext) -> None:
     """Rebuild the local index cache from the repository alone."""
-    with open_repo(app) as r:
+    from coldkeep.repository.locks import locked
+
+    with open_repo(app) as r, locked(r.backend, "rebuild-cache", exclusive=False):
         cache = r.refresh_cache(full=True)
         blobs, nbytes = cache.stats()
     app.out.emit({"blobs": blobs, "stored_blob_bytes": nbytes, "path": str(cache.path)},

@@ -1,9 +1,11 @@
-"""Shared by the repository commands: open the repository, show progress, parse tags."""
+"""Shared by the repository commands: open the repository, show progress, parse tags, ``--lock-wait``."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+
+import click
 
 from coldkeep.cli.context import AppContext
 from coldkeep.errors import UsageError
@@ -15,6 +17,13 @@ def open_repo(app: AppContext) -> Repository:
     from coldkeep.repository.setup import open_repository_section
 
     return open_repository_section(app.repository_section())
+
+
+#: ``--lock-wait`` of the commands that take the exclusive lock (prune, forget, pg expire)
+lock_wait_option = click.option(
+    "--lock-wait", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+    help="wait this long for running backups, restores and checks to finish (then exit 4)",
+)  # fmt: skip
 
 
 def parse_tags(values: tuple[str, ...] | list[str]) -> dict[str, str]:

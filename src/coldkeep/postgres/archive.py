@@ -116,8 +116,11 @@ class WalFileUnreadable(ColdkeepError):
 
 def lineages(repo: Repository) -> list[dict[str, Any]]:
     """Every recorded lineage, oldest first (empty when ``pg setup`` never ran)."""
-    doc = repo.get_state(LINEAGE_STATE) or {}
-    items = doc.get("lineages", [])
+    return _lineage_list(repo.get_state(LINEAGE_STATE))
+
+
+def _lineage_list(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
+    items = (doc or {}).get("lineages", [])
     if not isinstance(items, list):
         raise IntegrityError(f"state/{LINEAGE_STATE}: 'lineages' is not a list")
     return [dict(item) for item in items]
@@ -151,34 +154,44 @@ def record_system_identifier(
     First time: records the ``wal`` lineage.  Same system identifier as the current lineage: no
     change.  A different one: :class:`OtherCluster`, unless ``new_lineage`` (after ``pg_upgrade``),
     which appends ``wal-<system identifier>``.  A system identifier that belongs to an *older*
-    lineage is refused either way (that would mix two histories under one prefix).
+    lineage is refused either way (that would mix two histories under one prefix).  The record is
+    updated by compare-and-swap (:meth:`Repository.update_state`): two ``pg setup`` runs at once
+    never lose a lineage.
     """
     if system_identifier <= 0:
         raise UsageError(f"invalid system identifier {system_identifier}")
-    items = lineages(repo)
     now = clock.isoformat(clock.now())
-    entry: dict[str, Any] = {"system_identifier": int(system_identifier), "started": now}
-    if pg_version is not None:
-        entry["pg_version"] = pg_version
-    if not items:
-        entry["prefix"] = FIRST_PREFIX
-        repo.put_state(LINEAGE_STATE, {"lineages": [entry]})
-        return entry, True
-    current = items[-1]
-    if int(current["system_identifier"]) == system_identifier:
-        return current, False
-    older = [i for i in items[:-1] if int(i["system_identifier"]) == system_identifier]
-    if older:
-        raise OtherCluster(
-            f" (it was archived earlier under {older[0]['prefix']!r}; going back to an older lineage is not supported)",
-            recorded=current["system_identifier"],
-            found=system_identifier,
-        )
-    if not new_lineage:
-        raise OtherCluster(recorded=current["system_identifier"], found=system_identifier)
-    entry["prefix"] = f"{FIRST_PREFIX}-{system_identifier}"
-    repo.put_state(LINEAGE_STATE, {"lineages": [*items, entry]})
-    return entry, True
+    outcome: list[tuple[dict[str, Any], bool]] = []
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        outcome.clear()
+        items = _lineage_list(doc)
+        entry: dict[str, Any] = {"system_identifier": int(system_identifier), "started": now}
+        if pg_version is not None:
+            entry["pg_version"] = pg_version
+        if not items:
+            entry["prefix"] = FIRST_PREFIX
+            outcome.append((entry, True))
+            return {**(doc or {}), "lineages": [entry]}
+        current = items[-1]
+        if int(current["system_identifier"]) == system_identifier:
+            outcome.append((current, False))
+            return None
+        older = [i for i in items[:-1] if int(i["system_identifier"]) == system_identifier]
+        if older:
+            raise OtherCluster(
+                f" (it was archived earlier under {older[0]['prefix']!r}; going back to an older lineage is not supported)",
+                recorded=current["system_identifier"],
+                found=system_identifier,
+            )
+        if not new_lineage:
+            raise OtherCluster(recorded=current["system_identifier"], found=system_identifier)
+        entry["prefix"] = f"{FIRST_PREFIX}-{system_identifier}"
+        outcome.append((entry, True))
+        return {**(doc or {}), "lineages": [*items, entry]}
+
+    repo.update_state(LINEAGE_STATE, change)
+    return outcome[-1]
 
 
 # ------------------------------------------------------------------------------------------------

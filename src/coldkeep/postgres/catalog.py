@@ -47,9 +47,15 @@ def statuses(repo: Repository) -> dict[str, dict[str, Any]]:
 
 
 def record_status(repo: Repository, backup_id: str, **fields: Any) -> None:
-    doc = repo.get_state(STATUS_STATE) or {"backups": {}}
-    doc.setdefault("backups", {}).setdefault(backup_id, {}).update(fields)
-    repo.put_state(STATUS_STATE, doc)
+    """Set ``fields`` in the status of ``backup_id`` (a compare-and-swap: a `pg verify` and a
+    `pg restore-test` finishing at once both keep their results)."""
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+        doc = doc or {}
+        doc.setdefault("backups", {}).setdefault(backup_id, {}).update(fields)
+        return doc
+
+    repo.update_state(STATUS_STATE, change)
 
 
 def listing(repo: Repository) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from coldkeep.config import Config, parse_size
 from coldkeep.errors import ColdkeepError, PostgresError, UsageError
 from coldkeep.postgres import catalog, wal
 from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, free_port, running_as_root
+from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository, Snapshot
 from coldkeep.repository.restore import Restorer
 
@@ -269,6 +270,20 @@ class PgRestore:
         timeline: str = "latest",
         exclusive: bool = False,
         archive_mode: str = "off",
+    ) -> tuple[RestoreReport, Snapshot]:
+        """Restore the files and write the recovery settings, under a shared lock (a caller that
+        also replays with :meth:`start` holds one around both, as ``pg restore --start`` does)."""
+        with locked(self.repo.backend, "pg restore", exclusive=False):
+            return self._prepare(data_dir, target, backup_ref, timeline, exclusive, archive_mode)
+
+    def _prepare(
+        self,
+        data_dir: Path,
+        target: Target,
+        backup_ref: str | None,
+        timeline: str,
+        exclusive: bool,
+        archive_mode: str,
     ) -> tuple[RestoreReport, Snapshot]:
         backup = choose_backup(catalog.list_backups(self.repo), target, backup_ref)
         check_reachable(self.repo, backup, target)

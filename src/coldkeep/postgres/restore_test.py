@@ -22,6 +22,7 @@ from coldkeep.errors import ColdkeepError
 from coldkeep.postgres import catalog
 from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir
 from coldkeep.postgres.restore import PgRestore, Target
+from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository
 
 
@@ -44,6 +45,14 @@ class RestoreTestResult:
 
 def run_restore_test(config: Config, repo: Repository, backup_ref: str = "latest",
                      scratch: Path | None = None) -> RestoreTestResult:  # fmt: skip
+    """The restore test, under a shared lock (restore and replay: no prune or expire under it)."""
+    with locked(repo.backend, "pg restore-test", exclusive=False):
+        return _restore_test(config, repo, backup_ref, scratch)
+
+
+def _restore_test(
+    config: Config, repo: Repository, backup_ref: str, scratch: Path | None
+) -> RestoreTestResult:
     backup = catalog.find_backup(repo, backup_ref)
     result = RestoreTestResult(backup_id=backup.id)
     started = time.monotonic()

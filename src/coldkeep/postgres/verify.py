@@ -11,6 +11,7 @@ from coldkeep import clock
 from coldkeep.errors import ColdkeepError
 from coldkeep.postgres import catalog, walchain
 from coldkeep.postgres.basebackup import FileHash, checksum_problem
+from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository, Snapshot
 
 
@@ -28,6 +29,12 @@ class VerifyResult:
 
 
 def verify_backup(repo: Repository, snap: Snapshot) -> VerifyResult:
+    """Verify ``snap`` under a shared lock and record the result in the backup-status record."""
+    with locked(repo.backend, "pg verify", exclusive=False):
+        return _verify(repo, snap)
+
+
+def _verify(repo: Repository, snap: Snapshot) -> VerifyResult:
     result = VerifyResult(backup_id=snap.id)
     entries = {e["path"]: e for e in repo.iter_tree(snap)}
     manifest_entry = entries.get("backup_manifest")

@@ -18,6 +18,7 @@ from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound
 from coldkeep.repository import crypto
 from coldkeep.repository.format import INDEX_PREFIX, KEYS_PREFIX, PACK_PREFIX, STATE_PREFIX, open_blob
 from coldkeep.repository.index import decode_index
+from coldkeep.repository.locks import Lock, locked
 from coldkeep.repository.packer import BlobEntry, pack_key, parse_pack
 from coldkeep.repository.repository import Repository, Snapshot
 
@@ -76,6 +77,20 @@ def check(
     read_data: bool = False,
     subset_pct: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+) -> CheckResult:
+    """Check the repository under a shared lock (a concurrent prune would look like damage)."""
+    with locked(repo.backend, "check", exclusive=False) as lock:
+        result = _check(repo, read_data, subset_pct, on_progress, lock)
+        lock.check()  # problems seen under a lost lock may be a prune's doing: report neither
+        return result
+
+
+def _check(
+    repo: Repository,
+    read_data: bool,
+    subset_pct: float | None,
+    on_progress: Callable[[int, int], None] | None,
+    lock: Lock,
 ) -> CheckResult:
     result = CheckResult()
     backend = repo.backend
@@ -147,9 +162,11 @@ def check(
 
         def read_pack(pack_id: str) -> tuple[int, list[Problem]]:
             problems: list[Problem] = []
+            lock.check()
             try:
                 data = backend.get(pack_key(pack_id))
             except ObjectNotFound:
+                lock.check()  # removed by a prune that took our lost lock for stale: not damage
                 return 0, [Problem("pack", pack_key(pack_id), "missing")]
             try:
                 parse_pack(repo.keys, data, pack_id)

@@ -1,18 +1,49 @@
-"""Repository locks: shared for writers that only add (backup, copy), exclusive for prune.
+"""Repository locks: shared for readers and for writers that only add, exclusive for deleters.
+
+Which command takes which lock is the table "Locks" in ``docs/design.md``: readers of pack data
+(restore, ``repo check``, ``pg verify``/``restore``/``restore-test``, the source of ``repo
+copy``) and writers that only add (backup, ``pg backup``, copy's destination) take a shared lock;
+whatever deletes (``repo prune``, ``forget``, ``pg expire``, ``rebuild-index``, ``key remove``) an
+exclusive one.
 
 A lock is a small JSON object ``locks/<id>`` recording host, pid, user, time, the operation and
-whether it is exclusive.  Its holder refreshes it every :data:`REFRESH_S` seconds from a
-background thread, so a long backup never looks stale.  A lock is *stale* when its process is
-dead on this host, or when it was not refreshed within :data:`STALE_AFTER_S` (a holder on another
-host that vanished).  Taking a lock writes it first and then checks for conflicts, so two
-processes racing for an exclusive lock both see each other and at least one backs off.
+whether it is exclusive.  Taking a lock writes it first and then checks for conflicts, so two
+processes racing for an exclusive lock both see each other and at least one backs off.  A lock is
+*stale* when its process is dead on this host, or when it was not refreshed within
+:data:`STALE_AFTER_S` (a holder on another host that vanished).
+
+Waiting
+    ``acquire(wait_s)``: on a conflict the caller removes its own document (so it blocks nobody
+    while it waits), sleeps (backing off, with jitter) and tries again until ``wait_s`` seconds
+    passed; then :class:`~coldkeep.errors.LockHeld` names the holder.  ``wait_s=0``: at once.
+
+Keeping a lock
+    A background thread refreshes the document every :data:`REFRESH_S` seconds: it first checks
+    that the document still exists (``repo unlock --all``, or a host that judged it stale, removes
+    it: the lock is then lost for good) and rewrites it; a failed refresh is logged and retried
+    every :data:`RETRY_S` seconds.  :meth:`Lock.ok` is false once the document was removed or no
+    refresh succeeded for :data:`LOST_AFTER_S` (a third of the stale time, so the holder stops
+    long before another host may take its lock for stale; the thread does not need to run for
+    this: a refresh hanging in a dead connection counts too).  Time is the boot clock, which
+    counts a suspended machine's sleep.  Holders check at safe points, through
+    :func:`check_held` (``Repository.check_lock``): before each pack, index and snapshot is
+    written, before each read of pack data, and before prune, forget and expire delete anything;
+    a lost lock raises :class:`~coldkeep.errors.LockLost`, so a backup whose lock was lost never
+    writes its snapshot and a restore never blames the repository for packs a prune removed.
+
+Re-entry
+    A thread holding a lock on a backend that asks for a lock the held one covers (shared under
+    shared or exclusive, exclusive under exclusive) gets the held lock back, without a second
+    document: ``pg restore`` holds a shared lock and the restore inside it asks for one too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -21,12 +52,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from coldkeep.errors import LockHeld, ObjectNotFound
+from coldkeep.errors import LockHeld, LockLost, ObjectNotFound
 from coldkeep.repository.format import LOCK_PREFIX
 from coldkeep.storage.base import Backend
+from coldkeep.storage.wrappers import unwrap
 
+log = logging.getLogger("coldkeep.locks")
+
+#: seconds between two refreshes of a held lock
 REFRESH_S = 60.0
+#: seconds before a failed refresh is tried again
+RETRY_S = 10.0
+#: a lock not refreshed for this long (by a holder on another host) is stale
 STALE_AFTER_S = 30 * 60.0
+#: a holder whose refreshes failed for this long stops (well before others may call it stale)
+LOST_AFTER_S = STALE_AFTER_S / 3
+#: first and longest pause between two tries of a waiting ``acquire``
+POLL_S = 0.5
+POLL_MAX_S = 5.0
+
+
+def _now() -> float:
+    """Seconds on a clock that counts suspend (``CLOCK_BOOTTIME``), for the lost-lock rule."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -96,6 +147,30 @@ def remove_stale(backend: Backend, *, all_locks: bool = False) -> list[LockInfo]
     return removed
 
 
+# ------------------------------------------------------------------------------------------------
+# the locks this process holds
+
+_held: dict[int, list[Lock]] = {}
+_held_guard = threading.Lock()
+
+
+def _slot(backend: Backend) -> int:
+    """Locks are registered under the innermost backend (wrappers around it share them)."""
+    return id(unwrap(backend))
+
+
+def held_locks(backend: Backend) -> list[Lock]:
+    """The locks this process holds on ``backend``, taken by any thread."""
+    with _held_guard:
+        return list(_held.get(_slot(backend), ()))
+
+
+def check_held(backend: Backend) -> None:
+    """Raise :class:`LockLost` if a lock this process holds on ``backend`` was lost."""
+    for lock in held_locks(backend):
+        lock.check()
+
+
 class Lock:
     def __init__(self, backend: Backend, operation: str, exclusive: bool) -> None:
         self.backend = backend
@@ -103,8 +178,12 @@ class Lock:
         self.exclusive = exclusive
         self.id = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
         self.created = time.time()
+        self.thread = threading.get_ident()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_ok = _now()  # the last time the document was known to be stored
+        self._removed = False
+        self._failure = ""  # the last refresh error, while refreshes fail
 
     @property
     def key(self) -> str:
@@ -127,37 +206,141 @@ class Lock:
             }
         ).encode()
 
-    def acquire(self) -> None:
-        self.backend.put(self.key, self._doc())
-        try:
-            for other in list_locks(self.backend):
-                if other.id == self.id or other.is_stale():
-                    continue
-                if self.exclusive or other.exclusive:
-                    raise LockHeld(other.describe())
-        except BaseException:
-            self.backend.delete(self.key)
-            raise
+    def describe(self) -> str:
+        return f"{self.operation} ({'exclusive' if self.exclusive else 'shared'})"
+
+    # -- taking and giving back -------------------------------------------------------------------
+
+    def _conflict(self) -> LockInfo | None:
+        for other in list_locks(self.backend):
+            if other.id == self.id or other.is_stale():
+                continue
+            if self.exclusive or other.exclusive:
+                return other
+        return None
+
+    def acquire(self, wait_s: float = 0.0) -> None:
+        """Take the lock, waiting up to ``wait_s`` seconds for conflicting holders to finish;
+        :class:`LockHeld` naming one of them after that."""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        pause = POLL_S
+        announced = False
+        while True:
+            self.backend.put(self.key, self._doc())
+            try:
+                holder = self._conflict()
+            except BaseException:
+                self.backend.delete(self.key)
+                raise
+            if holder is None:
+                break
+            self.backend.delete(self.key)  # blocks nobody while it waits
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f"; waited {wait_s:g} s" if wait_s > 0 else ""
+                raise LockHeld(holder.describe() + waited)
+            if not announced:  # once: the holder may change while we wait
+                log.warning("%s waits up to %g s for the repository lock held by %s",
+                            self.describe(), wait_s, holder.describe())  # fmt: skip
+                announced = True
+            time.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+            pause = min(POLL_MAX_S, pause * 2)
+        self._last_ok = _now()
+        with _held_guard:
+            _held.setdefault(_slot(self.backend), []).append(self)
         self._thread = threading.Thread(target=self._refresh, name="coldkeep-lock", daemon=True)
         self._thread.start()
-
-    def _refresh(self) -> None:
-        while not self._stop.wait(REFRESH_S):
-            with contextlib.suppress(Exception):
-                self.backend.put(self.key, self._doc())
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with _held_guard:
+            mine = _held.get(_slot(self.backend), [])
+            if self in mine:
+                mine.remove(self)
+            if not mine:
+                _held.pop(_slot(self.backend), None)
         with contextlib.suppress(Exception):
             self.backend.delete(self.key)
 
+    # -- keeping it ------------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """One refresh: ``True`` if the document is stored again now.  A removed document makes
+        the lock lost for good; other failures are recorded (see :meth:`ok`)."""
+        if self._removed:
+            return False
+        try:
+            self.backend.stat(self.key)
+        except ObjectNotFound:
+            self._removed = True
+            log.error("%s: the lock document %s was removed; stopping", self.describe(), self.key)
+            return False
+        except Exception as exc:
+            return self._failed(exc)
+        try:
+            self.backend.put(self.key, self._doc())
+        except Exception as exc:
+            return self._failed(exc)
+        self._last_ok = _now()
+        self._failure = ""
+        return True
+
+    def _failed(self, exc: Exception) -> bool:
+        self._failure = " ".join(str(exc).split()) or type(exc).__name__
+        log.warning(
+            "%s: refreshing the lock %s failed (%s); retrying", self.describe(), self.key, self._failure
+        )
+        return False
+
+    def _refresh(self) -> None:
+        interval = REFRESH_S
+        while not self._stop.wait(interval):
+            if self.refresh():
+                interval = REFRESH_S
+            elif self._removed:
+                return
+            else:
+                interval = min(RETRY_S, REFRESH_S)
+
+    def ok(self) -> bool:
+        """Whether the lock still holds: its document was not removed and was stored within the
+        last :data:`LOST_AFTER_S` seconds."""
+        return not self._removed and _now() - self._last_ok < LOST_AFTER_S
+
+    def check(self) -> None:
+        """:class:`LockLost` unless :meth:`ok`."""
+        if self._removed:
+            raise LockLost(
+                f"{self.describe()}: its document {self.key} was removed "
+                "(by `repo unlock --all`, or by a host that took it for stale)"
+            )
+        idle = _now() - self._last_ok
+        if idle >= LOST_AFTER_S:
+            why = f"; last error: {self._failure}" if self._failure else ""
+            raise LockLost(f"{self.describe()}: not refreshed for {idle:.0f} s{why}")
+
+
+def _covering(backend: Backend, exclusive: bool) -> Lock | None:
+    """A lock the current thread holds on ``backend`` that covers the one asked for."""
+    me = threading.get_ident()
+    for lock in held_locks(backend):
+        if lock.thread == me and (lock.exclusive or not exclusive):
+            return lock
+    return None
+
 
 @contextlib.contextmanager
-def locked(backend: Backend, operation: str, *, exclusive: bool) -> Iterator[Lock]:
+def locked(backend: Backend, operation: str, *, exclusive: bool, wait_s: float = 0.0) -> Iterator[Lock]:
+    """Hold a lock on ``backend`` for the block (see the module doc: waiting, re-entry)."""
+    outer = _covering(backend, exclusive)
+    if outer is not None:
+        outer.check()
+        yield outer
+        return
     lock = Lock(backend, operation, exclusive)
-    lock.acquire()
+    lock.acquire(wait_s)
     try:
         yield lock
     finally:

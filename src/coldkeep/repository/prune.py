@@ -49,8 +49,11 @@ def used_blobs(repo: Repository) -> set[bytes]:
     return used
 
 
-def prune(repo: Repository, *, max_unused_pct: float = 5.0, dry_run: bool = False) -> PruneResult:
-    with locked(repo.backend, "prune", exclusive=True):
+def prune(
+    repo: Repository, *, max_unused_pct: float = 5.0, dry_run: bool = False, lock_wait: float = 0.0
+) -> PruneResult:
+    """Under the exclusive lock (waiting up to ``lock_wait`` seconds for shared holders)."""
+    with locked(repo.backend, "prune", exclusive=True, wait_s=lock_wait) as lock:
         cache = repo.refresh_cache(full=True)
         used = used_blobs(repo)
         result = PruneResult(dry_run=dry_run)
@@ -114,10 +117,12 @@ def prune(repo: Repository, *, max_unused_pct: float = 5.0, dry_run: bool = Fals
             new_index_id, data = encode_index(repo.keys, all_packs, sizes)
             repo.backend.put_if_absent(INDEX_PREFIX + new_index_id, data)
         # 4. drop the replaced index documents, 5. then the packs
+        lock.check()  # a lost lock may have let a backup start: its packs are in no index yet
         for key in old_indexes:
             if key != INDEX_PREFIX + (new_index_id or ""):
                 repo.backend.delete(key)
         for pack_id in sorted(delete):
+            lock.check()
             repo.backend.delete(pack_key(pack_id))
         repo.refresh_cache(full=True)
         result.stored_after = sum(info.size for info in repo.backend.list(PACK_PREFIX))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import mmap
 import os
+import random
 import socket
 import threading
 import time
@@ -23,10 +25,11 @@ from coldkeep.errors import (
     ObjectNotFound,
     RepositoryExists,
     RepositoryNotInitialised,
+    StateConflict,
     UnsupportedFormat,
     UsageError,
 )
-from coldkeep.repository import crypto
+from coldkeep.repository import crypto, locks
 from coldkeep.repository.chunker import ChunkerParams
 from coldkeep.repository.crypto import KeyRing, PlainKeys
 from coldkeep.repository.format import (
@@ -268,6 +271,7 @@ class BlobWriter:
         return blob_id
 
     def _upload(self, builder: PackBuilder) -> None:
+        self.repo.check_lock()  # a writer whose lock was lost stops here, between packs
         self._slots.acquire()  # bound memory: wait while too many packs are in flight
         try:
             future = self._uploads.submit(self._write_pack, builder)
@@ -310,6 +314,7 @@ class BlobWriter:
             self._drop_spares()
         if not self._written:
             return None
+        self.repo.check_lock()  # an index is what makes packs live: never under a lost lock
         index_id, data = encode_index(self.repo.keys, self._written, self._sizes)
         self.repo.backend.put_if_absent(INDEX_PREFIX + index_id, data)
         self.repo.cache.add_index(
@@ -426,6 +431,11 @@ class Repository:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def check_lock(self) -> None:
+        """:class:`~coldkeep.errors.LockLost` if a repository lock this process holds here was
+        lost (:mod:`coldkeep.repository.locks`); called at the safe points of every operation."""
+        locks.check_held(self.backend)
+
     # -- blobs -----------------------------------------------------------------------------------
 
     def writer(self, **kwargs: Any) -> BlobWriter:
@@ -474,9 +484,11 @@ class Repository:
 
     def _get_range(self, blob_id: bytes, entry: BlobEntry, length: int) -> bytes:
         """``length`` bytes of ``entry``'s pack from where the blob starts."""
+        self.check_lock()
         try:
             stored = self.backend.get_range(pack_key(entry.pack), entry.offset, length)
         except ObjectNotFound:
+            self.check_lock()  # removed by a prune that took our lost lock for stale: not damage
             raise IntegrityError(
                 f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}: pack missing"
             ) from None
@@ -531,6 +543,7 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> str:
         data = encode_document(self.keys, snap.to_doc(), SNAPSHOT_AAD)
         snap.id = object_id(data)
+        self.check_lock()  # a run whose lock was lost never writes its snapshot
         self.backend.put_if_absent(SNAPSHOT_PREFIX + snap.id, data)
         return snap.id
 
@@ -577,6 +590,7 @@ class Repository:
         return sorted(snaps, key=lambda s: (clock.parse_timestamp(s.time), s.id))
 
     def delete_snapshot(self, snapshot_id: str) -> None:
+        self.check_lock()
         self.backend.delete(SNAPSHOT_PREFIX + snapshot_id)
 
     # -- trees -----------------------------------------------------------------------------------
@@ -694,11 +708,21 @@ class Repository:
             yield info.key.removeprefix(NAMED_PREFIX), info.size
 
     def delete_named(self, name: str) -> None:
+        self.check_lock()
         self.backend.delete(self._named_key(name))
 
     # -- small mutable records -------------------------------------------------------------------
+    #
+    # ``state/<name>``: the only documents that change in place (besides locks).  Every change
+    # goes through :meth:`update_state`, a compare-and-swap, so two writers never lose one
+    # another's update; :meth:`put_state` overwrites blindly and is for a record's first write
+    # in tests and tools only.
+
+    #: tries of :meth:`update_state` before :class:`StateConflict`
+    STATE_ATTEMPTS = 50
 
     def put_state(self, name: str, doc: dict[str, Any]) -> None:
+        """Overwrite ``state/<name>`` (no compare-and-swap: use :meth:`update_state`)."""
         key = "state/" + validate_key(name)
         self.backend.put(key, encode_document(self.keys, doc, key.encode()))
 
@@ -710,6 +734,38 @@ class Repository:
             return None
         doc: dict[str, Any] = decode_document(self.keys, data, key.encode(), key)
         return doc
+
+    def update_state(
+        self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Read-modify-write ``state/<name>`` without losing a concurrent writer's update.
+
+        ``change`` gets the current document (``None``: there is none; its own copy, to modify
+        or replace) and returns the new one, or ``None`` to leave the record as it is.  The new
+        document is written only if the record is still the version that was read (the
+        backend's :meth:`~coldkeep.storage.base.Backend.put_if_version`: atomic on the local
+        backend and on S3 servers with ``If-Match``); otherwise it is read again and ``change``
+        runs again on the newer document, so ``change`` must be a function of the document it is
+        given (it may run several times, and once more on its own result after a retried write).
+        Exceptions from ``change`` propagate and nothing is written.  Returns the document now
+        stored (or the unchanged one); :class:`StateConflict` after :data:`STATE_ATTEMPTS` lost
+        races.
+        """
+        key = "state/" + validate_key(name)
+        for attempt in range(self.STATE_ATTEMPTS):
+            try:
+                data, version = self.backend.get_version(key)
+            except ObjectNotFound:
+                current, version = None, None
+            else:
+                current = decode_document(self.keys, data, key.encode(), key)
+            new = change(copy.deepcopy(current))
+            if new is None:
+                return current
+            if self.backend.put_if_version(key, encode_document(self.keys, new, key.encode()), version):
+                return new
+            time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))  # someone else won: again
+        raise StateConflict(key)
 
 
 def tree_cut_bits(entries: int) -> int:

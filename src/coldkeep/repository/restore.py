@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from coldkeep.errors import IntegrityError, UsageError
+from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry
 from coldkeep.repository.repository import Progress, Repository, Snapshot
 from coldkeep.repository.restore_io import Names, is_zero, write_all, write_sparse
@@ -574,6 +575,12 @@ class Restorer:
                 os.utime(path, ns=(mtime, mtime), follow_symlinks=not symlink)
 
     def run(self, snap: Snapshot, target: Path, includes: Sequence[str] = ()) -> RestoreResult:
+        """Restore ``snap`` (the entries matching ``includes``) into ``target``, under a shared
+        repository lock (a prune cannot remove packs under it)."""
+        with locked(self.repo.backend, "restore", exclusive=False):
+            return self._run(snap, target, includes)
+
+    def _run(self, snap: Snapshot, target: Path, includes: Sequence[str]) -> RestoreResult:
         started = time.monotonic()
         target = Path(os.path.abspath(target))
         target.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,18 @@ Contract
   key; ``get_range`` returns fewer bytes only at the end of the object.
 * ``stat`` returns size and modification time; ``list(prefix)`` yields every object whose key
   starts with ``prefix`` (in no particular order); ``delete`` is idempotent.
+* ``get_version`` returns an object and a *version* token that changes whenever the object is
+  replaced by different bytes; ``put_if_version(key, data, version)`` stores only if the object
+  is still at ``version`` (``None``: only if absent) and returns ``False`` otherwise: a
+  compare-and-swap for the few mutable records (``Repository.update_state``).  It is atomic when
+  ``capabilities.atomic_update`` says so; the default implementation (read, compare, put) is not.
 * Errors other than "not found" are :class:`~coldkeep.errors.StorageError` subclasses;
   ``transient`` on the exception marks those worth retrying.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -67,6 +73,8 @@ class Capabilities:
     local: bool
     #: ``get_range`` costs about the bytes asked for (not the whole object)
     ranged_reads: bool = True
+    #: ``put_if_version`` is atomic (a compare-and-swap no second writer can slip into)
+    atomic_update: bool = False
 
 
 class Backend(ABC):
@@ -103,6 +111,33 @@ class Backend(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    def get_version(self, key: str) -> tuple[bytes, str]:
+        """The object and its version token (:class:`ObjectNotFound` when missing).
+
+        Default: the SHA-256 of the content, so two stored versions with the same bytes have one
+        token (harmless for a compare-and-swap: the caller's change applies to those bytes)."""
+        data = self.get(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
+        """Store ``data`` at ``key`` only if the object is still at ``version`` (from
+        :meth:`get_version`; ``None``: only if there is no object); ``True`` if stored.
+
+        Default: read, compare, put — *not* atomic between two writers; backends whose
+        ``capabilities.atomic_update`` is true override it with an atomic one."""
+        from coldkeep.errors import ObjectNotFound
+
+        if version is None:
+            return self.put_if_absent(key, data)
+        try:
+            _, current = self.get_version(key)
+        except ObjectNotFound:
+            return False
+        if current != version:
+            return False
+        self.put(key, data)
+        return True
 
     def exists(self, key: str) -> bool:
         from coldkeep.errors import ObjectNotFound

@@ -16,6 +16,9 @@ Contract (in addition to :mod:`coldkeep.storage.base`)
 * ``ENOENT`` is :class:`~coldkeep.errors.ObjectNotFound`, ``ENOSPC``/``EDQUOT``
   :class:`~coldkeep.errors.StorageFull`, any other ``OSError`` :class:`~coldkeep.errors.StorageError`.
 * Key parts starting with ``.tmp-`` are reserved for temp files and rejected.
+* ``put_if_version`` (compare-and-swap) holds an exclusive ``flock`` on the object's directory
+  while it compares and replaces, so it is atomic between processes and threads of this host
+  that use it (``capabilities.atomic_update``); the version is the SHA-256 of the content.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def _write_direct(fd: int, view: memoryview) -> memoryview:
 class LocalBackend(Backend):
     """Objects as files below ``root`` (created on demand)."""
 
-    capabilities = Capabilities(atomic_create=True, local=True)
+    capabilities = Capabilities(atomic_create=True, local=True, atomic_update=True)
 
     def __init__(self, root: Path | str, owner: str | None = None) -> None:
         self.root = Path(os.path.abspath(root))
@@ -202,6 +205,23 @@ class LocalBackend(Backend):
         except OSError as exc:
             self._raise(exc, f"cannot write {path}")
         return True
+
+    def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
+        """Compare-and-swap under an exclusive ``flock`` of the object's directory."""
+        path = self._path(key)
+        try:
+            self._ensure_dir(path.parent)
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._raise(exc, f"cannot open {path.parent}")
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                self._raise(exc, f"cannot lock {path.parent}")
+            return super().put_if_version(key, data, version)
+        finally:
+            os.close(fd)  # releases the flock
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

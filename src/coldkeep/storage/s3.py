@@ -10,6 +10,12 @@ Contract (in addition to :mod:`coldkeep.storage.base`)
 * ``put_if_absent`` is a conditional PUT (``If-None-Match: *``): atomic on servers that support
   it.  When the server answers 501 NotImplemented the instance falls back to HEAD-then-PUT and
   reports ``capabilities.atomic_create = False`` (a race between two writers is then possible).
+* ``put_if_version`` is a conditional PUT with ``If-Match: <ETag>`` (the version of
+  ``get_version`` is the ETag; ``None`` means ``If-None-Match: *``); 412 (and a 409 conflict
+  between two conditional writes) is "the object changed", ``False``.  A server that answers 501
+  gets the read-compare-put fallback and ``capabilities.atomic_update = False``.  A server that
+  ignores ``If-Match`` altogether cannot be told from one that honours it (AWS S3 and moto
+  honour it; check another S3-compatible server before relying on it).
 * Errors: missing key -> :class:`~coldkeep.errors.ObjectNotFound`; endpoint unreachable or timing
   out -> :class:`~coldkeep.errors.StorageUnavailable` (transient); 5xx / SlowDown ->
   :class:`~coldkeep.errors.StorageError` (transient); anything else -> ``StorageError``.
@@ -119,7 +125,10 @@ class S3Backend(Backend):
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self._conditional = conditional_put
-        self.capabilities = Capabilities(atomic_create=conditional_put, local=False)
+        self._conditional_update = conditional_put
+        self.capabilities = Capabilities(
+            atomic_create=conditional_put, local=False, atomic_update=conditional_put
+        )
         self._lock = threading.Lock()
         config = Config(
             connect_timeout=connect_timeout,
@@ -263,7 +272,9 @@ class S3Backend(Backend):
                     self._raise(exc, f"put {key}")
                 with self._lock:
                     self._conditional = False
-                    self.capabilities = Capabilities(atomic_create=False, local=False)
+                    self.capabilities = Capabilities(
+                        atomic_create=False, local=False, atomic_update=self._conditional_update
+                    )
             except Exception as exc:
                 self._raise(exc, f"put {key}")
         # fallback for servers without conditional PUT: not atomic between two writers
@@ -271,6 +282,44 @@ class S3Backend(Backend):
             return False
         self.put(key, data)
         return True
+
+    def get_version(self, key: str) -> tuple[bytes, str]:
+        """The object and its ETag."""
+        full = self._key(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=full)
+            with response["Body"] as body:
+                data: bytes = body.read()
+            return data, str(response["ETag"])
+        except Exception as exc:
+            self._raise(exc, f"get {key}", key)
+
+    def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
+        """Conditional PUT (``If-Match`` the ETag, or ``If-None-Match: *`` for ``None``)."""
+        if version is None:
+            return self.put_if_absent(key, data)
+        if not self._conditional_update:
+            return super().put_if_version(key, data, version)
+        full = self._key(key)
+        data = data if isinstance(data, bytes) else bytes(data)
+        try:
+            self._put_object(full, data, IfMatch=version)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in _PRECONDITION or status in (409, 412) or code in _NOT_FOUND or status == 404:
+                return False  # changed, replaced concurrently, or deleted
+            if not (code in _NOT_IMPLEMENTED or status == 501):
+                self._raise(exc, f"put {key}")
+        except Exception as exc:
+            self._raise(exc, f"put {key}")
+        with self._lock:  # the server has no If-Match: not atomic from now on
+            self._conditional_update = False
+            self.capabilities = Capabilities(
+                atomic_create=self.capabilities.atomic_create, local=False, atomic_update=False
+            )
+        return super().put_if_version(key, data, version)
 
     def get(self, key: str) -> bytes:
         full = self._key(key)

@@ -94,6 +94,12 @@ class WrapperBackend(Backend):
     def get(self, key: str) -> bytes:
         return self.inner.get(key)
 
+    def get_version(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_version(key)
+
+    def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
+        return self.inner.put_if_version(key, data, version)
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         return self.inner.get_range(key, offset, length)
 
@@ -131,7 +137,9 @@ class RetryBackend(WrapperBackend):
     A retried ``put_if_absent`` may return ``False`` although an earlier, seemingly failed try of
     the same call created the object; callers that care compare the stored content.  ``list``
     restarts after a transient failure and skips keys it already yielded.  ``open`` retries
-    opening the stream only; a failure while reading it reaches the caller.
+    opening the stream only; a failure while reading it reaches the caller.  Likewise a retried
+    ``put_if_version`` may return ``False`` because its own earlier try changed the version; a
+    compare-and-swap loop then re-reads and applies its change again to its own result.
     """
 
     def __init__(
@@ -187,6 +195,12 @@ class RetryBackend(WrapperBackend):
 
     def get(self, key: str) -> bytes:
         return self._call("get", lambda: self.inner.get(key))
+
+    def get_version(self, key: str) -> tuple[bytes, str]:
+        return self._call("get", lambda: self.inner.get_version(key))
+
+    def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
+        return self._call("put_if_version", lambda: self.inner.put_if_version(key, data, version))
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         return self._call("get_range", lambda: self.inner.get_range(key, offset, length))
@@ -407,6 +421,21 @@ class FaultBackend(WrapperBackend):
         data = self._mangle(self.inner.get(key), faults)
         self._after("get", faults)
         return data
+
+    def get_version(self, key: str) -> tuple[bytes, str]:
+        """Counted (and faulted) as a ``get``."""
+        faults = self._before("get")
+        data, version = self.inner.get_version(key)
+        data = self._mangle(data, faults)
+        self._after("get", faults)
+        return data, version
+
+    def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
+        """Counted (and faulted) as a ``put``."""
+        faults = self._before("put")
+        stored = self.inner.put_if_version(key, self._mangle(data, faults), version)
+        self._after("put", faults)
+        return stored
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         faults = self._before("get_range")
