@@ -200,7 +200,10 @@ def _used(*parts: str) -> set[str]:
         p
         for part in parts
         for p in (ROOT / part).rglob("*")
-        if p.is_file() and p.suffix in (".py", ".sh", "")
+        # not pip's generated metadata (src/coldkeep.egg-info/PKG-INFO holds the README's text)
+        if p.is_file()
+        and p.suffix in (".py", ".sh", "")
+        and not any(q.endswith(".egg-info") for q in p.parts)
     ]
     return {m for path in files for m in _NAME.findall(path.read_text(encoding="utf-8", errors="replace"))}
 
