@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import mmap
 import os
@@ -31,6 +32,7 @@ from coldkeep.repository.chunker import ChunkerParams
 from coldkeep.repository.crypto import KeyRing, PlainKeys
 from coldkeep.repository.format import (
     CONFIG_KEY,
+    DIGEST_SIZE,
     FORMAT_VERSION,
     INDEX_PREFIX,
     NAMED_PREFIX,
@@ -76,12 +78,16 @@ def pack_target() -> int:
 
 @dataclass(frozen=True)
 class RepoConfig:
+    """The repository config.  ``digest`` is the stored document's footer (BLAKE3 of the JSON as
+    stored): what the key slots of an encrypted repository authenticate (see ``crypto.py``)."""
+
     id: str
     version: int
     encrypted: bool
     chunker: ChunkerParams
     compression_level: int
     created: str
+    digest: bytes = field(default=b"", compare=False, repr=False)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -95,20 +101,28 @@ class RepoConfig:
         }
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any], where: str) -> RepoConfig:
-        if doc.get("format") != "coldkeep-repository":
+    def from_doc(cls, doc: dict[str, Any], where: str, digest: bytes = b"") -> RepoConfig:
+        if not isinstance(doc, dict) or doc.get("format") != "coldkeep-repository":
             raise IntegrityError(f"{where}: config is not a coldkeep repository config")
         version = int(doc.get("version", 0))
         if version > FORMAT_VERSION:
             raise UnsupportedFormat(found=version, supported=FORMAT_VERSION)
-        return cls(
-            id=str(doc["id"]),
-            version=version,
-            encrypted=bool(doc["encrypted"]),
-            chunker=ChunkerParams.from_dict(doc["chunker"]),
-            compression_level=int(doc.get("compression_level", 3)),
-            created=str(doc.get("created", "")),
-        )
+        try:
+            return cls(
+                id=str(doc["id"]),
+                version=version,
+                encrypted=bool(doc["encrypted"]),
+                chunker=ChunkerParams.from_dict(doc["chunker"]),
+                compression_level=int(doc.get("compression_level", 3)),
+                created=str(doc.get("created", "")),
+                digest=digest,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"repository config of {where}: malformed ({exc!r})") from None
+
+    def encode(self) -> bytes:
+        """The stored config object (JSON + footer); its footer is :attr:`digest` once read."""
+        return add_footer(json.dumps(self.to_doc(), indent=2, sort_keys=True).encode())
 
 
 @dataclass
@@ -350,13 +364,6 @@ class Repository:
     ) -> Repository:
         if backend.exists(CONFIG_KEY):
             raise RepositoryExists(backend.describe())
-        keys: KeyRing
-        if passphrase:
-            keys = crypto.init_keys(
-                backend, passphrase, comment="created by repo init", kdf_params=kdf_params
-            )
-        else:
-            keys = PlainKeys()
         config = RepoConfig(
             id=uuid.uuid4().hex,
             version=FORMAT_VERSION,
@@ -365,13 +372,26 @@ class Repository:
             compression_level=compression_level,
             created=clock.isoformat(clock.now()),
         )
-        raw = json.dumps(config.to_doc(), indent=2, sort_keys=True).encode()
-        if not backend.put_if_absent(CONFIG_KEY, add_footer(raw)):
+        stored = config.encode()
+        config = dataclasses.replace(config, digest=stored[-DIGEST_SIZE:])
+        keys: KeyRing
+        if passphrase:  # the slot is bound to the config (it authenticates it): config first
+            keys = crypto.init_keys(
+                backend,
+                passphrase,
+                config_digest=config.digest,
+                comment="created by repo init",
+                kdf_params=kdf_params,
+            )
+        else:
+            keys = PlainKeys()
+        if not backend.put_if_absent(CONFIG_KEY, stored):
             raise RepositoryExists(backend.describe())
         return cls(backend, keys, config)
 
     @classmethod
     def read_config(cls, backend: Backend) -> RepoConfig:
+        """The config, its footer checked (no key needed; :meth:`open` authenticates it)."""
         try:
             data = backend.get(CONFIG_KEY)
         except ObjectNotFound:
@@ -381,21 +401,28 @@ class Repository:
             doc = json.loads(raw)
         except ValueError as exc:
             raise IntegrityError(f"repository config: not JSON ({exc})") from None
-        return RepoConfig.from_doc(doc, backend.describe())
+        return RepoConfig.from_doc(doc, backend.describe(), data[-DIGEST_SIZE:])
 
     @classmethod
     def open(cls, backend: Backend, passphrase: Callable[[], str | None] | str | None = None) -> Repository:
+        """Open the repository: read its config and, when encrypted, open the keys with
+        ``passphrase`` and check that the config is the one the key slot authenticates.
+
+        A config that says "unencrypted" is refused (:class:`IntegrityError`) when the repository
+        has key slots or a passphrase is given: either is how a downgrade (the config rewritten to
+        store later backups in plaintext) would look."""
         config = cls.read_config(backend)
+        secret = passphrase() if callable(passphrase) else passphrase
         keys: KeyRing
         if config.encrypted:
-            secret = passphrase() if callable(passphrase) else passphrase
             if not secret:
                 raise UsageError(
                     f"the repository at {backend.describe()} is encrypted and no passphrase was given",
                     hint="set COLDKEEP_PASSWORD or [repository].password_file",
                 )
-            keys = crypto.open_keys(backend, secret)
+            keys = crypto.open_keys(backend, secret, config_digest=config.digest)
         else:
+            _refuse_downgrade(backend, bool(secret))
             keys = PlainKeys()
         return cls(backend, keys, config)
 
@@ -709,6 +736,22 @@ class Repository:
             return None
         doc: dict[str, Any] = decode_document(self.keys, data, key.encode(), key)
         return doc
+
+
+def _refuse_downgrade(backend: Backend, passphrase_given: bool) -> None:
+    """Refuse a config that says "unencrypted" where encryption is evident (see :meth:`Repository.open`)."""
+    if crypto.has_slots(backend):
+        why = "but the repository has key slots (keys/)"
+    elif passphrase_given:
+        why = "but a passphrase is configured"
+    else:
+        return
+    raise IntegrityError(
+        f"repository config of {backend.describe()} says the repository is not encrypted, {why}: "
+        "refusing to open it (later backups would be stored in plaintext)",
+        hint="if the config was changed, put back the original from a copy of the repository; if the "
+        "repository really is unencrypted, unset COLDKEEP_PASSWORD and [repository].password_file",
+    )
 
 
 def tree_cut_bits(entries: int) -> int:
