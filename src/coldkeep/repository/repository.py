@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
+import logging
 import mmap
 import os
 import socket
@@ -14,10 +16,13 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
+
+import zstandard
 
 from coldkeep import clock
 from coldkeep.errors import (
+    ColdkeepError,
     IntegrityError,
     NotFound,
     ObjectExists,
@@ -33,6 +38,8 @@ from coldkeep.repository.crypto import KeyRing, PlainKeys
 from coldkeep.repository.format import (
     CONFIG_KEY,
     DIGEST_SIZE,
+    FLAG_RAW,
+    FLAG_ZSTD,
     FORMAT_VERSION,
     INDEX_PREFIX,
     NAMED_PREFIX,
@@ -52,6 +59,8 @@ from coldkeep.repository.index import IndexCache, encode_index
 from coldkeep.repository.packer import BlobEntry, PackBuilder, pack_key
 from coldkeep.storage.base import Backend, validate_key
 
+log = logging.getLogger(__name__)
+
 SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
 _TREE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 PACK_TARGET = 16 * 1024 * 1024
@@ -66,6 +75,12 @@ TREE_MAX_BLOBS = 1024
 READ_GAP = 64 * 1024
 #: the most bytes one such request reads
 READ_SPAN = 8 * 1024 * 1024
+#: the most data a named object holds (a WAL segment is at most 1 GiB): bounds decompression
+NAMED_MAX = 2 * 1024 * 1024 * 1024
+#: the most bytes a named object's header may have
+NAMED_HEADER_MAX = 1024 * 1024
+#: named objects are decompressed this many bytes at a time
+NAMED_READ_PIECE = 16 * 1024 * 1024
 #: overrides :data:`PACK_TARGET` (bytes); for tests, so that little data still makes many packs
 PACK_TARGET_ENV = "COLDKEEP_PACK_TARGET"
 
@@ -347,6 +362,8 @@ class Repository:
         self.backend = backend
         self.keys = keys
         self.config = config
+        #: snapshot id -> why its document cannot be read, for every one a listing skipped
+        self.damaged_snapshots: dict[str, str] = {}
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
 
@@ -573,9 +590,11 @@ class Repository:
             raise IntegrityError(f"{what}: content does not match its name")
         doc = decode_document(self.keys, data, SNAPSHOT_AAD, what)
         try:
-            return Snapshot.from_doc(snapshot_id, doc)
-        except (KeyError, TypeError, ValueError) as exc:
+            snap = Snapshot.from_doc(snapshot_id, doc)
+            clock.parse_timestamp(snap.time)  # listings sort by it
+        except (KeyError, TypeError, ValueError, ColdkeepError) as exc:
             raise IntegrityError(f"{what}: malformed ({exc})") from None
+        return snap
 
     def find_snapshot(self, ref: str) -> Snapshot:
         """By full id, unique id prefix, or ``latest``."""
@@ -593,14 +612,46 @@ class Repository:
             )
         return self.load_snapshot_id(ids[0])
 
-    def list_snapshots(self, tags: dict[str, str] | None = None) -> list[Snapshot]:
-        """All snapshots (optionally those with every given tag), oldest first."""
+    def list_snapshots(self, tags: dict[str, str] | None = None, *, strict: bool = False) -> list[Snapshot]:
+        """Every readable snapshot (optionally those with every given tag), oldest first.
+
+        A snapshot whose document cannot be read (damaged, malformed) is left out, so that one
+        damaged document does not hide all the others: it is named in a warning (logged once per
+        repository object: the CLI prints ``warning: snapshot ID is damaged (…); skipped — run
+        `coldkeep repo check```) and recorded in :attr:`damaged_snapshots`; ``repo check`` reports
+        it as a problem.  ``strict=True`` raises its :class:`IntegrityError` instead: for callers
+        that delete data on the strength of the list (prune, ``pg expire``), which must not act on
+        an incomplete one.  A snapshot deleted between listing and reading is left out silently.
+        """
         ids = self.snapshot_ids()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            snaps = list(pool.map(self.load_snapshot_id, ids))
+            loaded = list(pool.map(self._try_load_snapshot, ids))
+        snaps = []
+        for snapshot_id, snap, error in loaded:
+            if error is not None:
+                if strict:
+                    raise error
+                self._skip_damaged(snapshot_id, error)
+            elif snap is not None:
+                snaps.append(snap)
         if tags:
             snaps = [s for s in snaps if all(s.tags.get(k) == v for k, v in tags.items())]
         return sorted(snaps, key=lambda s: (clock.parse_timestamp(s.time), s.id))
+
+    def _try_load_snapshot(self, snapshot_id: str) -> tuple[str, Snapshot | None, IntegrityError | None]:
+        try:
+            return snapshot_id, self.load_snapshot_id(snapshot_id), None
+        except NotFound:  # deleted since it was listed (forget, pg expire)
+            return snapshot_id, None, None
+        except IntegrityError as exc:
+            return snapshot_id, None, exc
+
+    def _skip_damaged(self, snapshot_id: str, error: IntegrityError) -> None:
+        if snapshot_id in self.damaged_snapshots:
+            return
+        detail = error.message.removeprefix(f"snapshot {snapshot_id[:8]}: ")
+        self.damaged_snapshots[snapshot_id] = detail
+        log.warning("snapshot %s is damaged (%s); skipped — run `coldkeep repo check`", snapshot_id, detail)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.backend.delete(SNAPSHOT_PREFIX + snapshot_id)
@@ -680,6 +731,10 @@ class Repository:
         caller's BLAKE3 of ``data`` (:func:`~coldkeep.repository.format.digest`), not computed
         again."""
         key = self._named_key(name)
+        if len(data) > NAMED_MAX:
+            raise UsageError(
+                f"named object {name}: {len(data)} bytes, more than the {NAMED_MAX} a named object holds"
+            )
         sha = blake3_hex or digest(data).hex()
         header = json.dumps({"name": name, "size": len(data), "blake3": sha, "meta": meta or {},
                              "time": clock.isoformat(clock.now())}).encode()  # fmt: skip
@@ -702,16 +757,20 @@ class Repository:
         return self.decode_named(name, obj)
 
     def decode_named(self, name: str, obj: bytes) -> tuple[dict[str, Any], bytes]:
+        """``(header, data)`` of the stored named object ``obj``, verified against its footer and
+        the size and BLAKE3 its header records.
+
+        Decompression is bounded: the header is read first (at most :data:`NAMED_HEADER_MAX`
+        bytes) and then exactly the size it records (at most :data:`NAMED_MAX`), so a small
+        object that would decompress to gigabytes is refused (:class:`IntegrityError` naming it)
+        having produced no more than that."""
         key = self._named_key(name)
         what = f"named object {name}"
-        plain = open_blob(self.keys, strip_footer(obj, what), key.encode(), None, what)
-        try:
-            hlen = int.from_bytes(plain[:4], "little")
-            meta: dict[str, Any] = json.loads(plain[4 : 4 + hlen])
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"{what}: bad header ({exc})") from None
-        data = plain[4 + hlen :]
-        if len(data) != meta.get("size") or digest(data).hex() != meta.get("blake3"):
+        plain = self.keys.open(strip_footer(obj, what), key.encode(), what)
+        if not plain:
+            raise IntegrityError(f"{what}: empty envelope")
+        meta, data = _read_named(plain[0], memoryview(plain)[1:], what)
+        if digest(data).hex() != meta.get("blake3"):
             raise IntegrityError(f"{what}: content does not match its checksum")
         return meta, data
 
@@ -736,6 +795,48 @@ class Repository:
             return None
         doc: dict[str, Any] = decode_document(self.keys, data, key.encode(), key)
         return doc
+
+
+def _read_named(flag: int, payload: memoryview, what: str) -> tuple[dict[str, Any], bytes]:
+    """Header and data of a named object's envelope payload (``flag``: raw or zstd), reading no
+    more than the header's recorded size (see :meth:`Repository.decode_named`)."""
+    stream: BinaryIO
+    if flag == FLAG_RAW:
+        stream = io.BytesIO(payload)
+    elif flag == FLAG_ZSTD:
+        stream = zstandard.ZstdDecompressor().stream_reader(payload)
+    else:
+        raise IntegrityError(f"{what}: unknown compression flag {flag}")
+    try:
+        hlen = int.from_bytes(_read_exact(stream, 4, what), "little")
+        if hlen > NAMED_HEADER_MAX:
+            raise IntegrityError(f"{what}: bad header (it says {hlen} bytes)")
+        try:
+            meta = json.loads(_read_exact(stream, hlen, what))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{what}: bad header ({exc})") from None
+        size = meta.get("size") if isinstance(meta, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= NAMED_MAX:
+            raise IntegrityError(f"{what}: bad header (size {size!r}; at most {NAMED_MAX})")
+        data = _read_exact(stream, size, what)
+        if stream.read(1):
+            raise IntegrityError(f"{what}: holds more than the {size} bytes its header records (refused)")
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+    return meta, data
+
+
+def _read_exact(stream: BinaryIO, size: int, what: str) -> bytes:
+    """``size`` bytes from ``stream``, read in pieces (memory grows only with what it yields)."""
+    pieces: list[bytes] = []
+    got = 0
+    while got < size:
+        piece = stream.read(min(size - got, NAMED_READ_PIECE))
+        if not piece:
+            raise IntegrityError(f"{what}: shorter than its header records ({got} of {size} bytes)")
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
 
 
 def _refuse_downgrade(backend: Backend, passphrase_given: bool) -> None:
