@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import threading
 import time
 import unicodedata
@@ -43,7 +44,6 @@ from coldkeep.repository.crypto import (
     read_passphrase,
     remove_slot,
 )
-from coldkeep.repository.format import add_footer, strip_footer
 from coldkeep.storage.base import Backend, Capabilities, ObjectInfo, validate_key, validate_prefix
 
 #: tiny Argon2id cost so the suite stays fast (the default is 64 MiB / 3 iterations)
@@ -126,14 +126,15 @@ def slot_keys(backend: MemoryBackend) -> list[str]:
 
 
 def slot_doc(raw: bytes) -> dict[str, Any]:
-    """The JSON of a format-2 slot (its 32-byte footer checked and removed)."""
-    doc: dict[str, Any] = json.loads(strip_footer(raw, "slot"))
+    """The JSON of a format-2 slot (its checksum checked)."""
+    doc: dict[str, Any] = json.loads(raw)
+    assert doc["checksum"] == crypto._checksum(doc)
     return doc
 
 
 def put_slot(backend: MemoryBackend, key: str, doc: dict[str, Any]) -> None:
-    """Store a slot document as a format-2 slot is stored (JSON + footer): a well-formed slot."""
-    backend.put(key, add_footer(json.dumps(doc).encode()))
+    """Store a slot document with its checksum recomputed (as whoever edits it by hand can)."""
+    backend.put(key, json.dumps(dict(doc, checksum=crypto._checksum(doc))).encode())
 
 
 # --- sealing ------------------------------------------------------------------------------------
@@ -358,6 +359,7 @@ def test_slot_json_format_and_no_passphrase(backend: MemoryBackend, keys: Keys) 
         "config_mac",
         "kdf",
         "wrap",
+        "checksum",
     }
     assert doc["version"] == 2 and doc["id"] == key.removeprefix("keys/")
     assert doc["config"] == CFG.hex()
@@ -422,7 +424,7 @@ def flip(backend: MemoryBackend, key: str, at: int) -> None:
     backend.put(key, bytes(data))
 
 
-@pytest.mark.parametrize("where", ["salt", "ciphertext", "comment", "footer", "truncated"])
+@pytest.mark.parametrize("where", ["salt", "ciphertext", "comment", "checksum", "version", "truncated"])
 def test_a_damaged_slot_is_named_as_damaged_not_wrong_passphrase(
     backend: MemoryBackend, keys: Keys, where: str
 ) -> None:
@@ -433,15 +435,17 @@ def test_a_damaged_slot_is_named_as_damaged_not_wrong_passphrase(
     if where == "truncated":
         backend.put(key, raw[:-7])
     else:
-        text = raw[: -crypto.DIGEST_SIZE].decode()
+        text = raw.decode()
         at = {"salt": text.index('"salt"') + 12, "ciphertext": text.index('"ciphertext"') + 20,
-              "comment": text.index('"first"') + 2, "footer": len(raw) - 3}[where]  # fmt: skip
-        flip(backend, key, at)
-    with pytest.raises(IntegrityError, match=rf"keys/{keys.slot_id}: damaged \(checksum mismatch\)") as info:
+              "comment": text.index('"first"') + 2, "checksum": text.index('"checksum"') + 20,
+              "version": text.index('"version"') + 11}[where]  # fmt: skip
+        flip(backend, key, at)  # XOR 0x01: still valid JSON, only the checksum can tell
+    detail = "damaged (not a JSON document)" if where == "truncated" else "damaged (checksum mismatch)"
+    with pytest.raises(IntegrityError, match=rf"keys/{keys.slot_id}: {re.escape(detail)}") as info:
         open_keys(backend, PW, config_digest=CFG)
     assert info.value.exit_code == 3 and "wrong passphrase" not in info.value.message
     problems, _ = crypto.check_slots(backend, CFG)
-    assert problems == [(key, "damaged (checksum mismatch)")]
+    assert problems == [(key, detail)]
 
 
 def test_damaged_second_slot_with_its_passphrase(backend: MemoryBackend, keys: Keys) -> None:
@@ -481,11 +485,11 @@ def test_the_config_binding_cannot_be_edited(backend: MemoryBackend, keys: Keys)
 
 
 def test_a_format_2_slot_cannot_pass_for_format_1(backend: MemoryBackend, keys: Keys) -> None:
-    """Stripping the footer and the config binding (version set to 1) breaks the wrap too."""
+    """Stripping the checksum and the config binding (version set to 1) breaks the wrap too."""
     key = f"keys/{keys.slot_id}"
     doc = slot_doc(backend.get(key))
     doc["version"] = 1
-    del doc["config"]
+    del doc["config"], doc["config_mac"], doc["checksum"]
     backend.put(key, json.dumps(doc).encode())
     with pytest.raises(WrongPassword):
         open_keys(backend, PW, config_digest=blake3.blake3(b"a changed repository config").digest())

@@ -40,8 +40,8 @@ objects "are stateless, they can be shared/reused without regard to thread safet
 Key slots
 ---------
 Each passphrase is one *key slot* at ``keys/<slot-id>`` (slot id: 16 random hex characters): a JSON
-document followed by a 32-byte BLAKE3 footer of the JSON (as every other object has), so damage is
-seen as damage, by ``repo check`` and by opening, not as "wrong passphrase"::
+document carrying its own checksum, so damage is seen as damage, by ``repo check`` and by opening,
+not as "wrong passphrase"::
 
     {
       "version": 2,
@@ -54,9 +54,13 @@ seen as damage, by ``repo check`` and by opening, not as "wrong passphrase"::
       "kdf": {"name": "argon2id", "salt": "<base64, 16 bytes>", "memory_kib": 65536,
               "iterations": 3, "lanes": 1},
       "wrap": {"cipher": "aes-256-gcm", "nonce": "<base64, 12 bytes>",
-               "ciphertext": "<base64: data key || id key, 64 bytes, + 16-byte tag>"}
+               "ciphertext": "<base64: data key || id key, 64 bytes, + 16-byte tag>"},
+      "checksum": "<hex: BLAKE3 of the other fields as canonical JSON>"
     }
-    <32 bytes: BLAKE3 of the JSON above>
+
+The checksum is inside the document (canonical JSON: sorted keys, no spaces, ASCII), not a
+footer, so that an older coldkeep reads ``"version": 2`` and reports a newer format instead of
+"not JSON"; later formats keep it, so a damaged version number is "damaged", not "newer".
 
 The passphrase (UTF-8, NFC-normalised so the same text typed on different systems matches) goes
 through Argon2id with the slot's salt and parameters to a 32-byte key-encryption key; that key
@@ -75,8 +79,8 @@ configurable.  Parameters read from a slot are bounded (:data:`MAX_MEMORY_KIB` e
 slot cannot make ``open`` exhaust memory.  A slot never holds the passphrase or anything from which
 it could be checked faster than by running Argon2id.
 
-**Format 1** slots (written before config authentication) are plain JSON without ``config`` and
-without a footer, sealed with associated data ``b"coldkeep-keyslot-v1" + slot id``.  They are still
+**Format 1** slots (written before config authentication) are JSON without ``config``,
+``config_mac`` and ``checksum``, sealed with associated data ``b"coldkeep-keyslot-v1" + slot id``.  They are still
 read: opening with a format-1 slot's passphrase accepts the config as it is and *upgrades* that slot
 in place (same id, created time, comment and KDF cost; new salt and nonce; written with ``put``,
 which replaces atomically), binding it to the config from then on (unless another slot's
@@ -183,11 +187,11 @@ TAG_SIZE: Final = 16
 OVERHEAD: Final = NONCE_SIZE + TAG_SIZE
 SALT_SIZE: Final = 16
 
-#: the slot format written now (2: footer, bound to the config); format 1 is still read
+#: the slot format written now (2: checksum, bound to the config); format 1 is still read
 SLOT_VERSION: Final = 2
 KEYS_PREFIX: Final = "keys/"
 SLOT_AAD_PREFIXES: Final = {1: b"coldkeep-keyslot-v1", 2: b"coldkeep-keyslot-v2"}
-#: BLAKE3 digests: a slot's footer and the config digest it is bound to
+#: BLAKE3 digests: the config digest a slot is bound to, and its MAC
 DIGEST_SIZE: Final = 32
 #: BLAKE3 key-derivation context of the key behind :meth:`Keys.config_mac`
 CONFIG_MAC_CONTEXT: Final = "coldkeep 2026-07 repository config authentication v1"
@@ -389,10 +393,15 @@ def _slot_aad(slot_id: str, version: int, config: bytes | None) -> bytes:
     return aad + config if version >= 2 and config is not None else aad
 
 
-def _digest(data: bytes) -> bytes:
-    from coldkeep.repository.format import digest  # format imports this module: import late
-
-    return digest(data)
+def _checksum(doc: Mapping[str, Any]) -> str:
+    """A slot document's checksum: BLAKE3 of its other fields as canonical JSON, hex."""
+    canonical = json.dumps(
+        {k: v for k, v in doc.items() if k != "checksum"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return blake3.blake3(canonical.encode("ascii")).hexdigest()
 
 
 def _encode_passphrase(passphrase: str) -> bytes:
@@ -473,8 +482,8 @@ def _make_slot(keys: Keys, passphrase: str, who: _NewSlot, params: KdfParams, co
         },
         "wrap": {"cipher": "aes-256-gcm", "nonce": _b64(nonce), "ciphertext": _b64(wrapped)},
     }
-    body = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
-    data = body + _digest(body)
+    doc["checksum"] = _checksum(doc)
+    data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
     check = _parse_slot(who.slot_id, data)
     if AESGCM(kek).decrypt(check.nonce, check.wrapped, aad) != keys._material():  # pragma: no cover
         raise RuntimeError("a new key slot does not unwrap to its keys")
@@ -494,25 +503,24 @@ def _write_slot(backend: Backend, keys: Keys, passphrase: str, comment: str, par
 
 
 def _slot_document(data: bytes) -> dict[str, Any]:
-    """The JSON document of a stored slot: format 2 with its footer verified, or format 1 (plain
-    JSON, no footer).  :class:`_DamagedSlot` when the bytes are neither."""
-    body, footer = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
-    checked = len(data) > DIGEST_SIZE and secrets.compare_digest(_digest(body), footer)
+    """The JSON document of a stored slot: format 2 with its checksum verified, or format 1 (no
+    checksum).  :class:`_DamagedSlot` when the bytes are not what was written."""
     try:
-        doc = json.loads(body if checked else data)
+        doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _DamagedSlot("damaged (checksum mismatch)") from None
+        raise _DamagedSlot("damaged (not a JSON document)") from None
     if not isinstance(doc, dict):
-        raise (_BadSlot if checked else _DamagedSlot)("not a JSON object")
+        raise _DamagedSlot("damaged (not a JSON object)")
     version = doc.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise _BadSlot("version missing")
+    checksum = doc.get("checksum")
+    if (2 <= version <= SLOT_VERSION or checksum is not None) and checksum != _checksum(doc):
+        raise _DamagedSlot("damaged (checksum mismatch)")  # later formats keep this checksum
     if version > SLOT_VERSION:
         raise _NewerSlot(version)
     if version not in SLOT_AAD_PREFIXES:
         raise _BadSlot(f"unknown format version {version}")
-    if version >= 2 and not checked:  # a format-2 slot whose footer does not match its body
-        raise _DamagedSlot("damaged (checksum mismatch)")
     return doc
 
 
