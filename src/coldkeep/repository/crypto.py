@@ -63,33 +63,32 @@ footer, so that an older coldkeep reads ``"version": 2`` and reports a newer for
 "not JSON"; later formats keep it, so a damaged version number is "damaged", not "newer".
 
 The passphrase (UTF-8, NFC-normalised so the same text typed on different systems matches) goes
-through Argon2id with the slot's salt and parameters to a 32-byte key-encryption key; that key
-seals ``data key || id key`` with AES-256-GCM under a random 12-byte nonce and associated data
-``b"coldkeep-keyslot-v2" + slot id + config digest`` (32 raw bytes).  So a slot copied to another
-id does not open, and a slot authenticates the repository config it was made for: the config
+through Argon2id with the slot's salt and parameters to a 32-byte key-encryption key; that key seals
+``data key || id key`` with AES-256-GCM under a random 12-byte nonce and associated data
+``b"coldkeep-keyslot-v2" + slot id + config digest`` (32 raw bytes).  So a slot copied to another id
+does not open, and a slot authenticates the repository config it was made for: the config
 (plaintext, footer only, so anyone who can write the store could rewrite it and its footer: flip
-``encrypted`` to false so later backups go out in plaintext, or change the chunker) must hash to
-the digest the slot that opened carries, else opening fails with an error naming the config
+``encrypted`` to false so later backups go out in plaintext, or change the chunker) must hash to the
+digest the slot that opened carries, else opening fails with an error naming the config
 (:func:`open_keys`).  ``config_mac`` (:meth:`Keys.config_mac`) lets whoever holds the keys check
-*every* slot's digest, not only the one their passphrase opens: once any slot is format 2, a
-change is refused whichever slot opens, a format-1 one included.  The config is write-once, so
-the digest never has to change.  Default KDF
-cost: 64 MiB, 3 iterations, 1 lane (about 0.25 s on one core); :class:`KdfParams` makes it
-configurable.  Parameters read from a slot are bounded (:data:`MAX_MEMORY_KIB` etc.) so a planted
-slot cannot make ``open`` exhaust memory.  A slot never holds the passphrase or anything from which
-it could be checked faster than by running Argon2id.
+*every* slot's digest, not only the one their passphrase opens: once any slot is format 2, a change
+is refused whichever slot opens, a format-1 one included.  The config is write-once, so the digest
+never has to change.  Default KDF cost: 64 MiB, 3 iterations, 1 lane (about 0.25 s on one core);
+:class:`KdfParams` makes it configurable.  Parameters read from a slot are bounded
+(:data:`MAX_MEMORY_KIB` etc.) so a planted slot cannot make ``open`` exhaust memory.  A slot never
+holds the passphrase or anything from which it could be checked faster than by running Argon2id.
 
 **Format 1** slots (written before config authentication) are JSON without ``config``,
-``config_mac`` and ``checksum``, sealed with associated data ``b"coldkeep-keyslot-v1" + slot id``.  They are still
-read: opening with a format-1 slot's passphrase accepts the config as it is and *upgrades* that slot
-in place (same id, created time, comment and KDF cost; new salt and nonce; written with ``put``,
-which replaces atomically), binding it to the config from then on (unless another slot's
-``config_mac`` shows that the config changed: then it is refused like any other change).  The upgrade is best effort (a
-read-only copy stays format 1, with a log warning), and ``repo check`` warns about every format-1
-slot left.  A format-1 slot cannot authenticate anything; a v2 slot cannot be turned into one
-(the version is in the associated data), and slots of format 2 are tried first.  Older coldkeep
-versions do not read format-2 slots (they report a newer format), so they refuse an upgraded
-encrypted repository instead of opening it without checking the config.
+``config_mac`` and ``checksum``, sealed with associated data ``b"coldkeep-keyslot-v1" + slot id``.
+They are still read: opening with a format-1 slot's passphrase accepts the config as it is and
+*upgrades* that slot in place (same id, created time, comment and KDF cost; new salt and nonce;
+written with ``put``, which replaces atomically), binding it to the config from then on (unless
+another slot's ``config_mac`` shows that the config changed: then it is refused like any other
+change).  The upgrade is best effort (a read-only copy stays format 1, with a log warning), and
+``repo check`` warns about every format-1 slot left.  A format-1 slot cannot authenticate anything;
+a v2 slot cannot be turned into one (the version is in the associated data), and slots of format 2
+are tried first.  Older coldkeep versions do not read format-2 slots (they report a newer format),
+so they refuse an upgraded encrypted repository instead of opening it without checking the config.
 
 * **add** a passphrase = write a new slot wrapping the same two keys, for the same config
   (:func:`add_slot`);
