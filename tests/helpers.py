@@ -348,3 +348,53 @@ def spread(count: int, points: int) -> list[int]:
     if count <= points:
         return list(range(1, count + 1))
     return sorted({1 + round(i * (count - 1) / (points - 1)) for i in range(points)})
+
+
+# ------------------------------------------------------------------------------------------------
+# repositories as older coldkeep versions wrote them
+
+
+def legacy_key_slot(keys: Any, passphrase: str, slot_id: str, *, memory_kib: int = 8192) -> bytes:
+    """A format-1 key slot, byte for byte as coldkeep wrote slots before they authenticated the
+    config and had a checksum: plain JSON, the keys wrapped with associated data
+    ``b"coldkeep-keyslot-v1" + slot id``.  ``keys`` is a :class:`coldkeep.repository.crypto.Keys`."""
+    import base64
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from coldkeep.repository import crypto
+
+    params = crypto.KdfParams(memory_kib=memory_kib, iterations=1, lanes=1)
+    salt, nonce = os.urandom(16), os.urandom(12)
+    kek = crypto._derive(passphrase, salt, params)
+    wrapped = AESGCM(kek).encrypt(nonce, keys._material(), b"coldkeep-keyslot-v1" + slot_id.encode())
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    doc = {
+        "version": 1,
+        "id": slot_id,
+        "created": "2025-01-01T00:00:00Z",
+        "hostname": "old-host",
+        "comment": "written by an older coldkeep",
+        "kdf": {"name": "argon2id", "salt": b64(salt), "memory_kib": memory_kib, "iterations": 1, "lanes": 1},
+        "wrap": {"cipher": "aes-256-gcm", "nonce": b64(nonce), "ciphertext": b64(wrapped)},
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def make_legacy_repository(repo_dir: Path, passphrases: list[str]) -> list[str]:
+    """Turn the encrypted local repository at ``repo_dir`` (opened with ``passphrases[0]``) into
+    one as an older coldkeep left it: its slots replaced by format-1 slots, one per passphrase
+    (the config's format did not change).  Returns the new slot ids, in order."""
+    from coldkeep.repository.repository import Repository
+    from coldkeep.storage.local import LocalBackend
+
+    with Repository.open(LocalBackend(repo_dir), passphrases[0]) as repo:
+        keys = repo.keys
+    for path in (repo_dir / "keys").iterdir():
+        path.unlink()
+    ids = []
+    for i, passphrase in enumerate(passphrases):
+        slot_id = f"{i:02d}" + "0123456789abcd"
+        (repo_dir / "keys" / slot_id).write_bytes(legacy_key_slot(keys, passphrase, slot_id))
+        ids.append(slot_id)
+    return ids

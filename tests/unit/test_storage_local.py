@@ -74,6 +74,32 @@ def test_put_if_absent_keeps_the_existing_file(tmp_path: Path) -> None:
     assert (tmp_path / "seg").stat().st_nlink == 1
 
 
+def test_put_if_absent_already_there_makes_the_existing_object_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first writer may have crashed after its link and before its directory fsync: the
+    second one ("already there") fsyncs the existing file and its directory before returning,
+    so a second `wal-push` never acknowledges a segment a power cut can still take away."""
+    backend = LocalBackend(tmp_path)
+    segment = tmp_path / "wal" / "00000001" / "000000010000000000000003"
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(b"the first writer's bytes, linked but its directory not yet synced")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    assert backend.put_if_absent("wal/00000001/000000010000000000000003", b"the same segment again") is False
+    assert str(segment) in synced, synced
+    assert str(segment.parent) in synced, synced
+    assert synced.index(str(segment.parent)) > synced.index(str(segment))  # the entry after the file
+    assert segment.read_bytes().startswith(b"the first writer's bytes")
+    assert temp_files(tmp_path) == []
+
+
 def test_list_skips_temp_files_and_stale_ones_are_removed(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path)
     backend.put("d/real", b"x")

@@ -71,7 +71,7 @@ def plan_backups(
 
 
 def plan(repo: Repository, retention_days: int, now: datetime) -> ExpirePlan:
-    backups = catalog.list_backups(repo)
+    backups = catalog.list_backups(repo, strict=True)  # a damaged backup may need WAL: do not guess
     status = catalog.statuses(repo)
     verified = {bid for bid, st in status.items() if st.get("verify_ok") or st.get("restore_test_ok")}
     result = ExpirePlan(backups=plan_backups(backups, verified, retention_days, now))

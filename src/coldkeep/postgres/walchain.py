@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from coldkeep.errors import ColdkeepError, IntegrityError
 from coldkeep.postgres import archive, wal
 from coldkeep.postgres.archive import archived_names, archived_set, current_lineage, lineages
 from coldkeep.repository.format import NAMED_PREFIX
@@ -58,24 +59,37 @@ def archive_end_lsn(repo: Repository, prefix: str, seg_size: int = wal.DEFAULT_S
     return (newest.parsed.segno_for(seg_size) + 1) * seg_size
 
 
-def _history_parents(repo: Repository, prefix: str) -> dict[int, int]:
-    """timeline -> parent timeline, from the archived history files."""
+def _history_parents(repo: Repository, prefix: str) -> tuple[dict[int, int], list[str]]:
+    """timeline -> parent timeline, from the archived history files; and a problem for every
+    history file that cannot be read (damaged, gone since listed, not a history file): without it
+    the chain may follow the wrong timeline, so it is never skipped silently."""
     parents: dict[int, int] = {}
+    problems: list[str] = []
     for item in archive.archived(repo, prefix):
         if item.parsed.kind != "history":
             continue
         try:
             _, data = repo.get_named(item.key)
-        except Exception:
-            continue
-        lines = [
-            ln.split()
-            for ln in data.decode(errors="replace").splitlines()
-            if ln.strip() and not ln.startswith("#")
-        ]
-        if lines:
-            parents[item.parsed.timeline] = int(lines[-1][0])
-    return parents
+            parents[item.parsed.timeline] = _parent_timeline(data, item.key)
+        except ColdkeepError as exc:
+            problems.append(
+                f"history file {item.name} cannot be read ({exc.message}): where timeline "
+                f"{item.parsed.timeline} branches off is unknown, the chain may follow the wrong timeline"
+            )
+    return parents, problems
+
+
+def _parent_timeline(data: bytes, key: str) -> int:
+    """The timeline a history file's timeline branched from (the first field of its last entry)."""
+    entries = [
+        line.split()
+        for line in data.decode(errors="replace").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    try:
+        return int(entries[-1][0])
+    except (IndexError, ValueError):
+        raise IntegrityError(f"named object {key}: not a timeline history file") from None
 
 
 def check_chain(
@@ -91,14 +105,13 @@ def check_chain(
     by_tl: dict[int, set[int]] = {}
     for s in _segments(repo, prefix):
         by_tl.setdefault(s.parsed.timeline, set()).add(s.parsed.segno_for(seg_size))
-    parents = _history_parents(repo, prefix)
+    parents, problems = _history_parents(repo, prefix)
     path = [timeline]
     while True:
         children = sorted(t for t, p in parents.items() if p == path[-1])
         if not children:
             break
         path.append(children[-1])
-    problems: list[str] = []
     count = 0
     first = last = None
     segno = wal.parse_name(start_wal).segno_for(seg_size)
@@ -113,7 +126,7 @@ def check_chain(
                 count += 1
                 first = first or name
                 last = name
-            elif len(problems) < 20:
+            elif len(problems) < 20:  # history problems first: they can explain the gaps
                 problems.append(f"WAL gap: {name} is missing from the archive")
             segno += 1
     stop = wal.parse_name(stop_wal).segno_for(seg_size)

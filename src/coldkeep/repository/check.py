@@ -1,6 +1,7 @@
 """``repo check``: structure always; with ``read_data`` every byte of every pack, named object
-and service record.  Key slots are parsed (a slot has no footer: damage inside a base64 value
-looks like another passphrase's slot, see ``crypto.py``).
+and service record.  Key slots are always checked: their checksum (format 2), that they are
+usable, and that each is bound to this repository's config (see ``crypto.py``); a format-1 slot
+(no checksum) is a warning.
 
 Each problem names the object (pack, blob, index, snapshot, named object) and, for damaged
 blobs, the snapshots and files that use them.
@@ -16,7 +17,7 @@ from typing import Any
 
 from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound
 from coldkeep.repository import crypto
-from coldkeep.repository.format import INDEX_PREFIX, KEYS_PREFIX, PACK_PREFIX, STATE_PREFIX, open_blob
+from coldkeep.repository.format import INDEX_PREFIX, PACK_PREFIX, STATE_PREFIX, open_blob
 from coldkeep.repository.index import decode_index
 from coldkeep.repository.locks import Lock, locked
 from coldkeep.repository.packer import BlobEntry, pack_key, parse_pack
@@ -211,10 +212,8 @@ def _check(
                 result.bytes_read += info.size
             except ColdkeepError as exc:
                 result.problems.append(Problem("state", info.key, exc.message))
-    _slots, bad_slots = crypto._read_slots(backend)  # those that opened the repository are fine
-    for slot_id, why in sorted(bad_slots.items()):
-        if isinstance(why, crypto._NewerSlot):
-            result.warnings.append(f"key slot {KEYS_PREFIX}{slot_id} has a newer {why.args[0]}")
-        else:
-            result.problems.append(Problem("key slot", KEYS_PREFIX + slot_id, f"unusable ({why.args[0]})"))
+    # the slot that opened the repository checked the config; the others are checked here
+    slot_problems, slot_warnings = crypto.check_slots(backend, repo.config.digest or None, repo.keys)
+    result.problems.extend(Problem("key slot", key, detail) for key, detail in slot_problems)
+    result.warnings.extend(slot_warnings)
     return result

@@ -39,41 +39,71 @@ objects "are stateless, they can be shared/reused without regard to thread safet
 
 Key slots
 ---------
-Each passphrase is one *key slot*, a small JSON document at ``keys/<slot-id>`` (slot id: 16 random
-hex characters)::
+Each passphrase is one *key slot* at ``keys/<slot-id>`` (slot id: 16 random hex characters): a JSON
+document carrying its own checksum, so damage is seen as damage, by ``repo check`` and by opening,
+not as "wrong passphrase"::
 
     {
-      "version": 1,
+      "version": 2,
       "id": "3f2a9c0e71b4d5a8",
       "created": "2026-11-26T08:00:00Z",
       "hostname": "gpu-box-1",
       "comment": "lab admin",
+      "config": "<hex: the repository config's footer, i.e. BLAKE3 of the config document>",
+      "config_mac": "<hex: keyed BLAKE3 of that digest under a key derived from data and id key>",
       "kdf": {"name": "argon2id", "salt": "<base64, 16 bytes>", "memory_kib": 65536,
               "iterations": 3, "lanes": 1},
       "wrap": {"cipher": "aes-256-gcm", "nonce": "<base64, 12 bytes>",
-               "ciphertext": "<base64: data key || id key, 64 bytes, + 16-byte tag>"}
+               "ciphertext": "<base64: data key || id key, 64 bytes, + 16-byte tag>"},
+      "checksum": "<hex: BLAKE3 of the other fields as canonical JSON>"
     }
 
-The passphrase (UTF-8, NFC-normalised so the same text typed on different systems matches) goes
-through Argon2id with the slot's salt and parameters to a 32-byte key-encryption key; that key
-seals ``data key || id key`` with AES-256-GCM under a random 12-byte nonce and associated data
-``b"coldkeep-keyslot-v1" + slot id`` (so a slot file copied to another id does not open).  Default
-KDF cost: 64 MiB, 3 iterations, 1 lane (about 0.25 s on one core); :class:`KdfParams` makes it
-configurable.  Parameters read from a slot are bounded (:data:`MAX_MEMORY_KIB` etc.) so a planted
-slot cannot make ``open`` exhaust memory.  A slot never holds the passphrase or anything from which
-it could be checked faster than by running Argon2id.
+The checksum is inside the document (canonical JSON: sorted keys, no spaces, ASCII), not a
+footer, so that an older coldkeep reads ``"version": 2`` and reports a newer format instead of
+"not JSON"; later formats keep it, so a damaged version number is "damaged", not "newer".
 
-* **add** a passphrase = write a new slot wrapping the same two keys (:func:`add_slot`);
+The passphrase (UTF-8, NFC-normalised so the same text typed on different systems matches) goes
+through Argon2id with the slot's salt and parameters to a 32-byte key-encryption key; that key seals
+``data key || id key`` with AES-256-GCM under a random 12-byte nonce and associated data
+``b"coldkeep-keyslot-v2" + slot id + config digest`` (32 raw bytes).  So a slot copied to another id
+does not open, and a slot authenticates the repository config it was made for: the config
+(plaintext, footer only, so anyone who can write the store could rewrite it and its footer: flip
+``encrypted`` to false so later backups go out in plaintext, or change the chunker) must hash to the
+digest the slot that opened carries, else opening fails with an error naming the config
+(:func:`open_keys`).  ``config_mac`` (:meth:`Keys.config_mac`) lets whoever holds the keys check
+*every* slot's digest, not only the one their passphrase opens: once any slot is format 2, a change
+is refused whichever slot opens, a format-1 one included.  The config is write-once, so the digest
+never has to change.  Default KDF cost: 64 MiB, 3 iterations, 1 lane (about 0.25 s on one core);
+:class:`KdfParams` makes it configurable.  Parameters read from a slot are bounded
+(:data:`MAX_MEMORY_KIB` etc.) so a planted slot cannot make ``open`` exhaust memory.  A slot never
+holds the passphrase or anything from which it could be checked faster than by running Argon2id.
+
+**Format 1** slots (written before config authentication) are JSON without ``config``,
+``config_mac`` and ``checksum``, sealed with associated data ``b"coldkeep-keyslot-v1" + slot id``.
+They are still read: opening with a format-1 slot's passphrase accepts the config as it is and
+*upgrades* that slot in place (same id, created time, comment and KDF cost; new salt and nonce;
+written with ``put``, which replaces atomically), binding it to the config from then on (unless
+another slot's ``config_mac`` shows that the config changed: then it is refused like any other
+change).  The upgrade is best effort (a read-only copy stays format 1, with a log warning), and
+``repo check`` warns about every format-1 slot left.  A format-1 slot cannot authenticate anything;
+a v2 slot cannot be turned into one (the version is in the associated data), and slots of format 2
+are tried first.  Older coldkeep versions do not read format-2 slots (they report a newer format),
+so they refuse an upgraded encrypted repository instead of opening it without checking the config.
+
+* **add** a passphrase = write a new slot wrapping the same two keys, for the same config
+  (:func:`add_slot`);
 * **remove** one = delete its slot (:func:`remove_slot`); the last slot is never removed, since
   that would make the repository unreadable;
-* **list** = slot id, created time, host, comment, KDF cost (:func:`list_slots`); no passphrase
-  needed, nothing secret shown.
+* **list** = slot id, created time, host, comment, KDF cost, format (:func:`list_slots`); no
+  passphrase needed, nothing secret shown.
 
-**Opening** (:func:`open_keys`) tries every slot in creation order until one unwraps.  Every salt
-is different, so each try costs a full Argon2id run: with the default cost, opening costs about
-0.25 s per slot tried, and a wrong passphrase costs that times the number of slots.  Repositories
-have a handful of slots, so no per-slot hint is stored (a hint would need the KDF run anyway, since
-the salts differ, and would only leak a fast passphrase check).
+**Opening** (:func:`open_keys`) tries every slot, format 2 first, each in creation order, until one
+unwraps.  Every salt is different, so each try costs a full Argon2id run: with the default cost,
+opening costs about 0.25 s per slot tried, and a wrong passphrase costs that times the number of
+slots.  Repositories have a handful of slots, so no per-slot hint is stored (a hint would need the
+KDF run anyway, since the salts differ, and would only leak a fast passphrase check).  When no
+intact slot opens and some slot is damaged, the error says so and names it (the passphrase may be
+the damaged slot's), with exit code 3, not "wrong passphrase".
 
 **Rotation** without rewriting data = add a slot with the new passphrase, then remove the old
 slot.  This rotates *passphrases*, not the data key: whoever once read the data key (had an old
@@ -82,10 +112,13 @@ everything, old and new, and anyone holding an old copy of the removed slot file
 with the old passphrase.  Changing the data key means re-encrypting the repository into a new one
 (``coldkeep repo copy`` to a freshly initialised repository).
 
-Limits: slots are not authenticated against anything else in the repository, so someone with write
-access to ``keys/`` can add a slot of their own (wrapping keys they know); they still cannot open
-the user's data.  Python cannot reliably wipe secrets from memory.  Slot changes must run under the
-repository's exclusive lock (two concurrent removals could otherwise remove the last two slots).
+Limits: someone with write access to ``keys/`` can add a slot of their own (wrapping keys they
+know, for a config of their choice); they still cannot open the user's data, and the user's own
+passphrase still opens only the user's slots, which check the config.  Someone who kept a copy of
+a format-1 slot from before its upgrade can put it back (deleting the upgraded one) and then change
+the config unnoticed by that passphrase; rotating the passphrase after the upgrade closes this.
+Python cannot reliably wipe secrets from memory.  Slot changes must run under the repository's
+exclusive lock (two concurrent removals could otherwise remove the last two slots).
 
 Passphrase sources (:func:`read_passphrase`): ``COLDKEEP_PASSWORD`` if set and not empty, else the
 content of ``[repository].password_file`` with one trailing newline removed.  The passphrase never
@@ -137,6 +170,8 @@ __all__ = [
     "PlainKeys",
     "SlotInfo",
     "add_slot",
+    "check_slots",
+    "has_slots",
     "init_keys",
     "list_slots",
     "open_keys",
@@ -151,9 +186,14 @@ TAG_SIZE: Final = 16
 OVERHEAD: Final = NONCE_SIZE + TAG_SIZE
 SALT_SIZE: Final = 16
 
-SLOT_VERSION: Final = 1
+#: the slot format written now (2: checksum, bound to the config); format 1 is still read
+SLOT_VERSION: Final = 2
 KEYS_PREFIX: Final = "keys/"
-SLOT_AAD_PREFIX: Final = b"coldkeep-keyslot-v1"
+SLOT_AAD_PREFIXES: Final = {1: b"coldkeep-keyslot-v1", 2: b"coldkeep-keyslot-v2"}
+#: BLAKE3 digests: the config digest a slot is bound to, and its MAC
+DIGEST_SIZE: Final = 32
+#: BLAKE3 key-derivation context of the key behind :meth:`Keys.config_mac`
+CONFIG_MAC_CONTEXT: Final = "coldkeep 2026-07 repository config authentication v1"
 PASSWORD_ENV: Final = "COLDKEEP_PASSWORD"
 
 #: bounds on KDF parameters, checked when creating and when reading a slot
@@ -186,11 +226,12 @@ class Keys:
     """The keys of an encrypted repository.  Safe to share between threads.
 
     ``slot_id`` is the slot the keys were opened from or first written to (``None`` for keys made
-    directly with :meth:`generate` or the constructor).  ``repr`` never shows key material, and
-    pickling is refused so keys do not leak into a pickle by accident.
+    directly with :meth:`generate` or the constructor); ``config_digest`` the digest of the
+    repository config they were checked against (what new slots are bound to).  ``repr`` never
+    shows key material, and pickling is refused so keys do not leak into a pickle by accident.
     """
 
-    __slots__ = ("_aead", "_data_key", "_id_key", "slot_id")
+    __slots__ = ("_aead", "_data_key", "_id_key", "config_digest", "slot_id")
 
     def __init__(self, data_key: bytes, id_key: bytes, *, slot_id: str | None = None) -> None:
         if len(data_key) != KEY_SIZE or len(id_key) != KEY_SIZE:
@@ -205,6 +246,7 @@ class Keys:
 
         self._aead = AESGCM(self._data_key)
         self.slot_id = slot_id
+        self.config_digest: bytes | None = None
 
     @classmethod
     def generate(cls) -> Keys:
@@ -237,6 +279,12 @@ class Keys:
 
     def _material(self) -> bytes:
         return self._data_key + self._id_key
+
+    def config_mac(self, config_digest: bytes) -> bytes:
+        """A MAC of a repository config's digest under a key derived from both keys: proves that
+        whoever wrote it held the keys (see "Key slots" in the module doc)."""
+        mac_key = blake3.blake3(self._material(), derive_key_context=CONFIG_MAC_CONTEXT).digest()
+        return bytes(blake3.blake3(config_digest, key=mac_key).digest())
 
     def same_keys(self, other: Keys) -> bool:
         return secrets.compare_digest(self._material(), other._material())
@@ -296,13 +344,18 @@ class KdfParams:
 
 @dataclass(frozen=True)
 class SlotInfo:
-    """What ``repo key list`` shows about a slot (nothing secret)."""
+    """What ``repo key list`` shows about a slot (nothing secret).
+
+    ``version`` is the slot format (1: no checksum, config not authenticated); ``config`` the
+    config digest a format-2 slot is bound to (``None`` for format 1)."""
 
     slot_id: str
     created: datetime
     hostname: str
     comment: str
     kdf: KdfParams
+    version: int = SLOT_VERSION
+    config: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -311,10 +364,15 @@ class _Slot:
     salt: bytes
     nonce: bytes
     wrapped: bytes
+    config_mac: bytes | None = None  # format 2: Keys.config_mac(info.config)
 
 
 class _BadSlot(Exception):
     """A slot document that cannot be used (reason in args[0]; never secret)."""
+
+
+class _DamagedSlot(_BadSlot):
+    """A slot whose bytes are not what was written (checksum mismatch, truncated, not JSON)."""
 
 
 class _NewerSlot(_BadSlot):
@@ -327,8 +385,22 @@ def _slot_key(slot_id: str) -> str:
     return KEYS_PREFIX + slot_id
 
 
-def _slot_aad(slot_id: str) -> bytes:
-    return SLOT_AAD_PREFIX + slot_id.encode("ascii")
+def _slot_aad(slot_id: str, version: int, config: bytes | None) -> bytes:
+    """What a slot's wrap authenticates besides the keys: its format, its id and (format 2) the
+    digest of the config it was made for."""
+    aad = SLOT_AAD_PREFIXES[version] + slot_id.encode("ascii")
+    return aad + config if version >= 2 and config is not None else aad
+
+
+def _checksum(doc: Mapping[str, Any]) -> str:
+    """A slot document's checksum: BLAKE3 of its other fields as canonical JSON, hex."""
+    canonical = json.dumps(
+        {k: v for k, v in doc.items() if k != "checksum"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return blake3.blake3(canonical.encode("ascii")).hexdigest()
 
 
 def _encode_passphrase(passphrase: str) -> bytes:
@@ -367,21 +439,39 @@ def _unb64(doc: Mapping[str, Any], field: str, size: int | None = None) -> bytes
     return raw
 
 
-def _make_slot(keys: Keys, passphrase: str, comment: str, params: KdfParams) -> tuple[str, bytes]:
+@dataclass(frozen=True)
+class _NewSlot:
+    """Who a slot being written is: a new one, or an upgraded format-1 slot keeping its identity."""
+
+    slot_id: str
+    created: str
+    hostname: str
+    comment: str
+
+
+def _make_slot(keys: Keys, passphrase: str, who: _NewSlot, params: KdfParams, config: bytes) -> bytes:
+    """The stored bytes of a format-2 slot wrapping ``keys`` for ``passphrase`` and ``config``.
+
+    The result is parsed and unwrapped again before it is returned (with the key-encryption key
+    already derived: no second Argon2id run), so a slot that would not open is never written."""
     params.check()
-    slot_id = secrets.token_hex(8)
+    if len(config) != DIGEST_SIZE:
+        raise ValueError(f"a config digest has {DIGEST_SIZE} bytes")
     salt = os.urandom(SALT_SIZE)
     kek = _derive(passphrase, salt, params)
     nonce = os.urandom(NONCE_SIZE)
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    wrapped = AESGCM(kek).encrypt(nonce, keys._material(), _slot_aad(slot_id))
+    aad = _slot_aad(who.slot_id, SLOT_VERSION, config)
+    wrapped = AESGCM(kek).encrypt(nonce, keys._material(), aad)
     doc = {
         "version": SLOT_VERSION,
-        "id": slot_id,
-        "created": clock.isoformat(clock.now()),
-        "hostname": socket.gethostname(),
-        "comment": comment,
+        "id": who.slot_id,
+        "created": who.created,
+        "hostname": who.hostname,
+        "comment": who.comment,
+        "config": config.hex(),
+        "config_mac": keys.config_mac(config).hex(),
         "kdf": {
             "name": "argon2id",
             "salt": _b64(salt),
@@ -391,34 +481,56 @@ def _make_slot(keys: Keys, passphrase: str, comment: str, params: KdfParams) -> 
         },
         "wrap": {"cipher": "aes-256-gcm", "nonce": _b64(nonce), "ciphertext": _b64(wrapped)},
     }
-    return slot_id, (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+    doc["checksum"] = _checksum(doc)
+    data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+    check = _parse_slot(who.slot_id, data)
+    if AESGCM(kek).decrypt(check.nonce, check.wrapped, aad) != keys._material():  # pragma: no cover
+        raise RuntimeError("a new key slot does not unwrap to its keys")
+    return data
 
 
 def _write_slot(backend: Backend, keys: Keys, passphrase: str, comment: str, params: KdfParams) -> str:
+    config = keys.config_digest
+    if config is None:
+        raise ValueError("keys without a config digest cannot make a key slot")
     for _ in range(3):  # a 64-bit id collision is (practically) impossible; retry anyway
-        slot_id, data = _make_slot(keys, passphrase, comment, params)
-        if backend.put_if_absent(_slot_key(slot_id), data):
-            log.info("wrote key slot %s", slot_id)
-            return slot_id
+        who = _NewSlot(secrets.token_hex(8), clock.isoformat(clock.now()), socket.gethostname(), comment)
+        if backend.put_if_absent(_slot_key(who.slot_id), _make_slot(keys, passphrase, who, params, config)):
+            log.info("wrote key slot %s", who.slot_id)
+            return who.slot_id
     raise RepositoryError(f"could not create a key slot in {backend.describe()} (slot id collisions)")
 
 
-def _parse_slot(slot_id: str, data: bytes) -> _Slot:
+def _slot_document(data: bytes) -> dict[str, Any]:
+    """The JSON document of a stored slot: format 2 with its checksum verified, or format 1 (no
+    checksum).  :class:`_DamagedSlot` when the bytes are not what was written."""
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _BadSlot("not JSON") from None
+        raise _DamagedSlot("damaged (not a JSON document)") from None
     if not isinstance(doc, dict):
-        raise _BadSlot("not a JSON object")
+        raise _DamagedSlot("damaged (not a JSON object)")
     version = doc.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise _BadSlot("version missing")
+    checksum = doc.get("checksum")
+    if (2 <= version <= SLOT_VERSION or checksum is not None) and checksum != _checksum(doc):
+        raise _DamagedSlot("damaged (checksum mismatch)")  # later formats keep this checksum
     if version > SLOT_VERSION:
         raise _NewerSlot(version)
-    if version != SLOT_VERSION:
+    if version not in SLOT_AAD_PREFIXES:
         raise _BadSlot(f"unknown format version {version}")
+    return doc
+
+
+def _parse_slot(slot_id: str, data: bytes) -> _Slot:
+    doc = _slot_document(data)
+    version: int = doc["version"]
     if doc.get("id") != slot_id:
         raise _BadSlot("id does not match the object name")
+    config = config_mac = None
+    if version >= 2:
+        config, config_mac = _hex_digest(doc, "config"), _hex_digest(doc, "config_mac")
     kdf, wrap = doc.get("kdf"), doc.get("wrap")
     if not isinstance(kdf, dict) or kdf.get("name") != "argon2id":
         raise _BadSlot("kdf is not argon2id")
@@ -448,11 +560,23 @@ def _parse_slot(slot_id: str, data: bytes) -> _Slot:
     if not isinstance(hostname, str) or not isinstance(comment, str):
         raise _BadSlot("hostname/comment are not strings")
     return _Slot(
-        info=SlotInfo(slot_id, created, hostname, comment, params),
+        info=SlotInfo(slot_id, created, hostname, comment, params, version, config),
         salt=salt,
         nonce=_unb64(wrap, "nonce", NONCE_SIZE),
         wrapped=_unb64(wrap, "ciphertext", 2 * KEY_SIZE + TAG_SIZE),
+        config_mac=config_mac,
     )
+
+
+def _hex_digest(doc: Mapping[str, Any], field: str) -> bytes:
+    value = doc.get(field)
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != DIGEST_SIZE:
+        raise _BadSlot(f"{field} missing")
+    return raw
 
 
 def _slot_ids(backend: Backend) -> list[str]:
@@ -467,7 +591,8 @@ def _slot_ids(backend: Backend) -> list[str]:
 
 
 def _read_slots(backend: Backend) -> tuple[list[_Slot], dict[str, _BadSlot]]:
-    """Parsed slots in creation order, and the slots that could not be used (by id)."""
+    """Parsed slots, format 2 first, each in creation order, and the slots that could not be used
+    (by id)."""
     good: list[_Slot] = []
     bad: dict[str, _BadSlot] = {}
     for slot_id in _slot_ids(backend):
@@ -480,7 +605,7 @@ def _read_slots(backend: Backend) -> tuple[list[_Slot], dict[str, _BadSlot]]:
         except _BadSlot as exc:
             log.warning("ignoring key slot %s: %s", slot_id, exc.args[0])
             bad[slot_id] = exc
-    good.sort(key=lambda s: (s.info.created, s.info.slot_id))
+    good.sort(key=lambda s: (-s.info.version, s.info.created, s.info.slot_id))
     return good, bad
 
 
@@ -488,16 +613,40 @@ def _unwrap(slot: _Slot, passphrase: str) -> Keys | None:
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    kek = _derive(passphrase, slot.salt, slot.info.kdf)
+    info = slot.info
+    kek = _derive(passphrase, slot.salt, info.kdf)
     try:
-        material = AESGCM(kek).decrypt(slot.nonce, slot.wrapped, _slot_aad(slot.info.slot_id))
+        material = AESGCM(kek).decrypt(
+            slot.nonce, slot.wrapped, _slot_aad(info.slot_id, info.version, info.config)
+        )
     except InvalidTag:
         return None
     try:
-        return Keys(material[:KEY_SIZE], material[KEY_SIZE:], slot_id=slot.info.slot_id)
+        return Keys(material[:KEY_SIZE], material[KEY_SIZE:], slot_id=info.slot_id)
     except ValueError:  # authentic but unusable (equal keys): only a hand-made slot can do that
-        log.warning("key slot %s unwraps to unusable keys", slot.info.slot_id)
+        log.warning("key slot %s unwraps to unusable keys", info.slot_id)
         return None
+
+
+def _upgrade(backend: Backend, slot: _Slot, keys: Keys, passphrase: str, config: bytes) -> None:
+    """Rewrite format-1 ``slot`` (just opened with ``passphrase``) as format 2 bound to ``config``,
+    in place; best effort: a failure to write leaves the format-1 slot and logs a warning."""
+    info = slot.info
+    who = _NewSlot(info.slot_id, clock.isoformat(info.created), info.hostname, info.comment)
+    key = _slot_key(info.slot_id)
+    try:
+        data = _make_slot(keys, passphrase, who, info.kdf, config)
+        if backend.exists(key):  # removed meanwhile (`repo key remove`): do not bring it back
+            backend.put(key, data)
+            log.info(
+                "upgraded key slot %s to format %d (authenticates the config)", info.slot_id, SLOT_VERSION
+            )
+    except ColdkeepError as exc:
+        log.warning(
+            "key slot %s stays format 1 (no checksum, config not authenticated): cannot rewrite it: %s",
+            info.slot_id,
+            exc.message,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -505,9 +654,15 @@ def _unwrap(slot: _Slot, passphrase: str) -> Keys | None:
 
 
 def init_keys(
-    backend: Backend, passphrase: str, *, comment: str = "", kdf_params: KdfParams | None = None
+    backend: Backend,
+    passphrase: str,
+    *,
+    config_digest: bytes,
+    comment: str = "",
+    kdf_params: KdfParams | None = None,
 ) -> Keys:
-    """Generate the repository's keys and write the first slot for ``passphrase``.
+    """Generate the repository's keys and write the first slot for ``passphrase``, bound to the
+    config whose digest (footer) is ``config_digest``.
 
     Refuses (:class:`~coldkeep.errors.RepositoryExists`) when ``keys/`` already holds anything.
     """
@@ -515,37 +670,81 @@ def init_keys(
     if any(True for _ in backend.list(KEYS_PREFIX)):
         raise RepositoryExists(f"{backend.describe()} (it already has key slots)")
     keys = Keys.generate()
+    keys.config_digest = bytes(config_digest)
     keys.slot_id = _write_slot(backend, keys, passphrase, comment, kdf_params or KdfParams())
     return keys
 
 
-def open_keys(backend: Backend, passphrase: str) -> Keys:
-    """The keys of the first slot (in creation order) that ``passphrase`` opens.
+def open_keys(backend: Backend, passphrase: str, *, config_digest: bytes) -> Keys:
+    """The keys of the first slot (format 2 first, then creation order) that ``passphrase``
+    opens, after checking that the repository config (digest ``config_digest``) is the one that
+    slot was made for.  A format-1 slot that opens is upgraded to format 2 (see the module doc).
 
-    Costs one Argon2id run per slot tried.  Raises :class:`~coldkeep.errors.WrongPassword` when no
-    slot opens, :class:`~coldkeep.errors.UnsupportedFormat` when none opens and some slot is of a
-    newer format, :class:`~coldkeep.errors.RepositoryError` when there is no usable slot at all.
+    Costs one Argon2id run per slot tried.  Raises :class:`~coldkeep.errors.IntegrityError` when
+    the config is not the slot's (it was changed), or when no intact slot opens and some slot is
+    damaged (naming it); :class:`~coldkeep.errors.WrongPassword` when no slot opens;
+    :class:`~coldkeep.errors.UnsupportedFormat` when none opens and some slot is of a newer format;
+    :class:`~coldkeep.errors.RepositoryError` when there is no slot at all.
     """
+    where = backend.describe()
     slots, bad = _read_slots(backend)
     for slot in slots:
         keys = _unwrap(slot, passphrase)
-        if keys is not None:
-            log.debug("opened key slot %s", slot.info.slot_id)
-            return keys
+        if keys is None:
+            continue
+        log.debug("opened key slot %s", slot.info.slot_id)
+        _check_config(where, slots, slot, keys, config_digest)
+        keys.config_digest = bytes(config_digest)
+        if slot.info.config is None:
+            _upgrade(backend, slot, keys, passphrase, keys.config_digest)
+        return keys
     newer = [exc.found for exc in bad.values() if isinstance(exc, _NewerSlot)]
     if newer:
         raise UnsupportedFormat(found=max(newer), supported=SLOT_VERSION)
-    where = backend.describe()
+    named = "; ".join(f"{KEYS_PREFIX}{k}: {v.args[0]}" for k, v in sorted(bad.items()))
     if not slots:
         if bad:
-            raise IntegrityError(
-                f"no usable key slot in {where}: " + ", ".join(f"{k}: {v.args[0]}" for k, v in bad.items())
-            )
+            raise IntegrityError(f"no usable key slot in {where}: {named}", hint=_SLOT_HINT)
         raise RepositoryError(f"no key slots in {where} ({KEYS_PREFIX} is empty)")
-    detail = f"{where} ({len(slots)} key slot{'s' if len(slots) != 1 else ''} tried"
+    tried = f"{len(slots)} key slot{'s' if len(slots) != 1 else ''} tried"
+    if any(isinstance(exc, _DamagedSlot) for exc in bad.values()):
+        raise IntegrityError(
+            f"no intact key slot of {where} opens with this passphrase ({tried}), and a key slot is "
+            f"damaged (the passphrase may be its): {named}",
+            hint=_SLOT_HINT,
+        )
+    detail = f"{where} ({tried}"
     if bad:
         detail += f"; {len(bad)} unreadable slot(s) skipped: {', '.join(sorted(bad))}"
     raise WrongPassword(detail + ")")
+
+
+def _check_config(where: str, slots: list[_Slot], opened: _Slot, keys: Keys, config_digest: bytes) -> None:
+    """Raise :class:`IntegrityError` unless the config (``config_digest``) is the one the slot
+    that opened was made for and the one every other slot written with these keys was made for
+    (their :meth:`Keys.config_mac` proves it; slots it does not verify are someone else's and
+    are not believed).  A format-1 slot says nothing: this is what protects its passphrase once
+    any slot of the repository is format 2."""
+    for slot in [opened, *(s for s in slots if s is not opened)]:
+        expected, mac = slot.info.config, slot.config_mac
+        if expected is None or mac is None:
+            continue
+        if slot is not opened and not secrets.compare_digest(keys.config_mac(expected), mac):
+            continue
+        if not secrets.compare_digest(expected, config_digest):
+            raise IntegrityError(
+                f"repository config of {where} was changed: it is not the config key slot "
+                f"{slot.info.slot_id} was made for (digest {config_digest.hex()[:16]}, expected "
+                f"{expected.hex()[:16]}); refusing to open",
+                hint="someone with write access to the repository changed `config`: put back the "
+                "original from a copy of the repository before writing anything",
+            )
+
+
+_SLOT_HINT = (
+    "put back the damaged key slot from a copy of the repository (`repo copy` copies keys/), "
+    "or open with another passphrase; `coldkeep repo check` lists damaged slots"
+)
 
 
 def add_slot(
@@ -556,7 +755,8 @@ def add_slot(
     *,
     kdf_params: KdfParams | None = None,
 ) -> str:
-    """Add a passphrase: a new slot wrapping ``keys``.  Returns the new slot id."""
+    """Add a passphrase: a new slot wrapping ``keys``, bound to the config ``keys`` were opened
+    with (:attr:`Keys.config_digest`).  Returns the new slot id."""
     if not isinstance(keys, Keys):
         raise UsageError("the repository is not encrypted; it has no key slots")
     return _write_slot(backend, keys, new_passphrase, comment, kdf_params or KdfParams())
@@ -586,9 +786,57 @@ def remove_slot(backend: Backend, keys: Keys, slot_id: str) -> None:
 
 
 def list_slots(backend: Backend) -> list[SlotInfo]:
-    """Every usable slot, in creation order (unusable ones are logged and left out)."""
+    """Every usable slot, format 2 first, each in creation order (unusable ones are logged and
+    left out)."""
     slots, _ = _read_slots(backend)
     return [s.info for s in slots]
+
+
+def has_slots(backend: Backend) -> bool:
+    """Whether ``keys/`` holds a key slot, usable or not (an unencrypted repository has none)."""
+    return bool(_slot_ids(backend))
+
+
+def check_slots(
+    backend: Backend, config_digest: bytes | None, keys: KeyRing | None = None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """``repo check``'s view of the key slots: ``(problems as (key, detail), warnings)``.
+
+    Problems: a damaged or unusable slot; a format-2 slot made for another config than the one
+    whose digest is ``config_digest`` (the repository's, as opened); with the repository's
+    ``keys``, a format-2 slot not written with them (planted).  Warnings: a slot of a newer
+    format, a format-1 slot (no checksum, config not authenticated)."""
+    problems: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    slots, bad = _read_slots(backend)
+    for slot_id, why in sorted(bad.items()):
+        if isinstance(why, _NewerSlot):
+            warnings.append(f"key slot {KEYS_PREFIX}{slot_id} has a newer {why.args[0]}")
+        elif isinstance(why, _DamagedSlot):
+            problems.append((_slot_key(slot_id), why.args[0]))
+        else:
+            problems.append((_slot_key(slot_id), f"unusable ({why.args[0]})"))
+    for slot in slots:
+        info = slot.info
+        if info.config is None:
+            warnings.append(
+                f"key slot {_slot_key(info.slot_id)} is format 1 (no checksum, does not authenticate "
+                "the config): opening the repository with its passphrase upgrades it"
+            )
+        elif (
+            isinstance(keys, Keys)
+            and slot.config_mac is not None
+            and not secrets.compare_digest(keys.config_mac(info.config), slot.config_mac)
+        ):
+            problems.append((_slot_key(info.slot_id), "not written with this repository's keys (planted?)"))
+        elif config_digest is not None and info.config != config_digest:
+            problems.append(
+                (
+                    _slot_key(info.slot_id),
+                    "made for another repository config (the config or this slot was replaced)",
+                )
+            )
+    return problems, warnings
 
 
 # ------------------------------------------------------------------------------------------------

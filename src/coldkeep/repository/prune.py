@@ -42,7 +42,7 @@ class PruneResult:
 
 def used_blobs(repo: Repository) -> set[bytes]:
     used: set[bytes] = set()
-    for snap in repo.list_snapshots():
+    for snap in repo.list_snapshots(strict=True):  # a damaged snapshot's blobs are not garbage
         used.update(bytes.fromhex(t) for t in snap.tree)
         for entry in repo.iter_tree(snap):
             used.update(bytes.fromhex(c) for c in entry.get("chunks", ()))

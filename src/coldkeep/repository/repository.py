@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import io
 import json
+import logging
 import mmap
 import os
 import random
@@ -15,10 +18,13 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
+
+import zstandard
 
 from coldkeep import clock, testhooks
 from coldkeep.errors import (
+    ColdkeepError,
     IntegrityError,
     NotFound,
     ObjectExists,
@@ -34,6 +40,9 @@ from coldkeep.repository.chunker import ChunkerParams
 from coldkeep.repository.crypto import KeyRing, PlainKeys
 from coldkeep.repository.format import (
     CONFIG_KEY,
+    DIGEST_SIZE,
+    FLAG_RAW,
+    FLAG_ZSTD,
     FORMAT_VERSION,
     INDEX_PREFIX,
     NAMED_PREFIX,
@@ -53,6 +62,8 @@ from coldkeep.repository.index import IndexCache, encode_index
 from coldkeep.repository.packer import BlobEntry, PackBuilder, pack_key
 from coldkeep.storage.base import Backend, validate_key
 
+log = logging.getLogger(__name__)
+
 SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
 _TREE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 PACK_TARGET = 16 * 1024 * 1024
@@ -67,6 +78,12 @@ TREE_MAX_BLOBS = 1024
 READ_GAP = 64 * 1024
 #: the most bytes one such request reads
 READ_SPAN = 8 * 1024 * 1024
+#: the most data a named object holds (a WAL segment is at most 1 GiB): bounds decompression
+NAMED_MAX = 2 * 1024 * 1024 * 1024
+#: the most bytes a named object's header may have
+NAMED_HEADER_MAX = 1024 * 1024
+#: named objects are decompressed this many bytes at a time
+NAMED_READ_PIECE = 16 * 1024 * 1024
 #: test hook overriding :data:`PACK_TARGET` (bytes), so that little data still makes many packs
 PACK_TARGET_ENV = "COLDKEEP_PACK_TARGET"
 
@@ -80,12 +97,16 @@ def pack_target() -> int:
 
 @dataclass(frozen=True)
 class RepoConfig:
+    """The repository config.  ``digest`` is the stored document's footer (BLAKE3 of the JSON as
+    stored): what the key slots of an encrypted repository authenticate (see ``crypto.py``)."""
+
     id: str
     version: int
     encrypted: bool
     chunker: ChunkerParams
     compression_level: int
     created: str
+    digest: bytes = field(default=b"", compare=False, repr=False)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -99,20 +120,28 @@ class RepoConfig:
         }
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any], where: str) -> RepoConfig:
-        if doc.get("format") != "coldkeep-repository":
+    def from_doc(cls, doc: dict[str, Any], where: str, digest: bytes = b"") -> RepoConfig:
+        if not isinstance(doc, dict) or doc.get("format") != "coldkeep-repository":
             raise IntegrityError(f"{where}: config is not a coldkeep repository config")
         version = int(doc.get("version", 0))
         if version > FORMAT_VERSION:
             raise UnsupportedFormat(found=version, supported=FORMAT_VERSION)
-        return cls(
-            id=str(doc["id"]),
-            version=version,
-            encrypted=bool(doc["encrypted"]),
-            chunker=ChunkerParams.from_dict(doc["chunker"]),
-            compression_level=int(doc.get("compression_level", 3)),
-            created=str(doc.get("created", "")),
-        )
+        try:
+            return cls(
+                id=str(doc["id"]),
+                version=version,
+                encrypted=bool(doc["encrypted"]),
+                chunker=ChunkerParams.from_dict(doc["chunker"]),
+                compression_level=int(doc.get("compression_level", 3)),
+                created=str(doc.get("created", "")),
+                digest=digest,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"repository config of {where}: malformed ({exc!r})") from None
+
+    def encode(self) -> bytes:
+        """The stored config object (JSON + footer); its footer is :attr:`digest` once read."""
+        return add_footer(json.dumps(self.to_doc(), indent=2, sort_keys=True).encode())
 
 
 @dataclass
@@ -339,6 +368,8 @@ class Repository:
         self.backend = backend
         self.keys = keys
         self.config = config
+        #: snapshot id -> why its document cannot be read, for every one a listing skipped
+        self.damaged_snapshots: dict[str, str] = {}
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
 
@@ -356,13 +387,6 @@ class Repository:
     ) -> Repository:
         if backend.exists(CONFIG_KEY):
             raise RepositoryExists(backend.describe())
-        keys: KeyRing
-        if passphrase:
-            keys = crypto.init_keys(
-                backend, passphrase, comment="created by repo init", kdf_params=kdf_params
-            )
-        else:
-            keys = PlainKeys()
         config = RepoConfig(
             id=uuid.uuid4().hex,
             version=FORMAT_VERSION,
@@ -371,13 +395,26 @@ class Repository:
             compression_level=compression_level,
             created=clock.isoformat(clock.now()),
         )
-        raw = json.dumps(config.to_doc(), indent=2, sort_keys=True).encode()
-        if not backend.put_if_absent(CONFIG_KEY, add_footer(raw)):
+        stored = config.encode()
+        config = dataclasses.replace(config, digest=stored[-DIGEST_SIZE:])
+        keys: KeyRing
+        if passphrase:  # the slot is bound to the config (it authenticates it): config first
+            keys = crypto.init_keys(
+                backend,
+                passphrase,
+                config_digest=config.digest,
+                comment="created by repo init",
+                kdf_params=kdf_params,
+            )
+        else:
+            keys = PlainKeys()
+        if not backend.put_if_absent(CONFIG_KEY, stored):
             raise RepositoryExists(backend.describe())
         return cls(backend, keys, config)
 
     @classmethod
     def read_config(cls, backend: Backend) -> RepoConfig:
+        """The config, its footer checked (no key needed; :meth:`open` authenticates it)."""
         try:
             data = backend.get(CONFIG_KEY)
         except ObjectNotFound:
@@ -387,21 +424,28 @@ class Repository:
             doc = json.loads(raw)
         except ValueError as exc:
             raise IntegrityError(f"repository config: not JSON ({exc})") from None
-        return RepoConfig.from_doc(doc, backend.describe())
+        return RepoConfig.from_doc(doc, backend.describe(), data[-DIGEST_SIZE:])
 
     @classmethod
     def open(cls, backend: Backend, passphrase: Callable[[], str | None] | str | None = None) -> Repository:
+        """Open the repository: read its config and, when encrypted, open the keys with
+        ``passphrase`` and check that the config is the one the key slot authenticates.
+
+        A config that says "unencrypted" is refused (:class:`IntegrityError`) when the repository
+        has key slots or a passphrase is given: either is how a downgrade (the config rewritten to
+        store later backups in plaintext) would look."""
         config = cls.read_config(backend)
+        secret = passphrase() if callable(passphrase) else passphrase
         keys: KeyRing
         if config.encrypted:
-            secret = passphrase() if callable(passphrase) else passphrase
             if not secret:
                 raise UsageError(
                     f"the repository at {backend.describe()} is encrypted and no passphrase was given",
                     hint="set COLDKEEP_PASSWORD or [repository].password_file",
                 )
-            keys = crypto.open_keys(backend, secret)
+            keys = crypto.open_keys(backend, secret, config_digest=config.digest)
         else:
+            _refuse_downgrade(backend, bool(secret))
             keys = PlainKeys()
         return cls(backend, keys, config)
 
@@ -560,9 +604,11 @@ class Repository:
             raise IntegrityError(f"{what}: content does not match its name")
         doc = decode_document(self.keys, data, SNAPSHOT_AAD, what)
         try:
-            return Snapshot.from_doc(snapshot_id, doc)
-        except (KeyError, TypeError, ValueError) as exc:
+            snap = Snapshot.from_doc(snapshot_id, doc)
+            clock.parse_timestamp(snap.time)  # listings sort by it
+        except (KeyError, TypeError, ValueError, ColdkeepError) as exc:
             raise IntegrityError(f"{what}: malformed ({exc})") from None
+        return snap
 
     def find_snapshot(self, ref: str) -> Snapshot:
         """By full id, unique id prefix, or ``latest``."""
@@ -580,14 +626,46 @@ class Repository:
             )
         return self.load_snapshot_id(ids[0])
 
-    def list_snapshots(self, tags: dict[str, str] | None = None) -> list[Snapshot]:
-        """All snapshots (optionally those with every given tag), oldest first."""
+    def list_snapshots(self, tags: dict[str, str] | None = None, *, strict: bool = False) -> list[Snapshot]:
+        """Every readable snapshot (optionally those with every given tag), oldest first.
+
+        A snapshot whose document cannot be read (damaged, malformed) is left out, so that one
+        damaged document does not hide all the others: it is named in a warning (logged once per
+        repository object: the CLI prints ``warning: snapshot ID is damaged (…); skipped — run
+        `coldkeep repo check```) and recorded in :attr:`damaged_snapshots`; ``repo check`` reports
+        it as a problem.  ``strict=True`` raises its :class:`IntegrityError` instead: for callers
+        that delete data on the strength of the list (prune, ``pg expire``), which must not act on
+        an incomplete one.  A snapshot deleted between listing and reading is left out silently.
+        """
         ids = self.snapshot_ids()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            snaps = list(pool.map(self.load_snapshot_id, ids))
+            loaded = list(pool.map(self._try_load_snapshot, ids))
+        snaps = []
+        for snapshot_id, snap, error in loaded:
+            if error is not None:
+                if strict:
+                    raise error
+                self._skip_damaged(snapshot_id, error)
+            elif snap is not None:
+                snaps.append(snap)
         if tags:
             snaps = [s for s in snaps if all(s.tags.get(k) == v for k, v in tags.items())]
         return sorted(snaps, key=lambda s: (clock.parse_timestamp(s.time), s.id))
+
+    def _try_load_snapshot(self, snapshot_id: str) -> tuple[str, Snapshot | None, IntegrityError | None]:
+        try:
+            return snapshot_id, self.load_snapshot_id(snapshot_id), None
+        except NotFound:  # deleted since it was listed (forget, pg expire)
+            return snapshot_id, None, None
+        except IntegrityError as exc:
+            return snapshot_id, None, exc
+
+    def _skip_damaged(self, snapshot_id: str, error: IntegrityError) -> None:
+        if snapshot_id in self.damaged_snapshots:
+            return
+        detail = error.message.removeprefix(f"snapshot {snapshot_id[:8]}: ")
+        self.damaged_snapshots[snapshot_id] = detail
+        log.warning("snapshot %s is damaged (%s); skipped — run `coldkeep repo check`", snapshot_id, detail)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.check_lock()
@@ -668,6 +746,10 @@ class Repository:
         caller's BLAKE3 of ``data`` (:func:`~coldkeep.repository.format.digest`), not computed
         again."""
         key = self._named_key(name)
+        if len(data) > NAMED_MAX:
+            raise UsageError(
+                f"named object {name}: {len(data)} bytes, more than the {NAMED_MAX} a named object holds"
+            )
         sha = blake3_hex or digest(data).hex()
         header = json.dumps({"name": name, "size": len(data), "blake3": sha, "meta": meta or {},
                              "time": clock.isoformat(clock.now())}).encode()  # fmt: skip
@@ -690,16 +772,20 @@ class Repository:
         return self.decode_named(name, obj)
 
     def decode_named(self, name: str, obj: bytes) -> tuple[dict[str, Any], bytes]:
+        """``(header, data)`` of the stored named object ``obj``, verified against its footer and
+        the size and BLAKE3 its header records.
+
+        Decompression is bounded: the header is read first (at most :data:`NAMED_HEADER_MAX`
+        bytes) and then exactly the size it records (at most :data:`NAMED_MAX`), so a small
+        object that would decompress to gigabytes is refused (:class:`IntegrityError` naming it)
+        having produced no more than that."""
         key = self._named_key(name)
         what = f"named object {name}"
-        plain = open_blob(self.keys, strip_footer(obj, what), key.encode(), None, what)
-        try:
-            hlen = int.from_bytes(plain[:4], "little")
-            meta: dict[str, Any] = json.loads(plain[4 : 4 + hlen])
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"{what}: bad header ({exc})") from None
-        data = plain[4 + hlen :]
-        if len(data) != meta.get("size") or digest(data).hex() != meta.get("blake3"):
+        plain = self.keys.open(strip_footer(obj, what), key.encode(), what)
+        if not plain:
+            raise IntegrityError(f"{what}: empty envelope")
+        meta, data = _read_named(plain[0], memoryview(plain)[1:], what)
+        if digest(data).hex() != meta.get("blake3"):
             raise IntegrityError(f"{what}: content does not match its checksum")
         return meta, data
 
@@ -766,6 +852,64 @@ class Repository:
                 return new
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))  # someone else won: again
         raise StateConflict(key)
+
+
+def _read_named(flag: int, payload: memoryview, what: str) -> tuple[dict[str, Any], bytes]:
+    """Header and data of a named object's envelope payload (``flag``: raw or zstd), reading no
+    more than the header's recorded size (see :meth:`Repository.decode_named`)."""
+    stream: BinaryIO
+    if flag == FLAG_RAW:
+        stream = io.BytesIO(payload)
+    elif flag == FLAG_ZSTD:
+        stream = zstandard.ZstdDecompressor().stream_reader(payload)
+    else:
+        raise IntegrityError(f"{what}: unknown compression flag {flag}")
+    try:
+        hlen = int.from_bytes(_read_exact(stream, 4, what), "little")
+        if hlen > NAMED_HEADER_MAX:
+            raise IntegrityError(f"{what}: bad header (it says {hlen} bytes)")
+        try:
+            meta = json.loads(_read_exact(stream, hlen, what))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{what}: bad header ({exc})") from None
+        size = meta.get("size") if isinstance(meta, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= NAMED_MAX:
+            raise IntegrityError(f"{what}: bad header (size {size!r}; at most {NAMED_MAX})")
+        data = _read_exact(stream, size, what)
+        if stream.read(1):
+            raise IntegrityError(f"{what}: holds more than the {size} bytes its header records (refused)")
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+    return meta, data
+
+
+def _read_exact(stream: BinaryIO, size: int, what: str) -> bytes:
+    """``size`` bytes from ``stream``, read in pieces (memory grows only with what it yields)."""
+    pieces: list[bytes] = []
+    got = 0
+    while got < size:
+        piece = stream.read(min(size - got, NAMED_READ_PIECE))
+        if not piece:
+            raise IntegrityError(f"{what}: shorter than its header records ({got} of {size} bytes)")
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+def _refuse_downgrade(backend: Backend, passphrase_given: bool) -> None:
+    """Refuse a config that says "unencrypted" where encryption is evident (see :meth:`Repository.open`)."""
+    if crypto.has_slots(backend):
+        why = "but the repository has key slots (keys/)"
+    elif passphrase_given:
+        why = "but a passphrase is configured"
+    else:
+        return
+    raise IntegrityError(
+        f"repository config of {backend.describe()} says the repository is not encrypted, {why}: "
+        "refusing to open it (later backups would be stored in plaintext)",
+        hint="if the config was changed, put back the original from a copy of the repository; if the "
+        "repository really is unencrypted, unset COLDKEEP_PASSWORD and [repository].password_file",
+    )
 
 
 def tree_cut_bits(entries: int) -> int:

@@ -6,7 +6,9 @@ Contract (in addition to :mod:`coldkeep.storage.base`)
   directory, are fsynced, then moved into place (``os.replace`` for :meth:`LocalBackend.put`,
   ``os.link`` for :meth:`LocalBackend.put_if_absent` so an existing key is never overwritten),
   and the directory is fsynced (objects of 1 MiB and more, packs, are written with ``O_DIRECT``
-  where the buffer and the file system allow it: no page-cache copy).  A reader never sees a
+  where the buffer and the file system allow it: no page-cache copy).  When ``put_if_absent``
+  finds the key taken it fsyncs that file and its directory before answering "already there"
+  (its writer may have crashed before its own directory fsync).  A reader never sees a
   partial object; a crash leaves at most a
   ``.tmp-*`` file, which :meth:`LocalBackend.list` ignores and
   :meth:`LocalBackend.remove_stale_temp` removes.
@@ -191,13 +193,19 @@ class LocalBackend(Backend):
             self._raise(exc, f"cannot write {path}")
 
     def put_if_absent(self, key: str, data: Data) -> bool:
-        """Store unless ``key`` exists (hard link: atomic, never overwrites)."""
+        """Store unless ``key`` exists (hard link: atomic, never overwrites).
+
+        Either way the object is durable when this returns: "already there" fsyncs the existing
+        file and its directory too, since the writer that created it may have crashed after the
+        link and before its own directory fsync (a second ``wal-push`` of the same segment must
+        not acknowledge a directory entry a power cut can still take away)."""
         path = self._path(key)
         try:
             tmp = self._write_temp(path, data)
             try:
                 os.link(tmp, path)
             except FileExistsError:
+                self._sync_existing(path)
                 return False
             finally:
                 _unlink_quietly(tmp)
@@ -222,6 +230,15 @@ class LocalBackend(Backend):
             return super().put_if_version(key, data, version)
         finally:
             os.close(fd)  # releases the flock
+
+    def _sync_existing(self, path: Path) -> None:
+        """fsync an object another writer created, then its directory."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._fsync_dir(path.parent)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
