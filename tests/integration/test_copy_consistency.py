@@ -9,6 +9,7 @@ snapshots restore exactly.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,10 +94,8 @@ def test_prune_during_a_copy_waits_or_is_refused_and_the_copy_is_whole(
             return
         proc = site.popen("repo", "prune", "--max-unused", "0")
         prunes.append(proc)
-        try:
-            finished_during_copy.append(proc.wait(timeout=120))
-        except subprocess.TimeoutExpired:
-            pass  # a prune that waits for the lock: it runs after the copy
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a prune that waits for the lock
+            finished_during_copy.append(proc.wait(timeout=120))  # runs after the copy
 
     with _open(site, tmp_path) as repo:
         copy_to(repo, LocalBackend(copy.repo_dir), on_progress=prune_during_the_copy)
@@ -125,7 +124,9 @@ def test_copy_refuses_a_damaged_blob_inside_a_valid_pack(tmp_path: Path) -> None
     with _open(site, tmp_path) as repo:
         repo.refresh_cache(full=True)
         blob = max(repo.cache.all_blobs(), key=lambda b: b.length)
-        stored = bytearray(repo.backend.get_range(f"data/{blob.pack[:2]}/{blob.pack}", blob.offset, blob.length))
+        stored = bytearray(
+            repo.backend.get_range(f"data/{blob.pack[:2]}/{blob.pack}", blob.offset, blob.length)
+        )
         stored[len(stored) // 2] ^= 0xFF
         writer = repo.writer(use_cache=False)
         writer.add(blob.id, blob.kind, bytes(stored), blob.raw_length)

@@ -29,7 +29,9 @@ MARKERS = 250
 PASSWORD = "correct horse battery staple"
 
 
-def _config(base: Path, cluster: TempCluster, repo: dict[str, str], copies: dict[str, dict[str, str]]) -> Path:
+def _config(
+    base: Path, cluster: TempCluster, repo: dict[str, str], copies: dict[str, dict[str, str]]
+) -> Path:
     lines = ["[repository]", *(f"{k} = {toml_str(v)}" for k, v in repo.items())]
     for name, section in copies.items():
         lines += [f"[repository.copies.{name}]", *(f"{k} = {toml_str(v)}" for k, v in section.items())]

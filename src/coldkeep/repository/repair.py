@@ -27,7 +27,6 @@ Locks: exclusive on the repository (index documents are rewritten), shared on th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +45,8 @@ from coldkeep.repository.format import (
 )
 from coldkeep.repository.index import decode_index, encode_index
 from coldkeep.repository.locks import locked
-from coldkeep.repository.packer import BlobEntry, damaged_blobs, pack_key, parse_pack
-from coldkeep.repository.repository import BlobWriter, Repository, _tree_lines
+from coldkeep.repository.packer import BlobEntry, PackBuilder, damaged_blobs, pack_key, parse_pack
+from coldkeep.repository.repository import Repository, _tree_lines, pack_target
 from coldkeep.storage.base import Backend
 
 
@@ -151,27 +150,30 @@ class _Damage:
     readable: bool
 
 
-def _scan_packs(repo: Repository) -> list[_Damage]:
-    """Every indexed pack read whole and every blob in it verified; the packs that need repair."""
-    cache = repo.cache
-    sizes = cache.packs()
+def _scan_packs(repo: Repository, result: RepairResult) -> list[_Damage]:
+    """Every indexed pack read whole and every blob the index documents place in it verified (as
+    ``repo check --read-data`` does); the packs that need repair."""
+    listed: dict[str, tuple[int, dict[bytes, BlobEntry]]] = {}
+    for _key, pack_id, size, blobs in _index_documents(repo.backend, repo.keys, result):
+        listed.setdefault(pack_id, (size, {}))[1].update((b.id, b) for b in blobs)
 
     def scan(pack_id: str) -> _Damage | None:
-        blobs = cache.blobs_in_pack(pack_id)
+        size, by_id = listed[pack_id]
+        blobs = sorted(by_id.values(), key=lambda b: b.offset)
         try:
             data = repo.backend.get(pack_key(pack_id))
         except ObjectNotFound:
-            return _Damage(pack_id, sizes[pack_id], blobs, {b.id for b in blobs}, readable=False)
+            return _Damage(pack_id, size, blobs, {b.id for b in blobs}, readable=False)
         damaged = {entry.id for entry, _ in damaged_blobs(repo.keys, data, blobs)}
         try:
             parse_pack(repo.keys, data, pack_id)
-            whole = not sizes[pack_id] or len(data) == sizes[pack_id]
+            whole = not size or len(data) == size
         except IntegrityError:
             whole = False
-        return None if whole and not damaged else _Damage(pack_id, sizes[pack_id], blobs, damaged, True)
+        return None if whole and not damaged else _Damage(pack_id, size, blobs, damaged, True)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return [d for d in pool.map(scan, sorted(sizes)) if d is not None]
+        return [d for d in pool.map(scan, sorted(listed)) if d is not None]
 
 
 def _index_documents(
@@ -227,9 +229,8 @@ def _used_but_unindexed(repo: Repository) -> dict[bytes, str]:
 
 def _repair_blobs(repo: Repository, source: Backend, result: RepairResult) -> None:
     """Damaged and missing packs (whole, or blob by blob), then blobs that no index lists."""
-    repo.refresh_cache(full=True)
     rescue: list[_Damage] = []
-    for d in _scan_packs(repo):
+    for d in _scan_packs(repo, result):
         if not _replace_pack(repo, source, d, result):
             rescue.append(d)
     if rescue:
@@ -237,30 +238,32 @@ def _repair_blobs(repo: Repository, source: Backend, result: RepairResult) -> No
         ids = {b.id for d in rescue for b in d.blobs}
         finder = _Finder(repo, source, ids, bad_packs, result)
         lost: dict[str, set[bytes]] = {}
-        with _writing(repo, result) as writer:
-            for d in rescue:
-                intact = _pack_blobs(repo, d)
-                for blob in d.blobs:
-                    stored = intact.get(blob.id) or finder.stored(blob.id)
-                    if stored is None:
-                        lost.setdefault(d.pack_id, set()).add(blob.id)
-                        result.lost.append(f"blob {blob.id.hex()[:16]} in pack {d.pack_id[:16]}: "
-                                           "intact neither here nor in the copy")  # fmt: skip
-                    else:
-                        writer.add(blob.id, blob.kind, stored, blob.raw_length)
-        _drop_packs(repo, bad_packs, lost, result)
+        writer = _PackWriter(repo, result)
+        for d in rescue:
+            intact = _pack_blobs(repo, d)
+            for blob in d.blobs:
+                stored = intact.get(blob.id) or finder.stored(blob.id)
+                if stored is None:
+                    lost.setdefault(d.pack_id, set()).add(blob.id)
+                    result.lost.append(f"blob {blob.id.hex()[:16]} in pack {d.pack_id[:16]}: "
+                                       "intact neither here nor in the copy")  # fmt: skip
+                else:
+                    writer.add(blob.id, blob.kind, stored, blob.raw_length)
+        writer.finish()
+        _drop_packs(repo, bad_packs - writer.rebuilt, lost, result)
     unindexed = _used_but_unindexed(repo)
     if unindexed:
         finder = _Finder(repo, source, set(unindexed), set(), result)
-        with _writing(repo, result) as writer:
-            for blob_id, kind in unindexed.items():
-                found = finder.entry_and_stored(blob_id)
-                if found is None:
-                    result.lost.append(
-                        f"{kind} blob {blob_id.hex()[:16]}: in no index here, not intact in the copy"
-                    )
-                else:
-                    writer.add(blob_id, kind, found[1], found[0].raw_length)
+        writer = _PackWriter(repo, result)
+        for blob_id, kind in unindexed.items():
+            found = finder.entry_and_stored(blob_id)
+            if found is None:
+                result.lost.append(
+                    f"{kind} blob {blob_id.hex()[:16]}: in no index here, not intact in the copy"
+                )
+            else:
+                writer.add(blob_id, kind, found[1], found[0].raw_length)
+        writer.finish()
         repo.refresh_cache(full=True)
 
 
@@ -279,18 +282,55 @@ def _replace_pack(repo: Repository, source: Backend, d: _Damage, result: RepairR
     return True
 
 
-@contextlib.contextmanager
-def _writing(repo: Repository, result: RepairResult) -> Iterator[BlobWriter]:
-    """A writer for rescued blobs: its packs and their index are written when the block ends."""
-    writer = repo.writer(use_cache=False)
-    try:
-        yield writer
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-    result.packs_written += sorted(writer._written)
-    result.blobs_rescued += sum(len(entries) for entries in writer._written.values())
+class _PackWriter:
+    """Rescued blobs (sealed bytes as stored) into new packs, then one index of them.
+
+    A pack is content-addressed, so a new pack can have the id of a pack already stored: the
+    damaged pack itself when its blobs were rebuilt in their original order (unencrypted
+    repositories seal pack headers deterministically), or an unindexed leftover.  The stored one
+    is then replaced when its bytes differ (they are damaged: these verified ones have that id),
+    and :attr:`rebuilt` names the packs restored in place."""
+
+    def __init__(self, repo: Repository, result: RepairResult) -> None:
+        self.repo = repo
+        self.result = result
+        self.target = pack_target()
+        self.builder = PackBuilder()
+        self.written: dict[str, list[BlobEntry]] = {}
+        self.sizes: dict[str, int] = {}
+        self.rebuilt: set[str] = set()
+
+    def add(self, blob_id: bytes, kind: str, stored: bytes, raw_length: int) -> None:
+        self.builder.add(blob_id, kind, stored, raw_length)
+        if self.builder.size >= self.target:
+            self._flush()
+
+    def _flush(self) -> None:
+        builder, self.builder = self.builder, PackBuilder()
+        if not len(builder):
+            return
+        pack_id, view, entries = builder.finish(self.repo.keys)
+        data = bytes(view)
+        view.release()
+        mm = builder.detach()
+        if mm is not None:
+            mm.close()
+        key = pack_key(pack_id)
+        if not self.repo.backend.put_if_absent(key, data) and self.repo.backend.get(key) != data:
+            self.repo.backend.put(key, data)
+            self.rebuilt.add(pack_id)
+            self.result.replaced.append(key)
+        self.written[pack_id] = entries
+        self.sizes[pack_id] = len(data)
+        self.result.packs_written.append(pack_id)
+        self.result.blobs_rescued += len(entries)
+
+    def finish(self) -> None:
+        """Write the last pack and the index of every pack written."""
+        self._flush()
+        if self.written:
+            index_id, data = encode_index(self.repo.keys, self.written, self.sizes)
+            self.repo.backend.put_if_absent(INDEX_PREFIX + index_id, data)
 
 
 class _Finder:
