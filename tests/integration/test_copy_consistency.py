@@ -141,7 +141,7 @@ def test_copy_refuses_a_damaged_blob_inside_a_valid_pack(tmp_path: Path) -> None
     _check_clean(copy)
 
 
-def test_copy_carries_service_records_and_replaces_changed_ones(tmp_path: Path) -> None:
+def test_copy_carries_service_records_replaces_changed_ones_and_refuses_damaged_ones(tmp_path: Path) -> None:
     site, copy = _sites(tmp_path)
     with _open(site, tmp_path) as repo:
         repo.put_state("pg-lineage", {"lineages": [{"system_identifier": 1, "prefix": "wal"}]})
@@ -151,8 +151,13 @@ def test_copy_carries_service_records_and_replaces_changed_ones(tmp_path: Path) 
     site.ok("repo", "copy", "--to", "offsite")
     with Repository.open(LocalBackend(copy.repo_dir)) as there:
         assert there.get_state("pg-lineage") == {"lineages": [{"system_identifier": 2, "prefix": "wal"}]}
-    # a damaged record at the source is refused, the copy keeps the good one
+    # a damaged record at the source is refused, the copy keeps the good one, the rest is copied
     flip_byte(site.repo_dir / "state" / "pg-lineage")
+    data = make_tree(tmp_path / "data", seed=44, small_files=4, big_sizes=(100_000,))
+    snap = site.json("backup", str(data))["snapshot_id"]
     proc = site.run("repo", "copy", "--to", "offsite")
     assert proc.returncode == 3 and "state/pg-lineage" in one_line_error(proc), proc.stderr
     _check_clean(copy)
+    assert copy.snapshot_ids() == [snap]
+    with Repository.open(LocalBackend(copy.repo_dir)) as there:
+        assert there.get_state("pg-lineage") == {"lineages": [{"system_identifier": 2, "prefix": "wal"}]}

@@ -203,59 +203,24 @@ def copy_to(
     src: Repository, dst: Backend, *, on_progress: Callable[[str, int], None] | None = None
 ) -> CopyResult:
     """Copy what ``dst`` lacks of ``src`` (see the module docstring); ``on_progress(key, bytes)``
-    after each object written."""
+    after each object written.
+
+    A pack or index that does not verify stops the copy before anything that may need it is
+    written.  A named object, service record or snapshot that does not verify (nothing else
+    depends on it) is left behind while the rest is copied; then :class:`IntegrityError` names it.
+    """
     result = CopyResult()
     with locked(src.backend, "copy", exclusive=False):
         _init_destination(src, dst, result)
         with locked(dst, "copy", exclusive=False):
-            view = list_view(src, dst)
-
-            def write(key: str, data: bytes) -> int:
-                dst.put_if_absent(key, data)
-                if dst.stat(key).size != len(data):
-                    raise IntegrityError(f"{key}: size differs at the destination after copy")
-                return len(data)
-
-            def pack(key: str) -> int:
-                pack_id = key.rsplit("/", 1)[-1]
-                size, blobs = view.packs[pack_id]
-                try:
-                    data = src.backend.get(key)
-                except ObjectNotFound:
-                    raise IntegrityError(f"{key}: named by the index but missing at the source") from None
-                try:
-                    verify_pack(src, pack_id, data, size, blobs)
-                except IntegrityError as exc:
-                    raise IntegrityError(
-                        f"refusing to copy {key}: {exc.message}",
-                        hint="repair the source first (`coldkeep repo repair --from COPY`); nothing was replaced",
-                    ) from None
-                return write(key, data)
-
-            def document(key: str) -> int:
-                data = get_listed(src.backend, key)
-                _verified(src, key, data)
-                return write(key, data)
-
-            def record(key: str) -> int:  # mutable: replaced when it differs
-                data = get_listed(src.backend, key)
-                try:
-                    if dst.get(key) == data:
-                        return 0
-                except ObjectNotFound:
-                    pass
-                _verified(src, key, data)
-                dst.put(key, data)
-                return len(data)
-
-            have_packs = {info.key for info in dst.list(PACK_PREFIX)}
-            packs = [pack_key(p) for p in sorted(view.packs)]
+            copier = _Copier(src, dst, list_view(src, dst))
+            have_packs = _keys(dst, PACK_PREFIX)
             steps: list[tuple[Callable[[str], int], list[str]]] = [
-                (pack, _missing(have_packs, packs, result)),
-                (document, _missing(_keys(dst, NAMED_PREFIX), view.named, result)),
-                (record, view.state),
-                (document, _missing(_keys(dst, INDEX_PREFIX), view.indexes, result)),
-                (document, _missing(_keys(dst, SNAPSHOT_PREFIX), view.snapshots, result)),
+                (copier.pack, _missing(have_packs, [pack_key(p) for p in sorted(copier.view.packs)], result)),
+                (copier.leaf, _missing(_keys(dst, NAMED_PREFIX), copier.view.named, result)),
+                (copier.record, copier.view.state),
+                (copier.index, _missing(_keys(dst, INDEX_PREFIX), copier.view.indexes, result)),
+                (copier.leaf, _missing(_keys(dst, SNAPSHOT_PREFIX), copier.view.snapshots, result)),
             ]
             for step, todo in steps:
                 for key, nbytes in _run(step, todo):
@@ -265,14 +230,80 @@ def copy_to(
                     result.count(key, nbytes)
                     if on_progress is not None:
                         on_progress(key, nbytes)
+    if copier.refused:
+        more = f" (+{len(copier.refused) - 1} more)" if len(copier.refused) > 1 else ""
+        raise IntegrityError(
+            f"refusing to copy {copier.refused[0]}{more}; everything else was copied",
+            hint="repair the source from a copy (`coldkeep repo repair --from NAME`) or remove what is lost",
+        )
     return result
 
 
-def _verified(src: Repository, key: str, data: bytes) -> None:
-    try:
-        verify_document(src, key, data)
-    except ColdkeepError as exc:
-        raise IntegrityError(f"refusing to copy {key}: {exc.message}") from None
+class _Copier:
+    """One step per kind of object: read at the source, verify, write; returns the bytes written
+    (0: nothing to write)."""
+
+    def __init__(self, src: Repository, dst: Backend, view: SourceView) -> None:
+        self.src = src
+        self.dst = dst
+        self.view = view
+        self.refused: list[str] = []  # leaves that did not verify (why, one line each)
+
+    def _write(self, key: str, data: bytes) -> int:
+        self.dst.put_if_absent(key, data)
+        if self.dst.stat(key).size != len(data):
+            raise IntegrityError(f"{key}: size differs at the destination after copy")
+        return len(data)
+
+    def pack(self, key: str) -> int:
+        pack_id = key.rsplit("/", 1)[-1]
+        size, blobs = self.view.packs[pack_id]
+        try:
+            data = self.src.backend.get(key)
+        except ObjectNotFound:
+            raise IntegrityError(f"{key}: named by the index but missing at the source") from None
+        try:
+            verify_pack(self.src, pack_id, data, size, blobs)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"refusing to copy {key}: {exc.message}",
+                hint="repair the source first (`coldkeep repo repair --from COPY`); nothing was replaced",
+            ) from None
+        return self._write(key, data)
+
+    def index(self, key: str) -> int:
+        data = get_listed(self.src.backend, key)
+        try:
+            verify_document(self.src, key, data)
+        except ColdkeepError as exc:
+            raise IntegrityError(f"refusing to copy {key}: {exc.message}") from None
+        return self._write(key, data)
+
+    def _leaf_ok(self, key: str, data: bytes) -> bool:
+        try:
+            verify_document(self.src, key, data)
+        except ColdkeepError as exc:
+            self.refused.append(f"{key}: {exc.message}")
+            return False
+        return True
+
+    def leaf(self, key: str) -> int:
+        """A named object or snapshot: written once."""
+        data = get_listed(self.src.backend, key)
+        return self._write(key, data) if self._leaf_ok(key, data) else 0
+
+    def record(self, key: str) -> int:
+        """A service record: mutable, replaced when it differs."""
+        data = get_listed(self.src.backend, key)
+        try:
+            if self.dst.get(key) == data:
+                return 0
+        except ObjectNotFound:
+            pass
+        if not self._leaf_ok(key, data):
+            return 0
+        self.dst.put(key, data)
+        return len(data)
 
 
 def _keys(backend: Backend, prefix: str) -> set[str]:
