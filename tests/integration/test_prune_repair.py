@@ -73,9 +73,7 @@ def pair(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
     modify_tree(data, seed=51)
     new = site.json("backup", str(data))["snapshot_id"]
     site.ok("repo", "copy", "--to", "offsite")
-    yield Pair(
-        site, copy, data, old, new, tree_digest(data), PASSWORD if request.param == "encrypted" else None
-    )
+    yield Pair(site, copy, data, old, new, tree_digest(data), PASSWORD if encrypted else None)
 
 
 def _contents(repo_dir: Path) -> dict[str, bytes]:
