@@ -28,9 +28,12 @@ from tests.helpers import (
 
 from coldkeep.repository.format import INDEX_PREFIX, SNAPSHOT_PREFIX
 from coldkeep.repository.packer import pack_key
+from coldkeep.repository.repository import Repository
+from coldkeep.storage.local import LocalBackend
 
 PACK_ENV = {"COLDKEEP_PACK_TARGET": str(256 * 1024)}  # a dozen packs from ~9 MiB
 PASSWORD = "repair me"
+WAL_NAME = "wal/00000001/000000010000000000000003"
 
 
 @dataclass
@@ -127,10 +130,16 @@ def test_prune_refuses_a_damaged_blob_and_repair_finds_it_in_another_pack_of_the
     assert copy.json("repo", "check", "--read-data")["ok"]
 
 
-def test_repair_snapshot_index_and_missing_pack_from_the_copy(pair: Pair, tmp_path: Path) -> None:
+def test_repair_snapshot_index_wal_record_and_missing_pack_from_the_copy(pair: Pair, tmp_path: Path) -> None:
     site = pair.site
+    with Repository.open(LocalBackend(site.repo_dir)) as repo:
+        repo.put_named(WAL_NAME, bytes(range(256)) * 300, {"timeline": 1})
+        repo.put_state("pg-lineage", {"lineages": [{"system_identifier": 7, "prefix": "wal"}]})
+    site.ok("repo", "copy", "--to", "offsite")
     files = repo_files(site.repo_dir)
     flip_byte(files[f"{SNAPSHOT_PREFIX}{pair.new}"])
+    flip_byte(files[f"named/{WAL_NAME}"])
+    flip_byte(files["state/pg-lineage"])
     index_key = next(k for k in files if k.startswith(INDEX_PREFIX))
     flip_byte(files[index_key])
     pack = next(k for k in files if k.startswith("data/"))
@@ -138,7 +147,8 @@ def test_repair_snapshot_index_and_missing_pack_from_the_copy(pair: Pair, tmp_pa
     proc = site.run("repo", "check", "--read-data")
     assert proc.returncode == 3, proc.stderr
     repaired = site.json("repo", "repair", "--from", "offsite")
-    assert {f"{SNAPSHOT_PREFIX}{pair.new}", index_key, pack} <= set(repaired["replaced"]), repaired
+    expected = {f"{SNAPSHOT_PREFIX}{pair.new}", index_key, pack, f"named/{WAL_NAME}", "state/pg-lineage"}
+    assert expected <= set(repaired["replaced"]), repaired
     assert repaired["remaining_problems"] == [], repaired
     assert site.json("repo", "check", "--read-data")["ok"]
     assert site.restore_digest(pair.new, tmp_path / "r", pair.data) == pair.digest
