@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from coldkeep.repository import copy as copy_mod
+from coldkeep.repository.index import IndexCache
+from coldkeep.repository.packer import pack_key
 from coldkeep.repository.repository import Repository
 from coldkeep.storage.local import LocalBackend
 
@@ -52,7 +54,9 @@ def make_source(data: Path, work: Path, encrypted: bool) -> Path:
     config.write_text("\n".join(lines) + "\n")
     env = dict(os.environ, COLDKEEP_CACHE_DIR=str(work / "cache"))
     _coldkeep(config, env, "repo", "init")
-    print("backup:", _coldkeep(config, env, "backup", str(data))["new_stored_bytes"], "bytes stored", flush=True)
+    print(
+        "backup:", _coldkeep(config, env, "backup", str(data))["new_stored_bytes"], "bytes stored", flush=True
+    )
     return repo
 
 
@@ -70,6 +74,20 @@ def one_copy(repo: Repository, dst: Path, verify: bool) -> dict[str, float]:
         copy_mod.damaged_blobs = saved
 
 
+def check_only(repo: Repository) -> dict[str, float]:
+    """The per-blob check alone, on one thread, over every pack (read from the page cache)."""
+    repo.refresh_cache(full=True)
+    cpu_total = stored = 0.0
+    for pack_id in sorted(repo.cache.packs()):
+        data = repo.backend.get(pack_key(pack_id))
+        blobs = repo.cache.blobs_in_pack(pack_id)
+        cpu = time.process_time()
+        assert not copy_mod.damaged_blobs(repo.keys, data, blobs)
+        cpu_total += time.process_time() - cpu
+        stored += len(data)
+    return {"cpu_s": cpu_total, "bytes": stored}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data", type=Path)
@@ -80,13 +98,17 @@ def main() -> None:
     source = make_source(args.data, args.work, args.encrypted)
     runs: dict[str, list[dict[str, float]]] = {"with": [], "without": []}
     with Repository.open(LocalBackend(source), PASSWORD if args.encrypted else None) as repo:
+        repo._cache = IndexCache(repo.config.id, path=args.work / "bench-cache.sqlite")
         one_copy(repo, args.work / "dst", True)  # warm the page cache
         for _ in range(args.reps):
             for label in ("without", "with"):
                 run = one_copy(repo, args.work / "dst", label == "with")
                 runs[label].append(run)
                 print(label, json.dumps({k: round(v, 2) for k, v in run.items()}), flush=True)
+        alone = check_only(repo)
     shutil.rmtree(args.work / "dst", ignore_errors=True)
+    print(f"the check alone, one thread: {alone['cpu_s']:.2f} s CPU for {alone['bytes'] / 2**30:.2f} GiB "
+          f"({alone['bytes'] / 2**30 / alone['cpu_s']:.2f} GiB/s per core)")  # fmt: skip
     for label, items in runs.items():
         walls = sorted(r["wall_s"] for r in items)
         cpus = sorted(r["cpu_s"] for r in items)

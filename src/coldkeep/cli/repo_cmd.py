@@ -53,7 +53,7 @@ def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> i
     app.out.emit(result.to_json(), human)
     if not result.ok:
         more = f" (+{len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
-        hint = "the problems listed name what is affected; `coldkeep repo repair --from COPY` replaces damaged packs"
+        hint = "the problems listed name what is affected; `coldkeep repo repair --from COPY` repairs them from a copy"
         app.out.failure(IntegrityError(result.problems[0].line() + more, hint=hint))
         return EXIT_INTEGRITY
     return 0

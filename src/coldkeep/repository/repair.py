@@ -62,10 +62,6 @@ class RepairResult:
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
-    @property
-    def repaired(self) -> int:
-        return len(self.replaced) + self.blobs_rescued
-
 
 def _same_repository(backend: Backend, source: Backend) -> None:
     mine, theirs = Repository.read_config(backend), Repository.read_config(source)
