@@ -69,6 +69,21 @@ def _machine(prefix: str, cluster: TempCluster, encrypted: bool) -> tuple[Path, 
     return base, repo
 
 
+def _aws_files(base: Path, cluster: TempCluster) -> dict[str, str]:
+    """An S3 credentials file and config file the server's OS user can read (a server is given
+    where they are, never the keys themselves); the environment that names them."""
+    files = {
+        "AWS_SHARED_CREDENTIALS_FILE": (base / "aws-credentials", "[default]\naws_access_key_id = testing\n"
+                                        "aws_secret_access_key = testing\naws_session_token = testing\n"),
+        "AWS_CONFIG_FILE": (base / "aws-config", "[default]\nregion = us-east-1\n"),
+    }  # fmt: skip
+    for path, text in files.values():
+        path.write_text(text)
+        os.chmod(path, 0o600)
+        chown_to(path, cluster.os_user)
+    return {name: str(path) for name, (path, _) in files.items()}
+
+
 def _labels(report: dict[str, Any]) -> list[str]:
     import psycopg
 
@@ -109,13 +124,17 @@ def test_total_loss_is_recovered_from_the_offsite_copy_alone(
         shutil.rmtree(cluster.data_dir)
         shutil.rmtree(old_base)
 
-        # --- a new machine with only the config (and the passphrase file) ------------------------
-        new = Env(new_base, _config(new_base, cluster, {"url": offsite["url"], "endpoint_url": endpoint, **new_repo},
+        # --- a new machine with only the config, the passphrase file and S3 credentials ----------
+        new = Env(new_base, _config(new_base, cluster, {"url": offsite["url"], "endpoint_url": endpoint,
+                                                        "region": "us-east-1", **new_repo},
                                     {}), cluster, new_base / "cache", pg_coldkeep)  # fmt: skip
+        server_env = _aws_files(new_base, cluster)  # restore_command reads S3 keys from files
         listing = new.ckj("pg", "backups")
         assert [b["id"] for b in listing] == [backup["id"]], listing
         new.ck("pg", "verify")
-        report: dict[str, Any] = new.ckj("pg", "restore", "--target-dir", str(cluster.data_dir), "--start")
+        report: dict[str, Any] = new.ckj(
+            "pg", "restore", "--target-dir", str(cluster.data_dir), "--start", extra_env=server_env
+        )
         try:
             labels = _labels(report)
         finally:
