@@ -398,3 +398,66 @@ def make_legacy_repository(repo_dir: Path, passphrases: list[str]) -> list[str]:
         (repo_dir / "keys" / slot_id).write_bytes(legacy_key_slot(keys, passphrase, slot_id))
         ids.append(slot_id)
     return ids
+
+
+# inspecting local repositories through the Python API
+
+
+def blob_locations(repo_dir: Path, passphrase: str | None = None) -> dict[bytes, list[Any]]:
+    """Blob id -> every :class:`BlobEntry` the index documents of a local repository list for it."""
+    from coldkeep.repository.index import decode_index
+    from coldkeep.repository.repository import Repository
+    from coldkeep.storage.local import LocalBackend
+
+    backend = LocalBackend(repo_dir)
+    repo = Repository.open(backend, passphrase)
+    out: dict[bytes, list[Any]] = {}
+    for info in backend.list("index/"):
+        for _pack, _size, entries in decode_index(
+            repo.keys, backend.get(info.key), info.key.removeprefix("index/")
+        ):
+            for entry in entries:
+                out.setdefault(entry.id, []).append(entry)
+    return out
+
+
+def snapshot_blobs(repo_dir: Path, snapshot: str, cache: Path, passphrase: str | None = None) -> set[bytes]:
+    """Every blob (tree blobs and chunks) a snapshot of a local repository uses."""
+    from coldkeep.repository.index import IndexCache
+    from coldkeep.repository.repository import Repository
+    from coldkeep.storage.local import LocalBackend
+
+    with Repository.open(LocalBackend(repo_dir), passphrase) as repo:
+        repo._cache = IndexCache(repo.config.id, path=cache)
+        repo.refresh_cache(full=True)
+        snap = repo.load_snapshot_id(snapshot)
+        used = {bytes.fromhex(t) for t in snap.tree}
+        for entry in repo.iter_tree(snap):
+            used.update(bytes.fromhex(c) for c in entry.get("chunks", ()))
+    return used
+
+
+def forget_file(site: Site, snapshot: str) -> None:
+    """Remove a snapshot document of a local repository (what `forget` does)."""
+    (site.repo_dir / "snapshots" / snapshot).unlink()
+
+
+def blob_kept_elsewhere_by_the_copy(
+    site: Site, copy: Site, old: str, new: str, cache: Path, passphrase: str | None = None
+) -> Any:
+    """A data blob of snapshot ``new`` in a pack of ``site`` that also holds blobs only ``old``
+    uses (so a prune repacks it) and that ``copy`` keeps in another pack (after the copy was
+    pruned on its own); its :class:`BlobEntry` in ``site``."""
+    here, there = blob_locations(site.repo_dir, passphrase), blob_locations(copy.repo_dir, passphrase)
+    used_new = snapshot_blobs(site.repo_dir, new, cache, passphrase)
+    used_old = snapshot_blobs(site.repo_dir, old, cache, passphrase)
+    garbage_packs = {e.pack for bid in used_old - used_new for e in here.get(bid, [])}
+    return next(
+        e
+        for bid in sorted(used_new)
+        for e in here[bid]
+        if e.kind == "data"
+        and e.pack in garbage_packs
+        and all(t.pack != e.pack for t in there.get(bid, []))
+        and bid in there
+    )

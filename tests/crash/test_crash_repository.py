@@ -1,4 +1,4 @@
-"""`kill -9` of a real `coldkeep` process during backup, prune and copy (invariant 2).
+"""`kill -9` of a real `coldkeep` process during backup, prune, copy and repair (invariant 2).
 
 For each operation a base repository is built once; every kill point then works on a clone of it
 (repository files and index cache), so the points are independent and run two at a time.
@@ -28,7 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.helpers import Site, make_tree, modify_tree, read_counts, repo_files, spread, tree_digest
+from tests.helpers import (
+    MiB,
+    Site,
+    blob_kept_elsewhere_by_the_copy,
+    flip_byte,
+    forget_file,
+    make_tree,
+    modify_tree,
+    read_counts,
+    repo_files,
+    spread,
+    tree_digest,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +50,7 @@ MIN_POINTS = 20
 POINTS = 20
 RANDOM_RUNS = 3
 WORKERS = 2  # the machines have 2 cores
+REPAIR_PASSWORD = "crash repair"
 
 
 @dataclass
@@ -267,9 +280,9 @@ class CopyBase:
     points: list[Point]
 
 
-def copy_site(root: Path) -> Site:
+def copy_site(root: Path, password_file: str = "") -> Site:
     """A site whose main repository is the copy at ``root/copy`` (to check and restore it)."""
-    return Site(root / "copy-view", url=f"file://{root / 'copy'}", env=PACK_ENV)
+    return Site(root / "copy-view", url=f"file://{root / 'copy'}", env=PACK_ENV, password_file=password_file)
 
 
 def clone_with_copy(base: Site, root: Path) -> Site:
@@ -313,6 +326,65 @@ def test_kill_copy(copy_base: CopyBase, tmp_path: Path) -> None:
         if point.full_restore:
             assert copy.restore_digest(base.s2, root / "r2", base.data) == base.v2
             check_ok(site, read_data=False)  # the source is only read
+        shutil.rmtree(root)
+        return killed
+
+    run_points(tmp_path, base.points, scenario)
+
+
+# ------------------------------------------------------------------------------------------------
+# repair
+
+
+@dataclass
+class RepairBase:
+    site: Site
+    data: Path
+    snap: str
+    digest: dict[str, str]
+    points: list[Point]
+
+
+@pytest.fixture(scope="module")
+def repair_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RepairBase]:
+    """A flipped byte in a blob whose pack the copy no longer has (the copy was pruned on its own):
+    repair rescues the pack blob by blob, rewrites the index documents and deletes the pack."""
+    root = tmp_path_factory.mktemp("crash-repair")
+    data = make_tree(root / "data", seed=14, big_sizes=(MiB,))
+    password = root / "password"  # encrypted: the rescued pack gets a new id, the damaged one is dropped
+    password.write_text(REPAIR_PASSWORD)
+    password.chmod(0o600)
+    site = Site(root / "base", copies={"offsite": {"url": f"file://{root / 'copy'}"}}, env=PACK_ENV,
+                password_file=str(password))  # fmt: skip
+    site.ok("repo", "init")
+    old = site.json("backup", str(data))["snapshot_id"]
+    modify_tree(data, seed=1)
+    new = site.json("backup", str(data))["snapshot_id"]
+    site.ok("repo", "copy", "--to", "offsite")
+    copy = copy_site(root, str(password))
+    forget_file(copy, old)
+    copy.ok("repo", "prune", "--max-unused", "0")
+    victim = blob_kept_elsewhere_by_the_copy(site, copy, old, new, root / "inspect.sqlite", REPAIR_PASSWORD)
+    flip_byte(site.repo_dir / f"data/{victim.pack[:2]}/{victim.pack}", victim.offset + victim.length // 2)
+    counting = clone_with_copy(site, root / "count")
+    count, seconds = count_calls(counting, "repo", "repair", "--from", "offsite")
+    assert f"data/{victim.pack[:2]}/{victim.pack}" not in repo_files(counting.repo_dir)  # dropped
+    check_ok(counting, read_data=True)
+    yield RepairBase(site, data, new, tree_digest(data), kill_points(count, seconds, seed=404))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_kill_repair(repair_base: RepairBase, tmp_path: Path) -> None:
+    base = repair_base
+
+    def scenario(root: Path, point: Point) -> bool:
+        site = clone_with_copy(base.site, root)
+        killed = kill(site, point, "repo", "repair", "--from", "offsite")
+        site.ok("repo", "repair", "--from", "offsite")  # the rerun completes it: exit 0 only when
+        # its closing `repo check --read-data` found no problem
+        if point.full_restore:
+            assert site.restore_digest(base.snap, root / "r", base.data) == base.digest
+            check_ok(copy_site(root, base.site.password_file), read_data=True)  # the copy is only read
         shutil.rmtree(root)
         return killed
 

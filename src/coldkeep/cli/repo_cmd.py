@@ -53,7 +53,7 @@ def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> i
     app.out.emit(result.to_json(), human)
     if not result.ok:
         more = f" (+{len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
-        hint = "the problems listed name what is affected; `coldkeep repo repair --from COPY` replaces damaged packs"
+        hint = "the problems listed name what is affected; `coldkeep repo repair --from COPY` repairs them from a copy"
         app.out.failure(IntegrityError(result.problems[0].line() + more, hint=hint))
         return EXIT_INTEGRITY
     return 0
@@ -81,7 +81,7 @@ def prune(app: AppContext, max_unused: float, dry_run: bool, lock_wait: float) -
 @click.option("--to", "to", required=True, metavar="NAME", help="a [repository.copies.NAME] from the config")
 @pass_app
 def copy(app: AppContext, to: str) -> None:
-    """Copy everything new (snapshots, packs, named objects such as WAL) to a configured copy."""
+    """Copy everything new (snapshots, packs, WAL, service records) to a configured copy, verified."""
     from coldkeep.repository.copy import copy_to
     from coldkeep.repository.setup import backend_for, copy_section
 
@@ -90,6 +90,8 @@ def copy(app: AppContext, to: str) -> None:
     dst = backend_for(section, owner=cfg.repository.owner, create=True)
     with open_repo(app) as r:
         result = copy_to(r, dst)
+    for warning in result.warnings:
+        app.out.warn(warning)
     app.out.emit(result.to_json() | {"to": to, "url": section.url}, lambda c: c.print(
         f"copied {sum(result.copied.values())} object(s), {human_bytes(result.bytes)} to {to} ({section.url}); "
         f"{result.skipped} already there"))  # fmt: skip
@@ -99,24 +101,32 @@ def copy(app: AppContext, to: str) -> None:
 @click.option("--from", "source", required=True, metavar="NAME", help="a healthy copy from the config")
 @pass_app
 def repair(app: AppContext, source: str) -> int:
-    """Replace damaged or missing packs with verified ones from a copy."""
+    """Replace damaged or missing data (blobs, packs, indexes, snapshots, key slots, WAL, service
+    records) with verified data from a copy; exit 3 if problems remain."""
     from coldkeep.repository.check import check as run_check
-    from coldkeep.repository.copy import repair_from
-    from coldkeep.repository.locks import locked
+    from coldkeep.repository.repair import repair_from, repair_key_slots
     from coldkeep.repository.setup import backend_for, copy_section
 
     cfg = app.config()
     src = backend_for(copy_section(cfg, source))
-    with open_repo(app) as r, locked(r.backend, "repair", exclusive=False):
-        before = run_check(r, read_data=True)
-        damaged = sorted({p.object.split(" ")[0] for p in before.problems if p.object.startswith("data/")})
-        repaired = repair_from(r, src, damaged)
+    slots = repair_key_slots(backend_for(cfg.repository, owner=cfg.repository.owner), src)
+    with open_repo(app) as r:
+        result = repair_from(r, src)
         after = run_check(r, read_data=True)
-    data = {"repaired": repaired, "remaining_problems": [p.to_json() for p in after.problems]}
-    app.out.emit(
-        data, lambda c: c.print(f"repaired {len(repaired)} pack(s); {len(after.problems)} problem(s) remain")
-    )
-    return 0 if after.ok else EXIT_INTEGRITY
+    result.replaced[:0] = slots.replaced
+    result.lost[:0] = slots.lost
+    for warning in result.warnings:
+        app.out.warn(warning)
+    data = result.to_json() | {"remaining_problems": [p.to_json() for p in after.problems]}
+    app.out.emit(data, lambda c: c.print(
+        f"replaced {len(result.replaced)} object(s) from {source}, rescued {result.blobs_rescued} blob(s) "
+        f"into {len(result.packs_written)} new pack(s); {len(after.problems)} problem(s) remain"))  # fmt: skip
+    if not after.ok:
+        more = f" (+{len(after.problems) - 1} more)" if len(after.problems) > 1 else ""
+        app.out.failure(IntegrityError(after.problems[0].line() + more,
+                                       hint=f"what is damaged here is not intact in {source} either"))  # fmt: skip
+        return EXIT_INTEGRITY
+    return 0
 
 
 @repo.command("stats")

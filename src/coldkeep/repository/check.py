@@ -17,10 +17,10 @@ from typing import Any
 
 from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound
 from coldkeep.repository import crypto
-from coldkeep.repository.format import INDEX_PREFIX, PACK_PREFIX, STATE_PREFIX, open_blob
+from coldkeep.repository.format import INDEX_PREFIX, PACK_PREFIX, STATE_PREFIX
 from coldkeep.repository.index import decode_index
 from coldkeep.repository.locks import Lock, locked
-from coldkeep.repository.packer import BlobEntry, pack_key, parse_pack
+from coldkeep.repository.packer import BlobEntry, damaged_blobs, pack_key, parse_pack
 from coldkeep.repository.repository import Repository, Snapshot
 
 
@@ -173,16 +173,9 @@ def _check(
                 parse_pack(repo.keys, data, pack_id)
             except IntegrityError as exc:
                 problems.append(Problem("pack", pack_key(pack_id), exc.message))
-            for blob_id, entry in expected[pack_id].items():
-                what = f"blob {blob_id.hex()[:16]}"
-                try:
-                    raw = data[entry.offset : entry.offset + entry.length]
-                    plain = open_blob(repo.keys, raw, blob_id, entry.raw_length, what)
-                    if repo.keys.chunk_id(plain) != blob_id:
-                        raise IntegrityError(f"{what}: content does not match its id")
-                except IntegrityError as exc:
-                    problems.append(Problem("blob", f"{pack_key(pack_id)} {blob_id.hex()[:16]}",
-                                            exc.message, sorted(set(users.get(blob_id, [])))))  # fmt: skip
+            for entry, error in damaged_blobs(repo.keys, data, expected[pack_id].values()):
+                problems.append(Problem("blob", f"{pack_key(pack_id)} {entry.id.hex()[:16]}",
+                                        error.message, sorted(set(users.get(entry.id, [])))))  # fmt: skip
             return len(data), problems
 
         done = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from coldkeep.errors import IntegrityError
@@ -148,3 +148,26 @@ def parse_pack(keys: KeyRing, data: bytes, pack_id: str) -> list[BlobEntry]:
     header_end = len(body) - 8
     header = body[header_end - header_len : header_end]
     return parse_header(keys, header, pack_id, len(data))
+
+
+def damaged_blobs(
+    keys: KeyRing, pack: bytes | memoryview, entries: Iterable[BlobEntry]
+) -> list[tuple[BlobEntry, IntegrityError]]:
+    """The blobs of ``entries`` that do not read back from ``pack`` (the whole pack's bytes) as
+    readers read them: envelope opened (authenticated when encrypted), decompressed to
+    ``raw_length`` bytes, content hashing to its id.  Each with the error naming blob and pack;
+    empty when every blob verifies."""
+    view = memoryview(pack)
+    damaged = []
+    for entry in entries:
+        what = f"blob {entry.id.hex()[:16]} in pack {entry.pack[:16]}"
+        try:
+            stored = view[entry.offset : entry.offset + entry.length]
+            if len(stored) != entry.length:
+                raise IntegrityError(f"{what}: pack truncated")
+            plain = open_blob(keys, stored, entry.id, entry.raw_length, what)
+            if len(plain) != entry.raw_length or keys.chunk_id(plain) != entry.id:
+                raise IntegrityError(f"{what}: content does not match its id (corrupt)")
+        except IntegrityError as exc:
+            damaged.append((entry, exc))
+    return damaged

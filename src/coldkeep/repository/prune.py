@@ -14,15 +14,16 @@ Named objects (WAL) are never touched: services delete them explicitly (``pg exp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from coldkeep.errors import IntegrityError
+from coldkeep.errors import IntegrityError, ObjectNotFound
 from coldkeep.repository.format import INDEX_PREFIX, PACK_PREFIX
 from coldkeep.repository.index import encode_index
 from coldkeep.repository.locks import locked
-from coldkeep.repository.packer import BlobEntry, pack_key
-from coldkeep.repository.repository import Repository
+from coldkeep.repository.packer import BlobEntry, damaged_blobs, pack_key
+from coldkeep.repository.repository import BlobWriter, Repository
 
 
 @dataclass
@@ -47,6 +48,33 @@ def used_blobs(repo: Repository) -> set[bytes]:
         for entry in repo.iter_tree(snap):
             used.update(bytes.fromhex(c) for c in entry.get("chunks", ()))
     return used
+
+
+def _repack(repo: Repository, writer: BlobWriter, blobs: list[BlobEntry]) -> None:
+    """Move ``blobs`` into the writer's new packs, sealed bytes as they are, each verified first
+    as readers verify it: a damaged blob must not get a valid footer around it while its original
+    is deleted.  :class:`IntegrityError` (exit 3) names the damaged blobs and packs; nothing has been
+    deleted then, and the packs written so far are orphans the next prune removes."""
+    damaged: list[IntegrityError] = []
+    for blob in blobs:
+        try:
+            stored = repo.backend.get_range(pack_key(blob.pack), blob.offset, blob.length)
+        except ObjectNotFound:
+            damaged.append(
+                IntegrityError(f"blob {blob.id.hex()[:16]} in pack {blob.pack[:16]}: pack missing")
+            )
+            continue
+        bad = damaged_blobs(repo.keys, stored, [dataclasses.replace(blob, offset=0)])
+        if bad:
+            damaged.append(bad[0][1])
+        elif not damaged:
+            writer.add(blob.id, blob.kind, stored, blob.raw_length)
+    if damaged:
+        more = f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise IntegrityError(
+            f"refusing to prune: {damaged[0].message}{more}; nothing was deleted",
+            hint="repair it from a copy (`coldkeep repo repair --from COPY`), then prune again",
+        )
 
 
 def prune(
@@ -94,12 +122,14 @@ def prune(
                 result.stored_before - sum(stored[p] for p in delete) + sum(b.length for b in repack)
             )
             return result
-        # 2. repack
+        # 2. repack (every blob verified before it moves)
         writer = repo.writer(use_cache=False)
-        for blob in repack:
-            data = repo.backend.get_range(pack_key(blob.pack), blob.offset, blob.length)
-            writer.add(blob.id, blob.kind, data, blob.raw_length)  # sealed bytes move as they are
-        writer.finish()  # writes its own small index too, superseded below
+        try:
+            _repack(repo, writer, repack)
+            writer.finish()  # writes its own small index too, superseded below
+        except BaseException:
+            writer.abort()
+            raise
         new_packs = dict(writer._written)
         result.packs_written = len(new_packs)
         # Never delete a pack the new index lists.  After a killed prune the repacked pack can
