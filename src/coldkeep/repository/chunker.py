@@ -31,13 +31,15 @@ everything once), so every input of the cut-point function is explicit: :class:`
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import mmap
 import os
 import re
+import stat
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal, get_args
 
@@ -58,8 +60,13 @@ PG_PAGE_SIZE: Final = 8192
 NORMALIZED_CHUNKING: Final = 1
 #: Headers larger than this are not trusted (the limit of the reference safetensors implementation).
 SAFETENSORS_MAX_HEADER: Final = 100_000_000
-#: ``madvise`` advice that drops a mapping's pages from this process (None where unsupported)
-_MADV_DONTNEED: Final[int | None] = getattr(mmap, "MADV_DONTNEED", None)
+#: files are read in windows of this many bytes (:func:`chunk_file`); a chunk that runs past the
+#: end of one is copied to the start of the next (under ``max_size`` bytes per window)
+READ_WINDOW: Final = 16 * 1024 * 1024
+#: Test-only: ``READ_HOOK(path, offset)`` is called before a file is opened for a backup (offset
+#: -1) and before each read at ``offset``, so that a test can change the file at a chosen point.
+#: It is ``None`` in coldkeep itself (nothing sets it) and then costs one comparison per read.
+READ_HOOK: Callable[[str, int], None] | None = None
 
 #: True when pyfastcdc's Cython extension is in use (~4 GB/s); the pure-Python fallback computes
 #: the same boundaries about a thousand times slower.
@@ -229,7 +236,9 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def safetensors_ranges(buf: bytes | bytearray | memoryview | mmap.mmap) -> list[tuple[int, int]] | str:
+def safetensors_ranges(
+    buf: bytes | bytearray | memoryview | mmap.mmap, size: int | None = None
+) -> list[tuple[int, int]] | str:
     """The byte ranges ``[(start, end), ...]`` of a safetensors file, or why it is not one.
 
     Ranges, in order, cover the buffer exactly: the header (8 + N bytes), then each tensor with
@@ -237,10 +246,11 @@ def safetensors_ranges(buf: bytes | bytearray | memoryview | mmap.mmap) -> list[
     layout is checked (a JSON object whose entries, apart from ``__metadata__``, carry integer
     ``data_offsets`` inside the data section that do not overlap); dtypes and shapes are not, so a
     dtype this code has never heard of still chunks per tensor.  Never raises on bad input.
+    ``size``, when given, is the size of the file and ``buf`` its first bytes (at least the header).
     """
     mv = _byte_view(buf)
-    size = len(mv)
-    if size < 8:
+    size = len(mv) if size is None else size
+    if min(size, len(mv)) < 8:
         return f"{size} bytes is too short for a safetensors header"
     (header_len,) = struct.unpack_from("<Q", mv, 0)
     if header_len > SAFETENSORS_MAX_HEADER:
@@ -248,6 +258,8 @@ def safetensors_ranges(buf: bytes | bytearray | memoryview | mmap.mmap) -> list[
     data_start = 8 + header_len
     if data_start > size:
         return f"header length {header_len} runs past the end of the file ({size} bytes)"
+    if data_start > len(mv):
+        return f"header ({header_len} bytes) could not be read whole (the file shrank)"
     if header_len == 0 or mv[8] not in b"{ \t\r\n":
         return "header is not a JSON object"
     try:
@@ -363,21 +375,124 @@ def chunk_buffer(
     return ChunkRanges(buf, strategy, params)
 
 
+def read_hook(path: str, offset: int) -> None:
+    """Call :data:`READ_HOOK` (tests only; ``None`` in coldkeep itself, where this does nothing)."""
+    if READ_HOOK is not None:
+        READ_HOOK(path, offset)
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading as it is now: a descriptor and its ``fstat``.
+
+    Symlinks are not followed and a FIFO does not block the open (``O_NOFOLLOW | O_NONBLOCK``):
+    something put in a file's place after it was listed is refused with ``OSError`` (``ELOOP``,
+    or ``EINVAL`` for anything that is not a regular file), as is a missing file
+    (``FileNotFoundError``).  The caller closes the descriptor.
+    """
+    read_hook(path, -1)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _unreferenced(buf: bytearray) -> bool:
+    """True when no view of ``buf`` exists any more: a bytearray with exported buffers refuses to
+    be resized (``BufferError``); a pop and an append of one byte are O(1) and keep its storage."""
+    try:
+        buf.append(buf.pop())
+    except BufferError:
+        return False
+    return True
+
+
+class _Windows:
+    """A file read front to back into buffers of about ``window`` bytes, never past ``limit``.
+
+    Views of a buffer stay valid, and hold exactly the bytes that were read, whatever happens to
+    the file afterwards: a buffer is filled once, and reused for a later window only when no view
+    of it is left (:func:`_unreferenced`).  A read that returns nothing before ``limit`` means
+    the file shrank since it was opened: ``ended`` is set and nothing more is read.
+    """
+
+    SPARES: Final = 3
+
+    def __init__(self, fd: int, path: str, limit: int, window: int) -> None:
+        self.fd, self.path, self.limit, self.window = fd, path, limit, window
+        #: file offsets of the buffered bytes: ``[base, end)``
+        self.base = self.end = 0
+        self.ended = False
+        self._buf: bytearray | None = None
+        self._view = memoryview(b"")
+        self._spares: list[bytearray] = []
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing more can be read: ``limit`` reached, or the file ended before it."""
+        return self.ended or self.end >= self.limit
+
+    def span(self, start: int, need: int) -> memoryview:
+        """The buffered bytes from ``start`` (not before the current buffer) on: at least up to
+        offset ``need`` unless the file ends first, reading a new window if need be."""
+        if need > self.end and not self.exhausted:
+            self._refill(start, need)
+        return self._view[start - self.base : self.end - self.base]
+
+    def _take(self, size: int) -> bytearray:
+        if size == self.window:
+            for i, spare in enumerate(self._spares):
+                if _unreferenced(spare):
+                    return self._spares.pop(i)
+        return bytearray(size)
+
+    def _refill(self, start: int, need: int) -> None:
+        size = min(max(self.window, need - start), self.limit - start)
+        buf = self._take(size)
+        view = memoryview(buf)
+        carry = max(0, self.end - start)  # the bytes from ``start`` on that are buffered already
+        if carry:
+            view[:carry] = self._view[start - self.base : self.end - self.base]
+        filled = carry
+        while filled < size:
+            read_hook(self.path, start + filled)
+            n = os.preadv(self.fd, [view[filled:size]], start + filled)
+            if n == 0:
+                self.ended = True
+                break
+            filled += n
+        old, self._buf = self._buf, buf
+        self._view, self.base, self.end = view[:filled], start, start + filled
+        if old is not None and len(old) == self.window and len(self._spares) < self.SPARES:
+            self._spares.append(old)
+
+    def close(self) -> None:
+        self._view = memoryview(b"")
+        self._buf = None
+        self._spares.clear()
+
+
 class FileChunks(Iterator[memoryview]):
-    """What :func:`chunk_file` returns: an iterator of zero-copy views of a file's chunks.
+    """What :func:`chunk_file` returns: an iterator of views of a file's chunks, in order.
 
-    Use it as a context manager or call :meth:`close`.  **A view is only guaranteed valid until
-    the iterator is closed**; copy (``bytes(view)``) what must outlive it.  (Memory safety does not
-    depend on that: the mapping is unmapped only once no view of it remains, so a view held too
-    long keeps the mapping alive instead of crashing.)
+    Use it as a context manager or call :meth:`close`.  The file is read (``preadv``) in windows
+    of :data:`READ_WINDOW` bytes, never mapped: a view holds the bytes that were read and stays
+    valid as long as it is referenced, whatever happens to the file afterwards (a mapped file
+    truncated under a reader kills it with SIGBUS, and a mapped page rewritten in place would
+    change under the hash already computed from it).
 
-    Attributes: ``path``, ``size`` (at open), ``strategy`` (used), ``fallback_reason`` (see
-    :class:`ChunkRanges`) and ``bytes_yielded``, which ends below ``size`` when a relation file
-    was truncated while it was read (see :func:`chunk_file`).
+    Attributes: ``path``, ``stat`` (``fstat`` at open), ``size`` (its size: nothing past it is
+    read), ``strategy`` (used), ``fallback_reason`` (see :class:`ChunkRanges`) and
+    ``bytes_yielded``.  When the file shrinks while it is read, the chunks end where the file
+    ended (``bytes_yielded < size``); when it grows, what was appended is not read.  Either way
+    the views hold exactly ``bytes_yielded`` bytes of the file, which is for the caller to report.
 
-    Memory: the pages of a mapped file count in the process's resident set until they are
-    unmapped; a caller that is done with the chunks up to some offset calls :meth:`release` so
-    a big file does not stay resident as a whole while it is chunked.
+    Memory: a few windows (those that views still refer to, up to two spares) and, for a
+    safetensors file, its header.
     """
 
     def __init__(self, path: str | os.PathLike[str], strategy: Strategy, params: ChunkerParams) -> None:
@@ -388,89 +503,97 @@ class FileChunks(Iterator[memoryview]):
         resolved: Resolved = strategy_for(self.path) if strategy == "auto" else strategy
         self.fallback_reason: str | None = None
         self.bytes_yielded = 0
-        #: bytes from the start of the mapping that :meth:`release` gave back to the kernel
-        self.released = 0
-        self._mmap: mmap.mmap | None = None
-        self._view: memoryview | None = None
-        self._ranges: ChunkRanges | None = None
-        self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self._fd, self.stat = open_regular(self.path)
+        self.size = self.stat.st_size
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        self._windows: _Windows | None = _Windows(self._fd, self.path, self.size, READ_WINDOW)
         try:
-            self.size = os.fstat(self._file.fileno()).st_size
             self.strategy: Resolved = resolved
-            self._it: Iterator[memoryview]
-            if self.size == 0:
-                self._it = iter(())
-            elif resolved == "pages":
-                self._it = self._read_pages(params.page_chunk)
-            else:
-                self._mmap = mmap.mmap(self._file.fileno(), self.size, access=mmap.ACCESS_READ)
-                self._view = memoryview(self._mmap)
-                # "auto" that did not pick safetensors by name still sniffs the content
-                sniff: Strategy = "auto" if strategy == "auto" and resolved == "cdc" else resolved
-                self._ranges = ChunkRanges(self._view, sniff, params)
-                self.strategy = self._ranges.strategy
-                self.fallback_reason = self._ranges.fallback_reason
-                self._it = self._mapped(self._view, self._ranges)
+            regions = self._regions(strategy, resolved, params) if self.size else []
+            self._it: Iterator[memoryview] = self._chunks(self._windows, regions, params)
         except BaseException:
             self.close()
             raise
 
-    def _mapped(self, view: memoryview, ranges: ChunkRanges) -> Iterator[memoryview]:
-        for offset, length in ranges:
-            self.bytes_yielded += length
-            yield view[offset : offset + length]
+    def _regions(
+        self, strategy: Strategy, resolved: Resolved, params: ChunkerParams
+    ) -> list[tuple[int, int, int]]:
+        """``(start, end, step)`` ranges that cover the file in order: ``step`` > 0 cuts fixed
+        chunks of that size, 0 cuts with CDC (the same boundaries as :func:`chunk_buffer` on the
+        whole file)."""
+        if resolved == "pages":
+            return [(0, self.size, params.page_chunk)]
+        # "auto" that did not pick safetensors by name still sniffs the content
+        if resolved == "safetensors" or strategy == "auto":
+            layout = self._safetensors_layout()
+            if isinstance(layout, list):
+                self.strategy = "safetensors"
+                return [(s, e, e - s if e - s <= params.max_size else 0) for s, e in layout]
+            if resolved == "safetensors":
+                self.fallback_reason = layout
+        self.strategy = "cdc"
+        return [(0, self.size, 0)]
 
-    def _read_pages(self, page_chunk: int) -> Iterator[memoryview]:
-        # read(), not mmap: PostgreSQL truncates relation files (VACUUM, TRUNCATE) while a hot
-        # backup reads them, and touching a mapped page past the new end of file is SIGBUS.
-        # Reading up to the size seen at open yields the pages that exist; WAL replay repairs the rest.
-        remaining = self.size
-        while remaining > 0:
-            data = self._file.read(min(page_chunk, remaining))  # BufferedReader: full or EOF
-            if not data:
-                return
-            remaining -= len(data)
-            self.bytes_yielded += len(data)
-            yield memoryview(data)
+    def _safetensors_layout(self) -> list[tuple[int, int]] | str:
+        assert self._windows is not None
+        head = self._windows.span(0, min(self.size, 8))
+        if len(head) >= 9 and head[8] in b"{ \t\r\n":  # plausibly a header: read all of it
+            (header_len,) = struct.unpack_from("<Q", head, 0)
+            if 8 + header_len <= min(self.size, 8 + SAFETENSORS_MAX_HEADER):
+                head = self._windows.span(0, 8 + header_len)
+        return safetensors_ranges(head, self.size)
+
+    def _chunks(
+        self, windows: _Windows, regions: list[tuple[int, int, int]], params: ChunkerParams
+    ) -> Iterator[memoryview]:
+        max_size = params.max_size
+        cdc: FastCDC | None = None
+        for start, end, step in regions:
+            pos = start
+            while pos < end:
+                if step:
+                    stop = min(end, pos + step)
+                    view = windows.span(pos, stop)[: stop - pos]
+                    if len(view) < stop - pos:  # the file ended
+                        if view:
+                            self.bytes_yielded += len(view)
+                            yield view
+                        return
+                    self.bytes_yielded += len(view)
+                    yield view
+                    pos = stop
+                    continue
+                span = windows.span(pos, min(end, pos + max_size))[: end - pos]
+                if not span:
+                    return  # the file ended
+                # a cut is final once max_size bytes after the chunk's start are at hand (the
+                # furthest FastCDC looks), or the region or the file ends within the span
+                whole = pos + len(span) == end or (windows.exhausted and pos + len(span) == windows.end)
+                cdc = cdc or _fastcdc(params)
+                nxt = pos + len(span)
+                for chunk in cdc.cut_buf(span):
+                    if not whole and chunk.offset + max_size > len(span):
+                        nxt = pos + chunk.offset
+                        break
+                    self.bytes_yielded += chunk.length
+                    yield span[chunk.offset : chunk.offset + chunk.length]
+                pos = nxt
+                if pos < end and windows.ended and pos >= windows.end:
+                    return
 
     def __next__(self) -> memoryview:
         return next(self._it)
 
-    def release(self, end: int) -> int:
-        """Drop the mapped pages of bytes ``[0, end)`` from this process (``madvise(MADV_DONTNEED)``).
-
-        For the caller to say it is done with the chunks before ``end``; returns how many bytes
-        were released now (whole pages only; the rest of a page is released with a later call,
-        or at ``end == size``).  Contents stay valid: the mapping is read-only and shared, so a
-        page touched again is read back from the page cache.  A no-op for files that are read,
-        not mapped, and where ``madvise`` is not available.
-        """
-        if self._mmap is None or _MADV_DONTNEED is None:
-            return 0
-        stop = self.size if end >= self.size else end - end % mmap.PAGESIZE
-        if stop <= self.released:
-            return 0
-        start = self.released
-        self._mmap.madvise(_MADV_DONTNEED, start, stop - start)
-        self.released = stop
-        return stop - start
-
     def close(self) -> None:
-        """Release the mapping and the file (idempotent)."""
+        """Close the file (idempotent).  Views already handed out stay valid."""
         self._it = iter(())
-        if self._ranges is not None:
-            self._ranges.close()  # drops pyfastcdc's typed view of the mapping
-            self._ranges = None
-        if self._view is not None:
-            with contextlib.suppress(BufferError):  # only if a caller took memoryview(view)
-                self._view.release()
-            self._view = None
-        if self._mmap is not None:
-            # BufferError: views are still held; the mapping goes away with the last of them
-            with contextlib.suppress(BufferError):
-                self._mmap.close()
-            self._mmap = None
-        self._file.close()
+        if self._windows is not None:
+            self._windows.close()
+            self._windows = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> FileChunks:
         return self
@@ -482,17 +605,15 @@ class FileChunks(Iterator[memoryview]):
 def chunk_file(
     path: str | os.PathLike[str], strategy: Strategy = "auto", params: ChunkerParams = DEFAULT_PARAMS
 ) -> FileChunks:
-    """Zero-copy views of ``path``'s chunks, in order (an empty file has none).
+    """Views of ``path``'s chunks, in order (an empty file has none): the same boundaries as
+    :func:`chunk_buffer` on the file's bytes.
 
     ``"auto"`` resolves with :func:`strategy_for`, and a file it would give plain CDC is still
-    chunked per tensor when its content is a safetensors file.  CDC and safetensors chunking read
-    through a read-only mmap of the size at open; ``"pages"`` reads with ``read()`` (one kernel
-    copy) because relation files shrink under a hot backup, which a mapping cannot survive.
-    Views are valid until the iterator is closed (see :class:`FileChunks`).  ``OSError`` from
-    opening the file propagates, at this call rather than at the first ``next()``.
-
-    Caveat: a *mapped* file truncated by someone else while it is read kills the process with
-    SIGBUS; that is why relation files are read, not mapped.
+    chunked per tensor when its content is a safetensors file.  The file is read, not mapped
+    (see :class:`FileChunks`): a file truncated or rewritten while it is read yields the bytes
+    that were read, never a crash.  ``OSError`` from opening the file (a missing file, or one
+    that is no longer a regular file: :func:`open_regular`) propagates, at this call rather than
+    at the first ``next()``.
     """
     return FileChunks(path, strategy, params)
 
