@@ -185,10 +185,20 @@ class SourceChanged(ColdkeepError):
     template = "no snapshot written: {detail}"
     hint = "back up again once the files are quiet, or without --strict to keep what could be read"
 
-    def __init__(self, detail: str = "", *, changed: list[str], skipped: list[str], **fields: Any) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        changed: list[str],
+        skipped: list[str],
+        warnings: list[str] | None = None,
+        **fields: Any,
+    ) -> None:
         super().__init__(detail, **fields)
         self.changed = list(changed)
         self.skipped = list(skipped)
+        #: the backup's warnings (what happened to each file), for the CLI to print
+        self.warnings = list(warnings or [])
 
     def to_json(self) -> dict[str, Any]:
         return super().to_json() | {"changed_files": self.changed, "skipped_files": self.skipped}

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from tests.changer import change_on_open, finish
-from tests.helpers import Site
+from tests.helpers import Site, one_line_error
 
 MiB = 1024 * 1024
 BIG = 256 * MiB
@@ -97,6 +97,8 @@ def test_a_big_file_appended_by_another_process_while_read(tmp_path: Path) -> No
     finish(changer)
     assert strict.returncode == 1, (strict.returncode, strict.stderr[-2000:])
     assert f"error: no snapshot written: 1 file(s) changed while being read: {path}" in strict.stderr
+    assert f"warning: {path}: grew" in strict.stderr
+    one_line_error(strict)
     assert site.snapshot_files() == before
     assert no_locks(site)
     # and a quiet file backs up with exit 0

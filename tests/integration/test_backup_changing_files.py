@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers import Site
 
 from coldkeep.repository import chunker
 from coldkeep.repository.backup import Backup, BackupResult
@@ -262,7 +263,8 @@ def test_strict_refuses_the_snapshot_and_names_the_files(
 def test_check_reports_a_file_whose_size_disagrees_with_its_chunks(tmp_path: Path) -> None:
     """A hand-made tree like the one a file growing under the old backup left: `repo check`
     without --read-data names snapshot and path (the chunks themselves are sound)."""
-    repo = new_repo(tmp_path)
+    site = Site(tmp_path / "site")
+    repo = Repository.init(LocalBackend(site.repo_dir))
     writer = repo.writer()
     data = os.urandom(3000)
     chunk = writer.store(data).hex()
@@ -281,3 +283,6 @@ def test_check_reports_a_file_whose_size_disagrees_with_its_chunks(tmp_path: Pat
     assert problem.kind == "file" and problem.object == f"{snap.short_id}:logs/app.log"
     assert "2048" in problem.detail and "3000" in problem.detail
     assert Restorer(repo).run(snap, tmp_path / "out").errors  # indeed it cannot be restored
+    cli = site.run("repo", "check")
+    assert cli.returncode == 3
+    assert f"file: {snap.short_id}:logs/app.log: the snapshot records 2048 bytes" in cli.stdout

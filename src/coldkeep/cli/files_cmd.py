@@ -10,7 +10,7 @@ import click
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import open_repo, parse_tags, progress
-from coldkeep.errors import EXIT_INTEGRITY, EXIT_PARTIAL, IntegrityError
+from coldkeep.errors import EXIT_INTEGRITY, EXIT_PARTIAL, IntegrityError, SourceChanged
 from coldkeep.units import human_bytes
 
 if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup --json`
@@ -43,7 +43,12 @@ def backup(app: AppContext, paths: tuple[Path, ...], tags: tuple[str, ...], labe
         locked(repo.backend, "backup", exclusive=False),
         progress(app, "backup") as prog,
     ):
-        result = Backup(repo, progress=prog).run(list(paths), tags=tag_map, label=label, strict=strict)
+        try:
+            result = Backup(repo, progress=prog).run(list(paths), tags=tag_map, label=label, strict=strict)
+        except SourceChanged as exc:  # --strict: say what happened to each file, then the error
+            for warning in exc.warnings:
+                app.out.warn(warning)
+            raise
     for note in result.notes:
         app.out.info(f"note: {note}")
     for warning in result.warnings:

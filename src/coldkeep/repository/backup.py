@@ -30,7 +30,14 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.errors import NotFound, SourceChanged, UsageError
-from coldkeep.repository.chunker import chunk_buffer, chunk_file, open_regular, read_hook, strategy_for
+from coldkeep.repository.chunker import (
+    WindowBuffers,
+    chunk_buffer,
+    chunk_file,
+    open_regular,
+    read_hook,
+    strategy_for,
+)
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 SMALL_FILE = 4 * 1024 * 1024
@@ -237,7 +244,12 @@ def _refusal(report: _Report) -> SourceChanged:
     if report.skipped:
         parts.append(f"{len(report.skipped)} could not be read")
     listing = ", ".join(named) + (f" (+{more} more)" if more else "")
-    return SourceChanged(f"{' and '.join(parts)}: {listing}", changed=report.changed, skipped=report.skipped)
+    return SourceChanged(
+        f"{' and '.join(parts)}: {listing}",
+        changed=report.changed,
+        skipped=report.skipped,
+        warnings=report.warnings,
+    )
 
 
 class _Member:
@@ -264,6 +276,8 @@ class Backup:
         self.repo = repo
         self.threads = threads or max(2, os.cpu_count() or 2)
         self.progress = progress or Progress()
+        #: read buffers shared by the big files this backup reads
+        self.buffers = WindowBuffers(keep=self.threads)
 
     def _chunk_large(
         self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str
@@ -274,7 +288,7 @@ class Backup:
         window: collections.deque[Future[bytes]] = collections.deque()  # chunk ids, oldest first
         ids: list[str] = []
         limit = self.threads * 2
-        chunks = chunk_file(path, "auto", self.repo.config.chunker)
+        chunks = chunk_file(path, "auto", self.repo.config.chunker, self.buffers)
         try:
             for view in chunks:
                 sha.update(view)

@@ -39,6 +39,7 @@ import os
 import re
 import stat
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal, get_args
@@ -411,25 +412,53 @@ def _unreferenced(buf: bytearray) -> bool:
     return True
 
 
+class WindowBuffers:
+    """Read buffers of :data:`READ_WINDOW` bytes shared by the files one backup reads (one pool
+    per backup: fresh buffers cost a page fault per page).  Thread-safe.
+
+    A buffer handed back is given out again only once no view of it is left
+    (:func:`_unreferenced`): views that outlive their window keep their bytes.  At most ``keep``
+    spare buffers are kept; the pool holds nothing once it is dropped.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._spare: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes (its contents are garbage)."""
+        if size <= READ_WINDOW:
+            with self._lock:
+                for i, buf in enumerate(self._spare):
+                    if len(buf) == READ_WINDOW and _unreferenced(buf):
+                        return self._spare.pop(i)
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        """Hand ``buf`` back (views of it may still exist)."""
+        if len(buf) == READ_WINDOW:
+            with self._lock:
+                if len(self._spare) < self.keep:
+                    self._spare.append(buf)
+
+
 class _Windows:
     """A file read front to back into buffers of about ``window`` bytes, never past ``limit``.
 
     Views of a buffer stay valid, and hold exactly the bytes that were read, whatever happens to
     the file afterwards: a buffer is filled once, and reused for a later window only when no view
-    of it is left (:func:`_unreferenced`).  A read that returns nothing before ``limit`` means
+    of it is left (:class:`WindowBuffers`).  A read that returns nothing before ``limit`` means
     the file shrank since it was opened: ``ended`` is set and nothing more is read.
     """
 
-    SPARES: Final = 3
-
-    def __init__(self, fd: int, path: str, limit: int, window: int) -> None:
-        self.fd, self.path, self.limit, self.window = fd, path, limit, window
+    def __init__(self, fd: int, path: str, limit: int, buffers: WindowBuffers) -> None:
+        self.fd, self.path, self.limit, self.buffers = fd, path, limit, buffers
         #: file offsets of the buffered bytes: ``[base, end)``
         self.base = self.end = 0
         self.ended = False
         self._buf: bytearray | None = None
         self._view = memoryview(b"")
-        self._spares: list[bytearray] = []
 
     @property
     def exhausted(self) -> bool:
@@ -443,16 +472,9 @@ class _Windows:
             self._refill(start, need)
         return self._view[start - self.base : self.end - self.base]
 
-    def _take(self, size: int) -> bytearray:
-        if size == self.window:
-            for i, spare in enumerate(self._spares):
-                if _unreferenced(spare):
-                    return self._spares.pop(i)
-        return bytearray(size)
-
     def _refill(self, start: int, need: int) -> None:
-        size = min(max(self.window, need - start), self.limit - start)
-        buf = self._take(size)
+        size = min(max(READ_WINDOW, need - start), self.limit - start)
+        buf = self.buffers.take(size)
         view = memoryview(buf)
         carry = max(0, self.end - start)  # the bytes from ``start`` on that are buffered already
         if carry:
@@ -467,13 +489,14 @@ class _Windows:
             filled += n
         old, self._buf = self._buf, buf
         self._view, self.base, self.end = view[:filled], start, start + filled
-        if old is not None and len(old) == self.window and len(self._spares) < self.SPARES:
-            self._spares.append(old)
+        if old is not None:
+            self.buffers.give(old)
 
     def close(self) -> None:
         self._view = memoryview(b"")
-        self._buf = None
-        self._spares.clear()
+        if self._buf is not None:
+            self.buffers.give(self._buf)
+            self._buf = None
 
 
 class FileChunks(Iterator[memoryview]):
@@ -495,7 +518,13 @@ class FileChunks(Iterator[memoryview]):
     safetensors file, its header.
     """
 
-    def __init__(self, path: str | os.PathLike[str], strategy: Strategy, params: ChunkerParams) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        strategy: Strategy,
+        params: ChunkerParams,
+        buffers: WindowBuffers | None = None,
+    ) -> None:
         if strategy not in get_args(Strategy):
             raise ValueError(f"unknown chunking strategy {strategy!r}")
         self.path = os.fspath(path)
@@ -507,7 +536,7 @@ class FileChunks(Iterator[memoryview]):
         self.size = self.stat.st_size
         with contextlib.suppress(OSError):
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        self._windows: _Windows | None = _Windows(self._fd, self.path, self.size, READ_WINDOW)
+        self._windows: _Windows | None = _Windows(self._fd, self.path, self.size, buffers or WindowBuffers())
         try:
             self.strategy: Resolved = resolved
             regions = self._regions(strategy, resolved, params) if self.size else []
@@ -547,40 +576,49 @@ class FileChunks(Iterator[memoryview]):
     def _chunks(
         self, windows: _Windows, regions: list[tuple[int, int, int]], params: ChunkerParams
     ) -> Iterator[memoryview]:
-        max_size = params.max_size
         cdc: FastCDC | None = None
         for start, end, step in regions:
-            pos = start
-            while pos < end:
-                if step:
-                    stop = min(end, pos + step)
-                    view = windows.span(pos, stop)[: stop - pos]
-                    if len(view) < stop - pos:  # the file ended
-                        if view:
-                            self.bytes_yielded += len(view)
-                            yield view
-                        return
-                    self.bytes_yielded += len(view)
-                    yield view
-                    pos = stop
-                    continue
-                span = windows.span(pos, min(end, pos + max_size))[: end - pos]
-                if not span:
-                    return  # the file ended
-                # a cut is final once max_size bytes after the chunk's start are at hand (the
-                # furthest FastCDC looks), or the region or the file ends within the span
-                whole = pos + len(span) == end or (windows.exhausted and pos + len(span) == windows.end)
+            # one generator per region: a region's last views die with it, so that a window
+            # they are the last to refer to can be reused (see WindowBuffers)
+            if step:
+                yield from self._fixed(windows, start, end, step)
+            else:
                 cdc = cdc or _fastcdc(params)
-                nxt = pos + len(span)
-                for chunk in cdc.cut_buf(span):
-                    if not whole and chunk.offset + max_size > len(span):
-                        nxt = pos + chunk.offset
-                        break
-                    self.bytes_yielded += chunk.length
-                    yield span[chunk.offset : chunk.offset + chunk.length]
-                pos = nxt
-                if pos < end and windows.ended and pos >= windows.end:
-                    return
+                yield from self._cdc(windows, start, end, cdc, params.max_size)
+            if windows.ended and windows.end < end:
+                return  # the file ended inside this region
+
+    def _fixed(self, windows: _Windows, start: int, end: int, step: int) -> Iterator[memoryview]:
+        for pos in range(start, end, step):
+            stop = min(end, pos + step)
+            view = windows.span(pos, stop)[: stop - pos]
+            if view:
+                self.bytes_yielded += len(view)
+                yield view
+            if len(view) < stop - pos:
+                return  # the file ended
+
+    def _cdc(
+        self, windows: _Windows, start: int, end: int, cdc: FastCDC, max_size: int
+    ) -> Iterator[memoryview]:
+        pos = start
+        while pos < end:
+            span = windows.span(pos, min(end, pos + max_size))[: end - pos]
+            if not span:
+                return  # the file ended
+            # a cut is final once max_size bytes after the chunk's start are at hand (the
+            # furthest FastCDC looks), or the region or the file ends within the span
+            whole = pos + len(span) == end or (windows.exhausted and pos + len(span) == windows.end)
+            nxt = pos + len(span)
+            for chunk in cdc.cut_buf(span):
+                if not whole and chunk.offset + max_size > len(span):
+                    nxt = pos + chunk.offset
+                    break
+                self.bytes_yielded += chunk.length
+                yield span[chunk.offset : chunk.offset + chunk.length]
+            if whole and windows.ended:
+                return
+            pos = nxt
 
     def __next__(self) -> memoryview:
         return next(self._it)
@@ -603,7 +641,10 @@ class FileChunks(Iterator[memoryview]):
 
 
 def chunk_file(
-    path: str | os.PathLike[str], strategy: Strategy = "auto", params: ChunkerParams = DEFAULT_PARAMS
+    path: str | os.PathLike[str],
+    strategy: Strategy = "auto",
+    params: ChunkerParams = DEFAULT_PARAMS,
+    buffers: WindowBuffers | None = None,
 ) -> FileChunks:
     """Views of ``path``'s chunks, in order (an empty file has none): the same boundaries as
     :func:`chunk_buffer` on the file's bytes.
@@ -613,9 +654,10 @@ def chunk_file(
     (see :class:`FileChunks`): a file truncated or rewritten while it is read yields the bytes
     that were read, never a crash.  ``OSError`` from opening the file (a missing file, or one
     that is no longer a regular file: :func:`open_regular`) propagates, at this call rather than
-    at the first ``next()``.
+    at the first ``next()``.  ``buffers``: a pool shared by the files of one backup (each
+    call has its own otherwise).
     """
-    return FileChunks(path, strategy, params)
+    return FileChunks(path, strategy, params, buffers)
 
 
 def _first_cut(cdc: FastCDC, window: memoryview) -> int:
