@@ -2,9 +2,8 @@
 always restores), the files are reported, strict mode refuses, and `repo check` catches a tree
 whose sizes disagree with its chunks.
 
-The changes are made at chosen points of the read through the chunker's test-only
-``READ_HOOK`` (called before a file is opened, offset -1, and before each read): deterministic,
-no timing.  tests/integration/test_backup_changed_by_another_process.py does the same from
+The changes are made at chosen points of the read through the test-only ``fileread.READ_HOOK``
+(called before a file is opened, offset -1, and before each read): deterministic, no timing.  tests/integration/test_backup_changed_by_another_process.py does the same from
 another process, through the CLI.
 """
 
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from tests.helpers import Site
 
-from coldkeep.repository import chunker
+from coldkeep.repository import fileread
 from coldkeep.repository.backup import Backup, BackupResult
 from coldkeep.repository.check import check
 from coldkeep.repository.repository import Repository, Snapshot
@@ -102,7 +101,7 @@ def test_a_file_that_grows_while_read_is_stored_as_read(
         with path.open("ab") as f:
             f.write(b"more log lines\n" * 70_000)  # ~1 MiB, once the file is open
 
-    monkeypatch.setattr(chunker, "READ_HOOK", on(path, lambda offset: offset >= 0, append))
+    monkeypatch.setattr(fileread, "READ_HOOK", on(path, lambda offset: offset >= 0, append))
     repo = new_repo(tmp_path)
     result = Backup(repo).run([src], base=src)
     assert result.changed_files == [str(path)] and result.skipped_files == [] and result.partial
@@ -115,7 +114,7 @@ def test_a_file_that_grows_while_read_is_stored_as_read(
     assert result.snapshot.summary["changed_files"] == 1
     # the next backup reads it again (it is not reused although size and mtime may match) and
     # stores what is there now, quietly
-    monkeypatch.setattr(chunker, "READ_HOOK", None)
+    monkeypatch.setattr(fileread, "READ_HOOK", None)
     again = Backup(repo).run([src], base=src)
     assert not again.partial and again.reused_files == 1  # the neighbour
     assert entries(repo, again.snapshot)["log.txt"]["size"] == path.stat().st_size
@@ -126,12 +125,12 @@ def test_a_file_that_grows_while_read_is_stored_as_read(
 def test_a_file_truncated_while_read_is_stored_as_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    monkeypatch.setattr(chunker, "READ_WINDOW", 4 * MiB)  # the big file takes three reads
+    monkeypatch.setattr(fileread, "READ_WINDOW", 4 * MiB)  # the big file takes three reads
     src, path, data = source(tmp_path, "data.bin", SIZES[kind])
     # the small paths read once (offset 0): truncate before it; the big file after its first read
     at = 4 * MiB if kind == "big" else 0
     monkeypatch.setattr(
-        chunker, "READ_HOOK", on(path, lambda offset: offset >= at, lambda: os.truncate(path, 1000))
+        fileread, "READ_HOOK", on(path, lambda offset: offset >= at, lambda: os.truncate(path, 1000))
     )
     repo = new_repo(tmp_path)
     result = Backup(repo).run([src], base=src)
@@ -156,7 +155,7 @@ def test_a_file_replaced_by_rename_before_it_is_read_is_stored_as_the_new_file(
         os.chmod(tmp, 0o640)
         os.replace(tmp, path)
 
-    monkeypatch.setattr(chunker, "READ_HOOK", on(path, lambda offset: offset == -1, replace))
+    monkeypatch.setattr(fileread, "READ_HOOK", on(path, lambda offset: offset == -1, replace))
     repo = new_repo(tmp_path)
     result = Backup(repo).run([src], base=src)
     assert result.changed_files == [str(path)]
@@ -173,7 +172,7 @@ def test_a_file_replaced_by_rename_before_it_is_read_is_stored_as_the_new_file(
 def test_a_file_replaced_while_read_is_stored_as_the_file_that_was_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(chunker, "READ_WINDOW", 4 * MiB)
+    monkeypatch.setattr(fileread, "READ_WINDOW", 4 * MiB)
     src, path, old = source(tmp_path, "model.bin", SIZES["big"])
 
     def replace() -> None:
@@ -181,7 +180,7 @@ def test_a_file_replaced_while_read_is_stored_as_the_file_that_was_read(
         tmp.write_bytes(b"the new version")
         os.replace(tmp, path)
 
-    monkeypatch.setattr(chunker, "READ_HOOK", on(path, lambda offset: offset >= 4 * MiB, replace))
+    monkeypatch.setattr(fileread, "READ_HOOK", on(path, lambda offset: offset >= 4 * MiB, replace))
     repo = new_repo(tmp_path)
     result = Backup(repo).run([src], base=src)
     assert result.changed_files == [str(path)]
@@ -194,7 +193,7 @@ def test_a_file_deleted_between_walk_and_read_is_left_out_and_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     src, path, _data = source(tmp_path, "gone.bin", SIZES[kind])
-    monkeypatch.setattr(chunker, "READ_HOOK", on(path, lambda offset: offset == -1, path.unlink))
+    monkeypatch.setattr(fileread, "READ_HOOK", on(path, lambda offset: offset == -1, path.unlink))
     repo = new_repo(tmp_path)
     result = Backup(repo).run([src], base=src)
     assert result.skipped_files == [str(path)] and result.changed_files == [] and result.partial
@@ -214,7 +213,7 @@ def test_a_file_that_became_a_fifo_is_skipped_without_blocking(
         path.unlink()
         os.mkfifo(path)  # opening it for reading would wait for a writer forever
 
-    monkeypatch.setattr(chunker, "READ_HOOK", on(path, lambda offset: offset == -1, fifo))
+    monkeypatch.setattr(fileread, "READ_HOOK", on(path, lambda offset: offset == -1, fifo))
     repo = new_repo(tmp_path)
     result = Backup(repo).run([src], base=src)
     assert result.skipped_files == [str(path)]
@@ -242,7 +241,7 @@ def test_strict_refuses_the_snapshot_and_names_the_files(
         grow(p, offset)
         delete(p, offset)
 
-    monkeypatch.setattr(chunker, "READ_HOOK", both)
+    monkeypatch.setattr(fileread, "READ_HOOK", both)
     repo = new_repo(tmp_path)
     with pytest.raises(SourceChanged) as caught:
         Backup(repo).run([src], base=src, strict=True)
@@ -254,7 +253,7 @@ def test_strict_refuses_the_snapshot_and_names_the_files(
     assert checked.ok and not checked.warnings, (checked.problems, checked.warnings)
     # quiet files: the strict backup succeeds, reusing what the refused one stored (all but the
     # chunks around the end, where the file grew)
-    monkeypatch.setattr(chunker, "READ_HOOK", None)
+    monkeypatch.setattr(fileread, "READ_HOOK", None)
     result = Backup(repo).run([src], base=src, strict=True)
     assert not result.partial and result.new_stored_bytes < len(data) // 4
     assert assert_consistent(repo, result, tmp_path)["log.txt"] == path.read_bytes()

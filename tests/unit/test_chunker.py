@@ -20,7 +20,7 @@ from pyfastcdc.py import FastCDC as PurePythonFastCDC
 from safetensors.numpy import save as save_safetensors
 
 from coldkeep.errors import ConfigError
-from coldkeep.repository import chunker
+from coldkeep.repository import fileread
 from coldkeep.repository.chunker import (
     CDC_ACCELERATED,
     NORMALIZED_CHUNKING,
@@ -321,7 +321,9 @@ def test_pages_one_changed_page_changes_one_chunk(tmp_path: Path) -> None:
 
 
 def test_pages_file_truncated_while_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunker, "READ_WINDOW", MiB)  # one read per chunk: the truncation lands between reads
+    monkeypatch.setattr(
+        fileread, "READ_WINDOW", MiB
+    )  # one read per chunk: the truncation lands between reads
     rel = tmp_path / "global" / "1262"
     rel.parent.mkdir()
     rel.write_bytes(rand(5 * MiB, seed=6))
@@ -545,7 +547,7 @@ def test_chunk_file_reads_in_windows_with_the_boundaries_of_the_whole_buffer(
     """Windows smaller than a chunk, a little over max_size, and bigger than the file: the cuts are
     those of chunk_buffer on the whole file, for CDC, for safetensors (header, tensors, CDC
     inside big tensors) and for pages."""
-    monkeypatch.setattr(chunker, "READ_WINDOW", window)
+    monkeypatch.setattr(fileread, "READ_WINDOW", window)
     st_buf = save_safetensors(tensors(seed=3))
     cases = {
         "random.bin": (rand(21 * MiB + 77, seed=2), "cdc"),
@@ -576,7 +578,7 @@ def test_chunk_file_views_stay_valid_while_windows_are_recycled(
 ) -> None:
     """A window's buffer is reused only once no view of it is left: views kept while later
     windows are read still hold their bytes, and dropped ones let buffers be reused."""
-    monkeypatch.setattr(chunker, "READ_WINDOW", 4 * MiB + 4096)
+    monkeypatch.setattr(fileread, "READ_WINDOW", 4 * MiB + 4096)
     data = rand(48 * MiB, seed=11)
     f = tmp_path / "big.bin"
     f.write_bytes(data)
@@ -614,7 +616,7 @@ def test_chunk_file_truncated_while_read_yields_what_was_read(
 ) -> None:
     """A file truncated between two reads (with mmap: SIGBUS) ends where it ended: the views
     hold exactly ``bytes_yielded`` bytes of it, and nothing raises."""
-    monkeypatch.setattr(chunker, "READ_WINDOW", 4 * MiB)
+    monkeypatch.setattr(fileread, "READ_WINDOW", 4 * MiB)
     data = rand(20 * MiB, seed=13)
     for strategy in ("cdc", "pages"):
         f = tmp_path / f"t-{strategy}.bin"
@@ -624,7 +626,7 @@ def test_chunk_file_truncated_while_read_yields_what_was_read(
             if path == target and offset >= 8 * MiB:
                 os.truncate(path, 1024)
 
-        monkeypatch.setattr(chunker, "READ_HOOK", truncate)
+        monkeypatch.setattr(fileread, "READ_HOOK", truncate)
         with chunk_file(f, strategy) as chunks:
             got = b"".join(bytes(v) for v in chunks)
             assert chunks.size == len(data)

@@ -29,15 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from coldkeep import clock
-from coldkeep.errors import NotFound, SourceChanged, UsageError
-from coldkeep.repository.chunker import (
-    WindowBuffers,
-    chunk_buffer,
-    chunk_file,
-    open_regular,
-    read_hook,
-    strategy_for,
-)
+from coldkeep.errors import NotFound, UsageError
+from coldkeep.repository.changes import Report, refusal, what_changed
+from coldkeep.repository.chunker import chunk_buffer, chunk_file, strategy_for
+from coldkeep.repository.fileread import WindowBuffers, open_regular, read_hook
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 SMALL_FILE = 4 * 1024 * 1024
@@ -86,54 +81,6 @@ class BackupResult:
             "skipped_files": self.skipped_files,
             "notes": self.notes,
         }
-
-
-class _Report:
-    """What went wrong with which file, appended to from worker threads (``list.append`` is atomic)."""
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-        self.changed: list[str] = []
-        self.skipped: list[str] = []
-
-    def change(self, path: str, what: str, nread: int) -> None:
-        self.changed.append(path)
-        self.warnings.append(
-            f"{path}: {what} while being backed up; the snapshot holds the {nread} bytes read"
-        )
-
-    def skip(self, path: str, why: str) -> None:
-        self.skipped.append(path)
-        self.warnings.append(f"{path}: {why}; not in the snapshot")
-
-    def unreadable(self, path: str, exc: OSError) -> None:
-        if isinstance(exc, FileNotFoundError):
-            self.skip(path, "vanished before it could be read")
-        else:
-            self.skip(path, f"cannot read ({exc.strerror or exc})")
-
-
-def _what_changed(path: str, listed: dict[str, Any], opened: os.stat_result, nread: int) -> str | None:
-    """How a file changed between the walk (``listed``: its entry as walked), its opening
-    (``opened``) and now, that ``nread`` bytes were read from; ``None`` if it did not."""
-    try:
-        now: os.stat_result | None = os.lstat(path)
-    except FileNotFoundError:
-        return "was removed"
-    except OSError:
-        now = None
-    if opened.st_ino != listed["ino"] or (now is not None and now.st_ino != opened.st_ino):
-        return "was replaced"
-    end = now.st_size if now is not None else opened.st_size
-    if end > nread:
-        return f"grew ({listed['size']} bytes when listed, {end} now)"
-    if nread < opened.st_size or end < listed["size"]:
-        return f"shrank ({listed['size']} bytes when listed, {end} now)"
-    if nread != listed["size"]:
-        return f"grew ({listed['size']} bytes when listed, {end} now)"
-    if now is not None and now.st_mtime_ns != listed["mtime_ns"]:
-        return "was modified"
-    return None
 
 
 def _name(path: str, base: str | None) -> str:
@@ -234,24 +181,6 @@ def _followed_sources(paths: list[str]) -> tuple[dict[str, str], list[str]]:
     return read_from, notes
 
 
-def _refusal(report: _Report) -> SourceChanged:
-    """The error of a strict backup that saw files change or could not read some."""
-    named = report.changed[:5] + report.skipped[: max(0, 5 - len(report.changed))]
-    more = len(report.changed) + len(report.skipped) - len(named)
-    parts = []
-    if report.changed:
-        parts.append(f"{len(report.changed)} file(s) changed while being read")
-    if report.skipped:
-        parts.append(f"{len(report.skipped)} could not be read")
-    listing = ", ".join(named) + (f" (+{more} more)" if more else "")
-    return SourceChanged(
-        f"{' and '.join(parts)}: {listing}",
-        changed=report.changed,
-        skipped=report.skipped,
-        warnings=report.warnings,
-    )
-
-
 class _Member:
     """One file's place in a group task: ``result()`` is its entry (``None``: not backed up)."""
 
@@ -330,7 +259,7 @@ class Backup:
         return hashlib.sha256(data).hexdigest(), chunks, opened, len(data)
 
     def _group_entries(
-        self, writer: BlobWriter, items: list[tuple[str, dict[str, Any]]], report: _Report
+        self, writer: BlobWriter, items: list[tuple[str, dict[str, Any]]], report: Report
     ) -> list[dict[str, Any] | None]:
         """Back up a group of small files (neighbours in the walk) at once: each read with one
         ``read()`` and hashed, their chunks stored with one index query for the group
@@ -364,12 +293,12 @@ class Backup:
         ids: list[str],
         opened: os.stat_result,
         nread: int,
-        report: _Report,
+        report: Report,
     ) -> dict[str, Any]:
         """Complete a file's entry with what was read (its size is the number of bytes read),
         and report the file when it changed between the walk and now (see :func:`_what_changed`):
         such an entry is marked ``"changed": true`` so that the next backup reads it again."""
-        what = _what_changed(path, entry, opened, nread)
+        what = what_changed(path, entry, opened, nread)
         if opened.st_ino != entry["ino"]:  # another file took the name: what was read is that one
             entry.update(mode=stat.S_IMODE(opened.st_mode), uid=opened.st_uid, gid=opened.st_gid,
                          mtime_ns=opened.st_mtime_ns, ino=opened.st_ino, ctime_ns=opened.st_ctime_ns)  # fmt: skip
@@ -429,7 +358,7 @@ class Backup:
                 previous_lines[entry["path"]] = (entry, line)
                 if entry.get("type") == "file":
                     previous[entry["path"]] = entry
-        report = _Report()
+        report = Report()
         warnings = report.warnings
         writer = self.repo.writer()
         entries: list[dict[str, Any] | Future[dict[str, Any] | None] | _Member] = []
@@ -556,7 +485,7 @@ class Backup:
             file_pool.shutdown(wait=True, cancel_futures=True)
             chunk_pool.shutdown(wait=True, cancel_futures=True)
         if refused:
-            raise _refusal(report)
+            raise refusal(report)
         files = sum(1 for e in final if e["type"] == "file")
         logical = sum(int(e["size"]) for e in final if e["type"] == "file")  # the bytes stored
         duration = round(time.monotonic() - started, 3)
@@ -605,7 +534,7 @@ class Backup:
         pool: ThreadPoolExecutor,
         path: str,
         entry: dict[str, Any],
-        report: _Report,
+        report: Report,
     ) -> dict[str, Any] | None:
         try:
             sha, ids, opened, nread = self._file(writer, pool, path, int(entry["size"]))
