@@ -573,6 +573,32 @@ def test_chunk_file_reads_in_windows_with_the_boundaries_of_the_whole_buffer(
         assert b"".join(views) == data, name
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 120_000),
+    window=st.integers(1, 40_000),
+    zeros=st.lists(st.tuples(st.integers(0, 120_000), st.integers(1, 20_000)), max_size=3),
+    seed=st.integers(0, 2**32),
+)
+def test_windowed_cuts_are_the_cuts_of_the_whole_file(
+    size: int, window: int, zeros: list[tuple[int, int]], seed: int
+) -> None:
+    """Whatever the window size (smaller than a chunk, or anything else), and with runs of zeros
+    that force cuts at max_size, reading in windows cuts where chunk_buffer cuts the whole file."""
+    import tempfile
+
+    data = bytearray(random.Random(seed).randbytes(size))
+    for start, length in zeros:
+        data[start : start + length] = bytes(len(data[start : start + length]))
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fileread, "READ_WINDOW", window)
+        path = Path(tmp) / "f.bin"
+        path.write_bytes(data)
+        with chunk_file(path, "cdc", SMALL) as chunks:
+            got = [len(v) for v in chunks]
+    assert got == lengths(chunk_buffer(bytes(data), "cdc", SMALL))
+
+
 def test_chunk_file_views_stay_valid_while_windows_are_recycled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -367,6 +367,20 @@ def chunk_buffer(
     return ChunkRanges(buf, strategy, params)
 
 
+def _final(offset: int, length: int, available: int, params: ChunkerParams) -> bool:
+    """Whether FastCDC's cut of a chunk at ``offset`` of a buffer of ``available`` bytes is the
+    cut it finds in any longer buffer (the whole file).
+
+    FastCDC (2020) looks at most ``max_size`` bytes past a chunk's start, so a cut with that many
+    bytes at hand is final.  So is a cut its hash found before the end of the buffer: up to there
+    it scans the same positions with the same masks as in a longer buffer (its normalisation
+    point is ``min(avg_size, bytes at hand)``, and below it the small mask applies either way) and
+    stops at the first match.  Only a cut at the end of the buffer is forced by the buffer.
+    tests/unit/test_chunker.py checks windows of many sizes against :func:`chunk_buffer`.
+    """
+    return available - offset >= params.max_size or offset + length < available
+
+
 class FileChunks(Iterator[memoryview]):
     """What :func:`chunk_file` returns: an iterator of views of a file's chunks, in order.
 
@@ -452,7 +466,7 @@ class FileChunks(Iterator[memoryview]):
                 yield from self._fixed(windows, start, end, step)
             else:
                 cdc = cdc or _fastcdc(params)
-                yield from self._cdc(windows, start, end, cdc, params.max_size)
+                yield from self._cdc(windows, start, end, cdc, params)
             if windows.ended and windows.end < end:
                 return  # the file ended inside this region
 
@@ -467,20 +481,18 @@ class FileChunks(Iterator[memoryview]):
                 return  # the file ended
 
     def _cdc(
-        self, windows: Windows, start: int, end: int, cdc: FastCDC, max_size: int
+        self, windows: Windows, start: int, end: int, cdc: FastCDC, params: ChunkerParams
     ) -> Iterator[memoryview]:
         pos = start
         while pos < end:
-            span = windows.span(pos, min(end, pos + max_size))[: end - pos]
+            span = windows.span(pos, min(end, pos + params.max_size))[: end - pos]
             if not span:
                 return  # the file ended
-            # a cut is final once max_size bytes after the chunk's start are at hand (the
-            # furthest FastCDC looks), or the region or the file ends within the span
             whole = pos + len(span) == end or (windows.exhausted and pos + len(span) == windows.end)
             nxt = pos + len(span)
             for chunk in cdc.cut_buf(span):
-                if not whole and chunk.offset + max_size > len(span):
-                    nxt = pos + chunk.offset
+                if not (whole or _final(chunk.offset, chunk.length, len(span), params)):
+                    nxt = pos + chunk.offset  # cut again, from the next window
                     break
                 self.bytes_yielded += chunk.length
                 yield span[chunk.offset : chunk.offset + chunk.length]

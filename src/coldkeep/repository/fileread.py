@@ -18,7 +18,7 @@ from typing import Final
 
 #: files are read in windows of this many bytes (:func:`chunk_file`); a chunk that runs past the
 #: end of one is copied to the start of the next (under ``max_size`` bytes per window)
-READ_WINDOW: Final = 16 * 1024 * 1024
+READ_WINDOW: Final = 8 * 1024 * 1024
 #: Test-only: ``READ_HOOK(path, offset)`` is called before a file is opened for a backup (offset
 #: -1) and before each read at ``offset``, so that a test can change the file at a chosen point.
 #: It is ``None`` in coldkeep itself (nothing sets it) and then costs one comparison per read.
