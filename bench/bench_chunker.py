@@ -166,7 +166,7 @@ def main() -> None:
         t, count = best_of(args.repeat, pages_pass)
         row("chunk_file auto (read(), relation file)", len(buf), t, count)
         t, count = best_of(args.repeat, lambda: file_pass(False))
-        row("chunk_file auto (mmap, .safetensors)", len(st_buf), t, count)
+        row("chunk_file auto (read in windows, .safetensors)", len(st_buf), t, count)
         t, count = best_of(args.repeat, lambda: file_pass(True))
         row("chunk_file auto + blake3, one thread", len(st_buf), t, count)
 

@@ -14,6 +14,8 @@ Exit codes (documented in the README and docs/design.md):
 3     integrity / verification failure
 4     lock held by another process (or this run's own lock was lost)
 5     not found
+6     snapshot written, but some files changed while they were read or could not be read
+      (``backup``: the snapshot holds exactly the bytes read; ``backup --strict`` refuses instead)
 ====  ==========================================================
 
 ``coldkeep pg wal-fetch`` (PostgreSQL's ``restore_command``) is the one documented exception: it
@@ -31,6 +33,9 @@ EXIT_USAGE = 2
 EXIT_INTEGRITY = 3
 EXIT_LOCKED = 4
 EXIT_NOT_FOUND = 5
+#: ``backup`` wrote its snapshot, but some files changed while they were read or could not be read:
+#: not 0 (so cron and CI notice), not 3 (nothing stored is damaged: the snapshot restores)
+EXIT_PARTIAL = 6
 #: exit code of ``restore_command`` for anything but "segment not archived" (PostgreSQL: > 125).
 RESTORE_COMMAND_FATAL = 126
 
@@ -170,6 +175,33 @@ class IntegrityError(ColdkeepError):
 
     exit_code = EXIT_INTEGRITY
     hint = "run `coldkeep repo check --read-data`; `coldkeep repo repair --from COPY` can fix damaged packs"
+
+
+class SourceChanged(ColdkeepError):
+    """A strict backup refused its snapshot: files changed while they were read, or could not be
+    read.  ``changed`` and ``skipped`` list them (file-system paths); nothing was recorded."""
+
+    exit_code = EXIT_FAILED
+    template = "no snapshot written: {detail}"
+    hint = "back up again once the files are quiet, or without --strict to keep what could be read"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        changed: list[str],
+        skipped: list[str],
+        warnings: list[str] | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(detail, **fields)
+        self.changed = list(changed)
+        self.skipped = list(skipped)
+        #: the backup's warnings (what happened to each file), for the CLI to print
+        self.warnings = list(warnings or [])
+
+    def to_json(self) -> dict[str, Any]:
+        return super().to_json() | {"changed_files": self.changed, "skipped_files": self.skipped}
 
 
 class LockHeld(ColdkeepError):

@@ -1,6 +1,6 @@
-"""The repository's fast paths keep their promises: mapped pages are released, the walk sees every
-entry, reuse is checked in batches, packs are sealed without copies, restore still refuses paths
-outside the target.  Behaviour only: speed is for ``bench/``."""
+"""The repository's fast paths keep their promises: the walk sees every entry, reuse is checked in
+batches, packs are sealed without copies, restore still refuses paths outside the target.
+Behaviour only: speed is for ``bench/``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from coldkeep.repository import backup as backup_mod
 from coldkeep.repository.backup import Backup, walk
-from coldkeep.repository.chunker import FileChunks, chunk_file
+from coldkeep.repository.chunker import chunk_file
 from coldkeep.repository.crypto import PlainKeys
 from coldkeep.repository.format import seal_parts
 from coldkeep.repository.packer import PackBuilder, parse_pack
@@ -33,81 +33,6 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def new_repo(tmp_path: Path) -> Repository:
     return Repository.init(LocalBackend(tmp_path / "repo"))
-
-
-def mapping_rss_kib(path: Path) -> int:
-    """Resident KiB of this process's mappings of ``path`` (from /proc/self/smaps)."""
-    total = 0
-    inside = False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            first = line.split(maxsplit=1)[0]
-            if "-" in first and not first.endswith(":"):  # a mapping's header line
-                inside = line.rstrip("\n").endswith(str(path))
-            elif inside and first == "Rss:":
-                total += int(line.split()[1])
-    return total
-
-
-def test_release_drops_mapped_pages_and_views_stay_valid(tmp_path: Path) -> None:
-    path = tmp_path / "big.bin"
-    data = os.urandom(16 * MiB + 123)
-    path.write_bytes(data)
-    with chunk_file(path, "cdc") as chunks:
-        views = list(chunks)
-        digest = hashlib.sha256()
-        for view in views:
-            digest.update(view)  # touches every page of the mapping
-        assert mapping_rss_kib(path) >= 15 * 1024
-        first_end = len(views[0])
-        released = chunks.release(first_end)
-        assert released == first_end - first_end % os.sysconf("SC_PAGE_SIZE")
-        assert chunks.released == released
-        assert chunks.release(first_end) == 0  # nothing new
-        assert chunks.release(chunks.size) == chunks.size - released
-        assert chunks.released == chunks.size
-        assert mapping_rss_kib(path) < 1024
-        # the contents are still there (read back from the page cache)
-        again = hashlib.sha256()
-        for view in views:
-            again.update(view)
-        assert again.digest() == digest.digest() == hashlib.sha256(data).digest()
-        del views, view
-
-
-def test_release_is_a_no_op_for_read_files(tmp_path: Path) -> None:
-    path = tmp_path / "base" / "1" / "1259"  # a relation file: read, not mapped
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"\0" * 8192 * 4)
-    with chunk_file(path) as chunks:
-        assert chunks.strategy == "pages"
-        list(chunks)
-        assert chunks.release(chunks.size) == 0
-
-
-def test_backup_releases_each_big_file_up_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, int]] = []
-    original = FileChunks.release
-
-    def spy(self: FileChunks, end: int) -> int:
-        calls.append((os.path.basename(self.path), end))
-        return original(self, end)
-
-    monkeypatch.setattr(FileChunks, "release", spy)
-    src = tmp_path / "src"
-    src.mkdir()
-    big = os.urandom(9 * MiB + 5)
-    (src / "big.bin").write_bytes(big)
-    (src / "small.bin").write_bytes(b"small")
-    repo = new_repo(tmp_path)
-    Backup(repo).run([src], base=src)
-    ends = [end for name, end in calls if name == "big.bin"]
-    assert ends, "big files are released while they are chunked"
-    assert ends == sorted(ends) and ends[-1] == len(big)
-    assert all(name == "big.bin" for name, _ in calls)  # small files are simply unmapped
-    out = tmp_path / "out"
-    assert not Restorer(repo).run(repo.find_snapshot("latest"), out).errors
-    assert (out / "big.bin").read_bytes() == big
 
 
 def test_walk_sees_every_entry_type_in_order(tmp_path: Path) -> None:
@@ -311,7 +236,8 @@ def test_small_files_read_whole_chunk_like_chunk_file(tmp_path: Path) -> None:
         path = str(tmp_path / name)
         with chunk_file(path, "auto", params) as chunks:
             expected = [repo.keys.chunk_id(bytes(view)).hex() for view in chunks]
-        sha, ids = backup._file(writer, None, path, len(content))  # type: ignore[arg-type]
+        sha, ids, _, nread = backup._file(writer, None, path, len(content))  # type: ignore[arg-type]
+        assert nread == len(content)
         assert (sha, ids) == (hashlib.sha256(content).hexdigest(), expected), name
     writer.finish()
 

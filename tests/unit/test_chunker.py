@@ -20,6 +20,7 @@ from pyfastcdc.py import FastCDC as PurePythonFastCDC
 from safetensors.numpy import save as save_safetensors
 
 from coldkeep.errors import ConfigError
+from coldkeep.repository import fileread
 from coldkeep.repository.chunker import (
     CDC_ACCELERATED,
     NORMALIZED_CHUNKING,
@@ -319,7 +320,10 @@ def test_pages_one_changed_page_changes_one_chunk(tmp_path: Path) -> None:
     assert [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b] == [5]
 
 
-def test_pages_file_truncated_while_read(tmp_path: Path) -> None:
+def test_pages_file_truncated_while_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        fileread, "READ_WINDOW", MiB
+    )  # one read per chunk: the truncation lands between reads
     rel = tmp_path / "global" / "1262"
     rel.parent.mkdir()
     rel.write_bytes(rand(5 * MiB, seed=6))
@@ -522,19 +526,138 @@ def test_mutated_safetensors_never_raise(edits: list[tuple[int, int]], cut: int)
 # --- files ---------------------------------------------------------------------------------------
 
 
-def test_chunk_file_views_are_zero_copy_and_cover_the_file(tmp_path: Path) -> None:
+def test_chunk_file_views_cover_the_file_and_outlive_it(tmp_path: Path) -> None:
     f = tmp_path / "blob.bin"
     data = rand(9 * MiB, seed=8)
     f.write_bytes(data)
     with chunk_file(f, "cdc") as chunks:
         views = list(chunks)
-        assert all(isinstance(v.obj, mmap.mmap) for v in views)
         assert b"".join(views) == data
         assert [len(v) for v in views] == lengths(chunk_buffer(data, "cdc", DEFAULT))
         assert chunks.bytes_yielded == chunks.size == len(data)
-    # closing while views are alive must neither fail nor unmap under them
+    # closing while views are alive must neither fail nor invalidate them
     assert bytes(views[-1]) == data[-len(views[-1]) :]
     del views
+
+
+@pytest.mark.parametrize("window", [MiB, 4 * MiB + 1, 6 * MiB, 64 * MiB])
+def test_chunk_file_reads_in_windows_with_the_boundaries_of_the_whole_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """Windows smaller than a chunk, a little over max_size, and bigger than the file: the cuts are
+    those of chunk_buffer on the whole file, for CDC, for safetensors (header, tensors, CDC
+    inside big tensors) and for pages."""
+    monkeypatch.setattr(fileread, "READ_WINDOW", window)
+    st_buf = save_safetensors(tensors(seed=3))
+    cases = {
+        "random.bin": (rand(21 * MiB + 77, seed=2), "cdc"),
+        "model.safetensors": (st_buf, "safetensors"),
+        "blobs/9e1d": (st_buf, "auto"),  # sniffed
+        "base/1/1259": (rand(3 * MiB + 8192, seed=4), "pages"),
+    }
+    for name, (data, strategy) in cases.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        expected_strategy = "pages" if strategy == "pages" else "cdc" if strategy == "cdc" else "safetensors"
+        with chunk_file(path, "auto", DEFAULT) as chunks:
+            views = [bytes(v) for v in chunks]
+            assert chunks.strategy == expected_strategy, name
+        if strategy == "pages":
+            expected = [
+                min(DEFAULT.page_chunk, len(data) - o) for o in range(0, len(data), DEFAULT.page_chunk)
+            ]
+        else:
+            expected = lengths(chunk_buffer(data, "safetensors" if strategy != "cdc" else "cdc", DEFAULT))
+        assert [len(v) for v in views] == expected, name
+        assert b"".join(views) == data, name
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 120_000),
+    window=st.integers(1, 40_000),
+    zeros=st.lists(st.tuples(st.integers(0, 120_000), st.integers(1, 20_000)), max_size=3),
+    seed=st.integers(0, 2**32),
+)
+def test_windowed_cuts_are_the_cuts_of_the_whole_file(
+    size: int, window: int, zeros: list[tuple[int, int]], seed: int
+) -> None:
+    """Whatever the window size (smaller than a chunk, or anything else), and with runs of zeros
+    that force cuts at max_size, reading in windows cuts where chunk_buffer cuts the whole file."""
+    import tempfile
+
+    data = bytearray(random.Random(seed).randbytes(size))
+    for start, length in zeros:
+        data[start : start + length] = bytes(len(data[start : start + length]))
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fileread, "READ_WINDOW", window)
+        path = Path(tmp) / "f.bin"
+        path.write_bytes(data)
+        with chunk_file(path, "cdc", SMALL) as chunks:
+            got = [len(v) for v in chunks]
+    assert got == lengths(chunk_buffer(bytes(data), "cdc", SMALL))
+
+
+def test_chunk_file_views_stay_valid_while_windows_are_recycled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window's buffer is reused only once no view of it is left: views kept while later
+    windows are read still hold their bytes, and dropped ones let buffers be reused."""
+    monkeypatch.setattr(fileread, "READ_WINDOW", 4 * MiB + 4096)
+    data = rand(48 * MiB, seed=11)
+    f = tmp_path / "big.bin"
+    f.write_bytes(data)
+    kept: list[tuple[int, memoryview]] = []
+    offset = 0
+    with chunk_file(f, "cdc") as chunks:
+        for i, view in enumerate(chunks):
+            if i % 3 == 0:
+                kept.append((offset, view))
+            offset += len(view)
+        del view
+    assert offset == len(data)
+    assert len(kept) > 5
+    for start, view in kept:
+        assert bytes(view) == data[start : start + len(view)]
+
+
+def test_chunk_views_keep_the_bytes_read_when_the_file_is_rewritten_in_place(tmp_path: Path) -> None:
+    """What was read is what is hashed and stored: rewriting the file afterwards (a mapped file
+    would show the new bytes through the old views) changes nothing in the views."""
+    f = tmp_path / "w.bin"
+    data = rand(9 * MiB, seed=12)
+    f.write_bytes(data)
+    with chunk_file(f, "cdc") as chunks:
+        first = next(chunks)
+        with f.open("r+b") as w:
+            w.write(bytes(len(first)))  # zeros over the first chunk, in place
+        assert bytes(first) == data[: len(first)]
+        rest = list(chunks)
+    assert b"".join([first, *rest]) == data  # the file fits in one window: all of it was read at once
+
+
+def test_chunk_file_truncated_while_read_yields_what_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file truncated between two reads (with mmap: SIGBUS) ends where it ended: the views
+    hold exactly ``bytes_yielded`` bytes of it, and nothing raises."""
+    monkeypatch.setattr(fileread, "READ_WINDOW", 4 * MiB)
+    data = rand(20 * MiB, seed=13)
+    for strategy in ("cdc", "pages"):
+        f = tmp_path / f"t-{strategy}.bin"
+        f.write_bytes(data)
+
+        def truncate(path: str, offset: int, target: str = str(f)) -> None:
+            if path == target and offset >= 8 * MiB:
+                os.truncate(path, 1024)
+
+        monkeypatch.setattr(fileread, "READ_HOOK", truncate)
+        with chunk_file(f, strategy) as chunks:
+            got = b"".join(bytes(v) for v in chunks)
+            assert chunks.size == len(data)
+            assert chunks.bytes_yielded == len(got)
+        assert 4 * MiB <= len(got) < len(data) and got == data[: len(got)], strategy
 
 
 def test_chunk_file_empty_and_missing(tmp_path: Path) -> None:

@@ -75,7 +75,8 @@ def cli(ctx: click.Context, config_path: str | None, as_json: bool, quiet: bool,
 
     \b
     Exit codes: 0 ok, 1 operation failed, 2 usage or config error, 3 integrity failure,
-    4 lock held by another process, 5 not found.  `pg wal-fetch` (restore_command) exits 1
+    4 lock held by another process, 5 not found, 6 backup written but some files changed while
+    read or could not be read.  `pg wal-fetch` (restore_command) exits 1
     only for "segment not archived" and 126 for every other failure.
     """
     _state.json, _state.quiet, _state.verbose = as_json, quiet, verbose

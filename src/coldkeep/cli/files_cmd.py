@@ -10,7 +10,7 @@ import click
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, parse_tags, progress
-from coldkeep.errors import EXIT_INTEGRITY, IntegrityError
+from coldkeep.errors import EXIT_INTEGRITY, EXIT_PARTIAL, IntegrityError, SourceChanged
 from coldkeep.units import human_bytes
 
 if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup --json`
@@ -21,9 +21,19 @@ if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup 
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="tag the snapshot (repeatable)")
 @click.option("--label", default="", help="free text stored with the snapshot")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="write no snapshot (exit 1) if a file changes while it is read or cannot be read",
+)
 @pass_app
-def backup(app: AppContext, paths: tuple[Path, ...], tags: tuple[str, ...], label: str) -> None:
-    """Back up files and directories into a new snapshot."""
+def backup(app: AppContext, paths: tuple[Path, ...], tags: tuple[str, ...], label: str, strict: bool) -> int:
+    """Back up files and directories into a new snapshot.
+
+    A PATH that is a symlink to a directory is backed up as that directory. Exit 6: the snapshot
+    was written, but some files changed while they were read (stored as read) or could not be
+    read (left out); they are named in warnings and in `changed_files` / `skipped_files`.
+    """
     from coldkeep.repository.backup import Backup
     from coldkeep.repository.locks import locked
 
@@ -33,18 +43,31 @@ def backup(app: AppContext, paths: tuple[Path, ...], tags: tuple[str, ...], labe
         locked(repo.backend, "backup", exclusive=False),
         progress(app, "backup") as prog,
     ):
-        result = Backup(repo, progress=prog).run(list(paths), tags=tag_map, label=label)
+        try:
+            result = Backup(repo, progress=prog).run(list(paths), tags=tag_map, label=label, strict=strict)
+        except SourceChanged as exc:  # --strict: say what happened to each file, then the error
+            for warning in exc.warnings:
+                app.out.warn(warning)
+            raise
+    for note in result.notes:
+        app.out.info(f"note: {note}")
     for warning in result.warnings:
         app.out.warn(warning)
-    data = {k: v for k, v in result.to_json().items() if k != "warnings"} | {"warnings": result.warnings}
     app.out.emit(
-        data,
+        result.to_json(),
         lambda c: c.print(
             f"snapshot {result.snapshot.short_id} saved: {result.files} files, "
             f"{human_bytes(result.logical_bytes)} logical, {human_bytes(result.new_stored_bytes)} new stored, "
             f"{result.duration_s:.2f} s"
         ),
     )
+    if result.partial:
+        app.out.warn(
+            f"snapshot {result.snapshot.short_id} is partial: {len(result.changed_files)} file(s) changed "
+            f"while being read (stored as read), {len(result.skipped_files)} could not be read (left out)"
+        )
+        return EXIT_PARTIAL
+    return 0
 
 
 @click.command()

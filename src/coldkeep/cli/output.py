@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable
@@ -14,8 +15,34 @@ if TYPE_CHECKING:  # rich is imported on first use: `pg wal-push` never renders 
     from rich.console import Console
 
 
+def dumps(data: Any, **kwargs: Any) -> str:
+    """``json.dumps`` with non-ASCII characters as they are, unless ``data`` holds a file name
+    that is not UTF-8 (lone surrogates, from ``surrogateescape``): then every non-ASCII character
+    is escaped (``\\udcff``), so the output is always valid UTF-8 and ``json.loads`` gives the
+    same strings back (``os.fsencode`` of such a name gives its bytes)."""
+    text = json.dumps(data, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data, ensure_ascii=True, **kwargs)
+    return text
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: a file name's bytes that are not UTF-8 as ``\\xff`` escapes."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name has
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+        # a file name that is not UTF-8 is written as its own bytes (as ls does), not a crash
+        stream.reconfigure(errors="surrogateescape")
 
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
@@ -43,7 +70,7 @@ class Output:
     def emit(self, data: Any, human: Callable[[Console], None] | None = None) -> None:
         """``--json``: dump ``data``; otherwise call ``human`` (unless ``--quiet``)."""
         if self.json:
-            sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+            sys.stdout.write(dumps(data, indent=2, default=str) + "\n")
             sys.stdout.flush()
         elif not self.quiet:
             if human is None:
@@ -52,24 +79,30 @@ class Output:
                 human(self.console)
 
     def info(self, text: str) -> None:
+        """A line on stderr (not with --quiet or --json); ``text`` is plain text, not markup."""
         if not self.quiet and not self.json:
-            self.err.print(text)
+            from rich.markup import escape
+
+            self.err.print(escape(printable(text)))
 
     def warn(self, text: str) -> None:
+        """``warning: text`` on stderr; ``text`` (a path, say) is plain text, not markup."""
         if not self.json:
-            self.err.print(f"[yellow]warning:[/yellow] {text}")
+            from rich.markup import escape
+
+            self.err.print(f"[yellow]warning:[/yellow] {escape(printable(text))}")
         else:
-            sys.stderr.write(f"warning: {text}\n")
+            sys.stderr.write(f"warning: {printable(text)}\n")
 
     def error(self, exc: ColdkeepError) -> None:
         if self.json:
-            sys.stdout.write(json.dumps({"error": exc.to_json()}, ensure_ascii=False) + "\n")
+            sys.stdout.write(dumps({"error": exc.to_json()}) + "\n")
         self.failure(exc)
 
     def failure(self, exc: ColdkeepError) -> None:
         """``error:`` and ``hint:`` lines on stderr only: for a command that already emitted its
         result (which carries the details, e.g. with ``--json``) and then exits non-zero."""
-        sys.stderr.write(f"error: {exc.message}\n")
+        sys.stderr.write(f"error: {printable(exc.message)}\n")
         if exc.hint:
             sys.stderr.write(f"hint: {exc.hint}\n")
         sys.stderr.flush()

@@ -42,8 +42,12 @@ def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> i
         app.out.warn(warning)
 
     def human(console: Console) -> None:
+        from rich.markup import escape
+
+        from coldkeep.cli.output import printable
+
         for p in result.problems:
-            console.print(f"[red]{p.line()}[/red]")
+            console.print(f"[red]{escape(printable(p.line()))}[/red]")  # a path is not markup
         console.print(
             f"{'no problems' if result.ok else f'{len(result.problems)} problem(s)'}: {result.snapshots} snapshots, "
             f"{result.packs} packs, {result.blobs} blobs, {result.named} named objects"

@@ -2,10 +2,17 @@
 
 Pipeline: walk the sources (lstat only) → for each regular file, reuse the parent snapshot's entry
 when size, mtime and inode are unchanged (an unchanged tree costs metadata only) → otherwise chunk
-it (``chunker.chunk_file``: mmap, zero-copy views), computing the whole-file SHA-256 on the way,
-and hand chunks to a pool of threads that hash, deduplicate, compress and seal them (hashlib,
-blake3, zstandard and AES-GCM release the GIL) → packs are uploaded in the background → index →
-tree blobs → snapshot, in that order.
+it (``chunker.chunk_file``: read in windows, views of them), computing the whole-file SHA-256 on
+the way, and hand chunks to a pool of threads that hash, deduplicate, compress and seal them
+(hashlib, blake3, zstandard and AES-GCM release the GIL) → packs are uploaded in the background →
+index → tree blobs → snapshot, in that order.
+
+A file's entry records exactly the bytes that were read (``size`` is their count, ``sha256``
+their hash, ``chunks`` cover them), so a snapshot always restores.  A file that changed between
+the walk and the end of its read (grew, shrank, was rewritten, replaced or removed) is kept as
+read, marked ``"changed": true`` (never reused by the next backup) and reported in
+``changed_files``; one that vanished or could not be read is left out and reported in
+``skipped_files``.  ``strict=True`` refuses such a snapshot instead (:class:`SourceChanged`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +30,9 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.errors import NotFound, UsageError
+from coldkeep.repository.changes import Report, refusal, what_changed
 from coldkeep.repository.chunker import chunk_buffer, chunk_file, strategy_for
+from coldkeep.repository.fileread import WindowBuffers, open_regular, read_hook
 from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
 
 SMALL_FILE = 4 * 1024 * 1024
@@ -46,6 +55,17 @@ class BackupResult:
     reused_files: int
     duration_s: float
     warnings: list[str] = field(default_factory=list)
+    #: files stored as they were read although they changed meanwhile (file-system paths)
+    changed_files: list[str] = field(default_factory=list)
+    #: files (and directories) left out because they vanished or could not be read
+    skipped_files: list[str] = field(default_factory=list)
+    #: what the backup did that the caller may not expect (a followed top-level symlink)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """Some files changed while they were read or could not be read (exit code 6)."""
+        return bool(self.changed_files or self.skipped_files)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +77,9 @@ class BackupResult:
             "reused_files": self.reused_files,
             "duration_s": self.duration_s,
             "warnings": self.warnings,
+            "changed_files": self.changed_files,
+            "skipped_files": self.skipped_files,
+            "notes": self.notes,
         }
 
 
@@ -73,22 +96,31 @@ def _entry_name(entry: os.DirEntry[str]) -> str:
 
 
 def walk(
-    sources: Iterable[str | os.PathLike[str]], base: str | os.PathLike[str] | None, warnings: list[str]
+    sources: Iterable[str | os.PathLike[str]],
+    base: str | os.PathLike[str] | None,
+    warnings: list[str],
+    *,
+    read_from: Mapping[str, str] | None = None,
+    skipped: list[str] | None = None,
 ) -> Iterator[tuple[str, str, os.stat_result]]:
     """(filesystem path, name in the snapshot, lstat) for every source and everything below it.
 
     Sources are absolute, normalised paths.  Depth first, children sorted by name; one
     ``os.scandir`` per directory and one ``lstat`` per entry, and no ``Path`` objects (the walk
-    of an unchanged tree is most of what a re-backup costs).
+    of an unchanged tree is most of what a re-backup costs).  ``read_from[source]``, when
+    present, is the directory read in the source's place (a top-level symlink followed), named
+    as the source.  A directory that cannot be listed or an entry that cannot be stat'ed is a
+    warning, and its path goes to ``skipped``.
     """
     base_str = os.fspath(base) if base is not None else None
     for source in sources:
-        src = os.fspath(source)
+        given = os.fspath(source)
+        src = (read_from or {}).get(given, given)
         try:
             st = os.lstat(src)
         except OSError as exc:
-            raise NotFound(f"cannot back up {src}: {exc.strerror}") from None
-        name = _name(src, base_str)
+            raise NotFound(f"cannot back up {given}: {exc.strerror}") from None
+        name = _name(given, base_str)
         if name:
             yield src, name, st
         if not stat.S_ISDIR(st.st_mode):
@@ -101,14 +133,20 @@ def walk(
                 with os.scandir(directory) as it:
                     children = sorted(it, key=_entry_name)
             except OSError as exc:
-                warnings.append(f"{directory}: cannot list ({exc.strerror})")
+                warnings.append(
+                    f"{directory}: cannot list ({exc.strerror}); its contents are not in the snapshot"
+                )
+                if skipped is not None:
+                    skipped.append(directory)
                 continue
             subdirs: list[tuple[str, str]] = []
             for child in children:
                 try:
                     cst = child.stat(follow_symlinks=False)
                 except OSError as exc:
-                    warnings.append(f"{child.path}: cannot stat ({exc.strerror})")
+                    warnings.append(f"{child.path}: cannot stat ({exc.strerror}); not in the snapshot")
+                    if skipped is not None:
+                        skipped.append(child.path)
                     continue
                 cname = prefix + child.name
                 yield child.path, cname, cst
@@ -125,6 +163,22 @@ def _meta(name: str, st: os.stat_result) -> dict[str, Any]:
         "gid": st.st_gid,
         "mtime_ns": st.st_mtime_ns,
     }
+
+
+def _followed_sources(paths: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The sources that are symlinks to directories, each with the directory it names (read in
+    its place, as ``tar -h`` does for the top level and restic for its arguments), and a note for
+    each.  Dangling links and links to files stay links."""
+    read_from: dict[str, str] = {}
+    notes: list[str] = []
+    for path in paths:
+        if os.path.islink(path) and os.path.isdir(path):
+            read_from[path] = os.path.realpath(path)
+            notes.append(
+                f"{path} is a symlink to the directory {read_from[path]}: backed up that directory "
+                "under the link's name (symlinks inside it are kept as symlinks)"
+            )
+    return read_from, notes
 
 
 class _Member:
@@ -151,71 +205,75 @@ class Backup:
         self.repo = repo
         self.threads = threads or max(2, os.cpu_count() or 2)
         self.progress = progress or Progress()
+        #: read buffers shared by the big files this backup reads
+        self.buffers = WindowBuffers(keep=self.threads)
 
-    def _chunk_large(self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str) -> tuple[str, list[str]]:
+    def _chunk_large(
+        self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str
+    ) -> tuple[str, list[str], os.stat_result, int]:
+        """Chunk and store a big file as it is read: (SHA-256 of the bytes read, chunk ids, its
+        ``fstat`` at open, how many bytes were read)."""
         sha = hashlib.sha256()
-        # (future of a chunk's id, offset where the chunk ends), oldest first
-        window: collections.deque[tuple[Future[bytes], int]] = collections.deque()
+        window: collections.deque[Future[bytes]] = collections.deque()  # chunk ids, oldest first
         ids: list[str] = []
         limit = self.threads * 2
-        offset = 0
-        chunks = chunk_file(path, "auto", self.repo.config.chunker)
+        chunks = chunk_file(path, "auto", self.repo.config.chunker, self.buffers)
         try:
             for view in chunks:
                 sha.update(view)
-                offset += len(view)
-                window.append((pool.submit(writer.store, view), offset))
+                window.append(pool.submit(writer.store, view))
                 while len(window) >= limit:
-                    future, end = window.popleft()
-                    ids.append(future.result().hex())
-                    # every chunk before ``end`` is in a pack now: its mapped pages can go
-                    chunks.release(end)
+                    ids.append(window.popleft().result().hex())
             while window:
-                future, end = window.popleft()
-                ids.append(future.result().hex())
-                chunks.release(end)
+                ids.append(window.popleft().result().hex())
         finally:
-            for future, _ in window:
+            for future in window:
                 future.cancel()
             chunks.close()
-        return sha.hexdigest(), ids
+        return sha.hexdigest(), ids, chunks.stat, chunks.bytes_yielded
 
     def _file(
         self, writer: BlobWriter, pool: ThreadPoolExecutor, path: str, size: int
-    ) -> tuple[str, list[str]]:
+    ) -> tuple[str, list[str], os.stat_result, int]:
+        """Store one file: (SHA-256 of the bytes read, chunk ids, ``fstat`` at open, bytes read)."""
         if size > SMALL_FILE:
             return self._chunk_large(writer, pool, path)
-        sha, views = self._read_small(path)
-        return sha, [blob_id.hex() for blob_id in writer.store_many(views)]
+        sha, views, opened, nread = self._read_small(path)
+        return sha, [blob_id.hex() for blob_id in writer.store_many(views)], opened, nread
 
-    def _read_small(self, path: str) -> tuple[str, list[memoryview]]:
-        """A small file's SHA-256 and its chunks (views of one buffer).  It is read with one
-        ``read()``, not mapped: no mmap/munmap and no page faults per file.  Same boundaries as
-        ``chunk_file(path, "auto")``: the strategy its path gives, and a file that is not a
-        relation file still sniffed for a safetensors header."""
-        with open(path, "rb") as f:
-            data = f.read(os.fstat(f.fileno()).st_size)
+    def _read_small(self, path: str) -> tuple[str, list[memoryview], os.stat_result, int]:
+        """A small file's SHA-256, its chunks (views of one buffer), its ``fstat`` at open and how
+        many bytes were read.  It is read with one ``read()``, not mapped: no mmap/munmap and no
+        page faults per file.  Same boundaries as ``chunk_file(path, "auto")``: the strategy its
+        path gives, and a file that is not a relation file still sniffed for a safetensors header.
+        At most :data:`SMALL_FILE` bytes are read (a file that grew past it since the walk is
+        stored as its first bytes, and reported as changed)."""
+        fd, opened = open_regular(path)
+        with open(fd, "rb") as f:
+            read_hook(path, 0)
+            data = f.read(min(opened.st_size, SMALL_FILE))
         resolved = strategy_for(path)
         view = memoryview(data)
         ranges = chunk_buffer(view, "auto" if resolved == "cdc" else resolved, self.repo.config.chunker)
-        return hashlib.sha256(data).hexdigest(), [view[offset : offset + length] for offset, length in ranges]
+        chunks = [view[offset : offset + length] for offset, length in ranges]
+        return hashlib.sha256(data).hexdigest(), chunks, opened, len(data)
 
     def _group_entries(
-        self, writer: BlobWriter, items: list[tuple[str, dict[str, Any]]], warnings: list[str]
+        self, writer: BlobWriter, items: list[tuple[str, dict[str, Any]]], report: Report
     ) -> list[dict[str, Any] | None]:
         """Back up a group of small files (neighbours in the walk) at once: each read with one
         ``read()`` and hashed, their chunks stored with one index query for the group
         (:meth:`BlobWriter.store_many`) instead of one per chunk (:meth:`_read_small`)."""
         blobs: list[memoryview] = []
-        spans: list[tuple[int, int, str] | None] = []
+        spans: list[tuple[int, int, str, os.stat_result, int] | None] = []
         for path, _entry in items:
             try:
-                sha, views = self._read_small(path)
+                sha, views, opened, nread = self._read_small(path)
             except OSError as exc:
-                warnings.append(f"{path}: cannot read ({exc.strerror}); not in the snapshot")
+                report.unreadable(path, exc)
                 spans.append(None)
                 continue
-            spans.append((len(blobs), len(blobs) + len(views), sha))
+            spans.append((len(blobs), len(blobs) + len(views), sha, opened, nread))
             blobs.extend(views)
         ids = [blob_id.hex() for blob_id in writer.store_many(blobs)] if blobs else []
         results: list[dict[str, Any] | None] = []
@@ -223,23 +281,33 @@ class Backup:
             if span is None:
                 results.append(None)
                 continue
-            first, end, sha = span
-            self._changed_check(path, entry, warnings)
-            entry.update(sha256=sha, chunks=ids[first:end])
-            self.progress.add(1, int(entry["size"]))
-            results.append(entry)
+            first, end, sha, opened, nread = span
+            results.append(self._settle(path, entry, sha, ids[first:end], opened, nread, report))
         return results
 
-    @staticmethod
-    def _changed_check(path: str, entry: dict[str, Any], warnings: list[str]) -> None:
-        """Warn (and force a re-read next time) when the file changed while it was read."""
-        try:
-            st = os.lstat(path)
-            if st.st_mtime_ns != entry["mtime_ns"] or st.st_size != entry["size"]:
-                warnings.append(f"{path}: changed while being backed up")
-                entry["mtime_ns"] = -1  # force a re-read next time
-        except OSError:
-            pass
+    def _settle(
+        self,
+        path: str,
+        entry: dict[str, Any],
+        sha: str,
+        ids: list[str],
+        opened: os.stat_result,
+        nread: int,
+        report: Report,
+    ) -> dict[str, Any]:
+        """Complete a file's entry with what was read (its size is the number of bytes read),
+        and report the file when it changed between the walk and now (see :func:`_what_changed`):
+        such an entry is marked ``"changed": true`` so that the next backup reads it again."""
+        what = what_changed(path, entry, opened, nread)
+        if opened.st_ino != entry["ino"]:  # another file took the name: what was read is that one
+            entry.update(mode=stat.S_IMODE(opened.st_mode), uid=opened.st_uid, gid=opened.st_gid,
+                         mtime_ns=opened.st_mtime_ns, ino=opened.st_ino, ctime_ns=opened.st_ctime_ns)  # fmt: skip
+        entry.update(size=nread, sha256=sha, chunks=ids)
+        if what is not None:
+            entry["changed"] = True
+            report.change(path, what, nread)
+        self.progress.add(1, nread)
+        return entry
 
     def run(
         self,
@@ -252,7 +320,18 @@ class Backup:
         parent: str | None = "auto",
         kind: str = "files",
         on_entry: Callable[[dict[str, Any]], None] | None = None,
+        strict: bool = False,
     ) -> BackupResult:
+        """Back up ``sources`` into a new snapshot (see the module docstring).
+
+        A source that is a symlink to a directory is backed up as that directory, under the
+        source's own name (``result.notes`` says so); symlinks below the sources stay symlinks.
+        Files that changed while they were read are stored as read and listed in
+        ``result.changed_files``, files that could not be read in ``result.skipped_files``
+        (``result.partial``: exit code 6 for the CLI).  With ``strict=True`` such a backup writes
+        no snapshot and raises :class:`~coldkeep.errors.SourceChanged` naming the files (what was
+        stored is indexed, so a retry reuses it; `repo prune` removes it otherwise).
+        """
         started = time.monotonic()
         if not sources:
             raise UsageError("nothing to back up", hint="name at least one PATH")
@@ -263,6 +342,7 @@ class Backup:
                 if s != base and base not in s.parents:
                     raise UsageError(f"{s} is not under {base}")
         paths = [str(s) for s in sources]
+        read_from, notes = _followed_sources(paths)
         base_str = str(base) if base is not None else None
         parent_snap = (
             self._find_parent(paths, tags or {})
@@ -278,11 +358,11 @@ class Backup:
                 previous_lines[entry["path"]] = (entry, line)
                 if entry.get("type") == "file":
                     previous[entry["path"]] = entry
-        warnings: list[str] = []
+        report = Report()
+        warnings = report.warnings
         writer = self.repo.writer()
         entries: list[dict[str, Any] | Future[dict[str, Any] | None] | _Member] = []
         files = dirs = reused = 0
-        logical = 0
         file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-file")
         chunk_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-chunk")
         # files the parent snapshot has with the same size, mtime and inode: reused once their
@@ -297,7 +377,7 @@ class Backup:
             nonlocal group_bytes
             if not group:
                 return
-            future = file_pool.submit(self._group_entries, writer, [(p, e) for _, p, e in group], warnings)
+            future = file_pool.submit(self._group_entries, writer, [(p, e) for _, p, e in group], report)
             for k, (index, _, _) in enumerate(group):
                 entries[index] = _Member(future, k)
             group.clear()
@@ -319,7 +399,7 @@ class Backup:
                     done_bytes += entry["size"]
                 else:  # the parent references data the index lacks: read the file again
                     entries[index] = file_pool.submit(
-                        self._file_entry, writer, chunk_pool, path, entry, warnings
+                        self._file_entry, writer, chunk_pool, path, entry, report
                     )
             reused += done_files
             self.progress.add(done_files, done_bytes)
@@ -327,7 +407,9 @@ class Backup:
             pending_chunks = 0
 
         try:
-            for path, name, st in walk(paths, base_str, warnings):
+            for path, name, st in walk(
+                paths, base_str, warnings, read_from=read_from, skipped=report.skipped
+            ):
                 mode = st.st_mode
                 if stat.S_ISREG(mode):
                     # the keys in the order of _meta + update: an unchanged tree serialises to
@@ -341,10 +423,10 @@ class Backup:
                     if st.st_nlink > 1:  # names of one inode restore as hard links to the first
                         entry["hardlink"] = f"{st.st_dev}:{st.st_ino}"
                     files += 1
-                    logical += size
                     old = previous.get(name)
                     if (
                         old is not None
+                        and not old.get("changed")
                         and old.get("size") == size
                         and old.get("mtime_ns") == entry["mtime_ns"]
                         and old.get("ino") == entry["ino"]
@@ -362,7 +444,7 @@ class Backup:
                             flush_group()
                     else:
                         entries.append(
-                            file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, warnings)
+                            file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, report)
                         )
                     continue
                 entry = _meta(name, st)
@@ -372,7 +454,11 @@ class Backup:
                     entries.append(entry)
                 elif stat.S_ISLNK(st.st_mode):
                     entry["type"] = "symlink"
-                    entry["target"] = os.readlink(path)
+                    try:
+                        entry["target"] = os.readlink(path)
+                    except OSError as exc:
+                        report.unreadable(path, exc)
+                        continue
                     entries.append(entry)
                 else:
                     warnings.append(f"{path}: skipped (not a regular file, directory or symlink)")
@@ -392,7 +478,9 @@ class Backup:
                     )
                     if on_entry is not None:
                         on_entry(resolved)
-            tree_ids = self.repo.write_tree(writer, final, lines)
+            refused = strict and bool(report.changed or report.skipped)
+            # refused: no tree, no snapshot; what was stored is indexed, for a retry to reuse
+            tree_ids = [] if refused else self.repo.write_tree(writer, final, lines)
             writer.finish()
         except BaseException:
             writer.abort()
@@ -400,7 +488,10 @@ class Backup:
         finally:
             file_pool.shutdown(wait=True, cancel_futures=True)
             chunk_pool.shutdown(wait=True, cancel_futures=True)
+        if refused:
+            raise refusal(report)
         files = sum(1 for e in final if e["type"] == "file")
+        logical = sum(int(e["size"]) for e in final if e["type"] == "file")  # the bytes stored
         duration = round(time.monotonic() - started, 3)
         snap = Snapshot(
             id="",
@@ -420,6 +511,8 @@ class Backup:
                 "reused_files": reused,
                 "duration_s": duration,
                 "warnings": len(warnings),
+                "changed_files": len(report.changed),
+                "skipped_files": len(report.skipped),
             },
             parent=parent_snap.id if parent_snap else None,
             kind=kind,
@@ -434,6 +527,9 @@ class Backup:
             reused_files=reused,
             duration_s=round(time.monotonic() - started, 3),
             warnings=warnings,
+            changed_files=report.changed,
+            skipped_files=report.skipped,
+            notes=notes,
         )
 
     def _file_entry(
@@ -442,17 +538,14 @@ class Backup:
         pool: ThreadPoolExecutor,
         path: str,
         entry: dict[str, Any],
-        warnings: list[str],
+        report: Report,
     ) -> dict[str, Any] | None:
         try:
-            sha, ids = self._file(writer, pool, path, int(entry["size"]))
+            sha, ids, opened, nread = self._file(writer, pool, path, int(entry["size"]))
         except OSError as exc:
-            warnings.append(f"{path}: cannot read ({exc.strerror}); not in the snapshot")
+            report.unreadable(path, exc)
             return None
-        self._changed_check(path, entry, warnings)
-        entry.update(sha256=sha, chunks=ids)
-        self.progress.add(1, int(entry["size"]))
-        return entry
+        return self._settle(path, entry, sha, ids, opened, nread, report)
 
     def _find_parent(self, paths: list[str], tags: dict[str, str]) -> Snapshot | None:
         host = os.uname().nodename

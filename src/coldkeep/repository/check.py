@@ -72,6 +72,21 @@ class CheckResult:
         }
 
 
+def _size_problem(entry: dict[str, Any], stored: int | None, where: str) -> Problem | None:
+    """A file entry whose recorded size is not what its chunks hold (their raw lengths in the
+    index, ``stored``; ``None`` when one is missing, reported as such): restore would write
+    those bytes and then refuse the file, so the snapshot cannot restore it."""
+    if entry.get("type") != "file" or stored is None or stored == entry.get("size"):
+        return None
+    count = len(entry.get("chunks", ()))
+    return Problem(
+        "file",
+        where,
+        f"the snapshot records {entry.get('size')} bytes but its {count} chunk(s) hold {stored}: it cannot be restored",
+        [where],
+    )
+
+
 def check(
     repo: Repository,
     *,
@@ -144,12 +159,22 @@ def _check(
                 damaged_snapshot_blobs.add(tree_id)
         try:
             for entry in repo.iter_tree(snap):
+                where = f"{snap.short_id}:{entry['path']}"
+                held: int | None = 0  # the bytes its chunks hold (None: a chunk is missing)
                 for chunk_hex in entry.get("chunks", ()):
                     cid = bytes.fromhex(chunk_hex)
-                    users.setdefault(cid, []).append(f"{snap.short_id}:{entry['path']}")
-                    if cid not in all_blobs:
-                        result.problems.append(Problem("chunk", chunk_hex[:16], "missing from the index",
-                                                       [f"{snap.short_id}:{entry['path']}"]))  # fmt: skip
+                    users.setdefault(cid, []).append(where)
+                    blob = all_blobs.get(cid)
+                    if blob is None:
+                        held = None
+                        result.problems.append(
+                            Problem("chunk", chunk_hex[:16], "missing from the index", [where])
+                        )
+                    elif held is not None:
+                        held += blob.raw_length
+                problem = _size_problem(entry, held, where)
+                if problem is not None:
+                    result.problems.append(problem)
         except ColdkeepError as exc:
             result.problems.append(
                 Problem("snapshot", f"snapshots/{snap.id}", f"tree unreadable: {exc.message}")

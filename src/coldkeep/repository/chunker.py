@@ -44,6 +44,7 @@ from typing import Any, Final, Literal, get_args
 from pyfastcdc import FastCDC
 
 from coldkeep.errors import ConfigError
+from coldkeep.repository.fileread import WindowBuffers, Windows, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ PG_PAGE_SIZE: Final = 8192
 NORMALIZED_CHUNKING: Final = 1
 #: Headers larger than this are not trusted (the limit of the reference safetensors implementation).
 SAFETENSORS_MAX_HEADER: Final = 100_000_000
-#: ``madvise`` advice that drops a mapping's pages from this process (None where unsupported)
-_MADV_DONTNEED: Final[int | None] = getattr(mmap, "MADV_DONTNEED", None)
 
 #: True when pyfastcdc's Cython extension is in use (~4 GB/s); the pure-Python fallback computes
 #: the same boundaries about a thousand times slower.
@@ -229,7 +228,9 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def safetensors_ranges(buf: bytes | bytearray | memoryview | mmap.mmap) -> list[tuple[int, int]] | str:
+def safetensors_ranges(
+    buf: bytes | bytearray | memoryview | mmap.mmap, size: int | None = None
+) -> list[tuple[int, int]] | str:
     """The byte ranges ``[(start, end), ...]`` of a safetensors file, or why it is not one.
 
     Ranges, in order, cover the buffer exactly: the header (8 + N bytes), then each tensor with
@@ -237,10 +238,11 @@ def safetensors_ranges(buf: bytes | bytearray | memoryview | mmap.mmap) -> list[
     layout is checked (a JSON object whose entries, apart from ``__metadata__``, carry integer
     ``data_offsets`` inside the data section that do not overlap); dtypes and shapes are not, so a
     dtype this code has never heard of still chunks per tensor.  Never raises on bad input.
+    ``size``, when given, is the size of the file and ``buf`` its first bytes (at least the header).
     """
     mv = _byte_view(buf)
-    size = len(mv)
-    if size < 8:
+    size = len(mv) if size is None else size
+    if min(size, len(mv)) < 8:
         return f"{size} bytes is too short for a safetensors header"
     (header_len,) = struct.unpack_from("<Q", mv, 0)
     if header_len > SAFETENSORS_MAX_HEADER:
@@ -248,6 +250,8 @@ def safetensors_ranges(buf: bytes | bytearray | memoryview | mmap.mmap) -> list[
     data_start = 8 + header_len
     if data_start > size:
         return f"header length {header_len} runs past the end of the file ({size} bytes)"
+    if data_start > len(mv):
+        return f"header ({header_len} bytes) could not be read whole (the file shrank)"
     if header_len == 0 or mv[8] not in b"{ \t\r\n":
         return "header is not a JSON object"
     try:
@@ -363,24 +367,46 @@ def chunk_buffer(
     return ChunkRanges(buf, strategy, params)
 
 
+def _final(offset: int, length: int, available: int, params: ChunkerParams) -> bool:
+    """Whether FastCDC's cut of a chunk at ``offset`` of a buffer of ``available`` bytes is the
+    cut it finds in any longer buffer (the whole file).
+
+    FastCDC (2020) looks at most ``max_size`` bytes past a chunk's start, so a cut with that many
+    bytes at hand is final.  So is a cut its hash found before the end of the buffer: up to there
+    it scans the same positions with the same masks as in a longer buffer (its normalisation
+    point is ``min(avg_size, bytes at hand)``, and below it the small mask applies either way) and
+    stops at the first match.  Only a cut at the end of the buffer is forced by the buffer.
+    tests/unit/test_chunker.py checks windows of many sizes against :func:`chunk_buffer`.
+    """
+    return available - offset >= params.max_size or offset + length < available
+
+
 class FileChunks(Iterator[memoryview]):
-    """What :func:`chunk_file` returns: an iterator of zero-copy views of a file's chunks.
+    """What :func:`chunk_file` returns: an iterator of views of a file's chunks, in order.
 
-    Use it as a context manager or call :meth:`close`.  **A view is only guaranteed valid until
-    the iterator is closed**; copy (``bytes(view)``) what must outlive it.  (Memory safety does not
-    depend on that: the mapping is unmapped only once no view of it remains, so a view held too
-    long keeps the mapping alive instead of crashing.)
+    Use it as a context manager or call :meth:`close`.  The file is read (``preadv``) in windows
+    of :data:`~coldkeep.repository.fileread.READ_WINDOW` bytes, never mapped: a view holds the bytes that were read and stays
+    valid as long as it is referenced, whatever happens to the file afterwards (a mapped file
+    truncated under a reader kills it with SIGBUS, and a mapped page rewritten in place would
+    change under the hash already computed from it).
 
-    Attributes: ``path``, ``size`` (at open), ``strategy`` (used), ``fallback_reason`` (see
-    :class:`ChunkRanges`) and ``bytes_yielded``, which ends below ``size`` when a relation file
-    was truncated while it was read (see :func:`chunk_file`).
+    Attributes: ``path``, ``stat`` (``fstat`` at open), ``size`` (its size: nothing past it is
+    read), ``strategy`` (used), ``fallback_reason`` (see :class:`ChunkRanges`) and
+    ``bytes_yielded``.  When the file shrinks while it is read, the chunks end where the file
+    ended (``bytes_yielded < size``); when it grows, what was appended is not read.  Either way
+    the views hold exactly ``bytes_yielded`` bytes of the file, which is for the caller to report.
 
-    Memory: the pages of a mapped file count in the process's resident set until they are
-    unmapped; a caller that is done with the chunks up to some offset calls :meth:`release` so
-    a big file does not stay resident as a whole while it is chunked.
+    Memory: a few windows (those that views still refer to, up to two spares) and, for a
+    safetensors file, its header.
     """
 
-    def __init__(self, path: str | os.PathLike[str], strategy: Strategy, params: ChunkerParams) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        strategy: Strategy,
+        params: ChunkerParams,
+        buffers: WindowBuffers | None = None,
+    ) -> None:
         if strategy not in get_args(Strategy):
             raise ValueError(f"unknown chunking strategy {strategy!r}")
         self.path = os.fspath(path)
@@ -388,89 +414,104 @@ class FileChunks(Iterator[memoryview]):
         resolved: Resolved = strategy_for(self.path) if strategy == "auto" else strategy
         self.fallback_reason: str | None = None
         self.bytes_yielded = 0
-        #: bytes from the start of the mapping that :meth:`release` gave back to the kernel
-        self.released = 0
-        self._mmap: mmap.mmap | None = None
-        self._view: memoryview | None = None
-        self._ranges: ChunkRanges | None = None
-        self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self._fd, self.stat = open_regular(self.path)
+        self.size = self.stat.st_size
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        self._windows: Windows | None = Windows(self._fd, self.path, self.size, buffers or WindowBuffers())
         try:
-            self.size = os.fstat(self._file.fileno()).st_size
             self.strategy: Resolved = resolved
-            self._it: Iterator[memoryview]
-            if self.size == 0:
-                self._it = iter(())
-            elif resolved == "pages":
-                self._it = self._read_pages(params.page_chunk)
-            else:
-                self._mmap = mmap.mmap(self._file.fileno(), self.size, access=mmap.ACCESS_READ)
-                self._view = memoryview(self._mmap)
-                # "auto" that did not pick safetensors by name still sniffs the content
-                sniff: Strategy = "auto" if strategy == "auto" and resolved == "cdc" else resolved
-                self._ranges = ChunkRanges(self._view, sniff, params)
-                self.strategy = self._ranges.strategy
-                self.fallback_reason = self._ranges.fallback_reason
-                self._it = self._mapped(self._view, self._ranges)
+            regions = self._regions(strategy, resolved, params) if self.size else []
+            self._it: Iterator[memoryview] = self._chunks(self._windows, regions, params)
         except BaseException:
             self.close()
             raise
 
-    def _mapped(self, view: memoryview, ranges: ChunkRanges) -> Iterator[memoryview]:
-        for offset, length in ranges:
-            self.bytes_yielded += length
-            yield view[offset : offset + length]
+    def _regions(
+        self, strategy: Strategy, resolved: Resolved, params: ChunkerParams
+    ) -> list[tuple[int, int, int]]:
+        """``(start, end, step)`` ranges that cover the file in order: ``step`` > 0 cuts fixed
+        chunks of that size, 0 cuts with CDC (the same boundaries as :func:`chunk_buffer` on the
+        whole file)."""
+        if resolved == "pages":
+            return [(0, self.size, params.page_chunk)]
+        # "auto" that did not pick safetensors by name still sniffs the content
+        if resolved == "safetensors" or strategy == "auto":
+            layout = self._safetensors_layout()
+            if isinstance(layout, list):
+                self.strategy = "safetensors"
+                return [(s, e, e - s if e - s <= params.max_size else 0) for s, e in layout]
+            if resolved == "safetensors":
+                self.fallback_reason = layout
+        self.strategy = "cdc"
+        return [(0, self.size, 0)]
 
-    def _read_pages(self, page_chunk: int) -> Iterator[memoryview]:
-        # read(), not mmap: PostgreSQL truncates relation files (VACUUM, TRUNCATE) while a hot
-        # backup reads them, and touching a mapped page past the new end of file is SIGBUS.
-        # Reading up to the size seen at open yields the pages that exist; WAL replay repairs the rest.
-        remaining = self.size
-        while remaining > 0:
-            data = self._file.read(min(page_chunk, remaining))  # BufferedReader: full or EOF
-            if not data:
+    def _safetensors_layout(self) -> list[tuple[int, int]] | str:
+        assert self._windows is not None
+        head = self._windows.span(0, min(self.size, 8))
+        if len(head) >= 9 and head[8] in b"{ \t\r\n":  # plausibly a header: read all of it
+            (header_len,) = struct.unpack_from("<Q", head, 0)
+            if 8 + header_len <= min(self.size, 8 + SAFETENSORS_MAX_HEADER):
+                head = self._windows.span(0, 8 + header_len)
+        return safetensors_ranges(head, self.size)
+
+    def _chunks(
+        self, windows: Windows, regions: list[tuple[int, int, int]], params: ChunkerParams
+    ) -> Iterator[memoryview]:
+        cdc: FastCDC | None = None
+        for start, end, step in regions:
+            # one generator per region: a region's last views die with it, so that a window
+            # they are the last to refer to can be reused (see WindowBuffers)
+            if step:
+                yield from self._fixed(windows, start, end, step)
+            else:
+                cdc = cdc or _fastcdc(params)
+                yield from self._cdc(windows, start, end, cdc, params)
+            if windows.ended and windows.end < end:
+                return  # the file ended inside this region
+
+    def _fixed(self, windows: Windows, start: int, end: int, step: int) -> Iterator[memoryview]:
+        for pos in range(start, end, step):
+            stop = min(end, pos + step)
+            view = windows.span(pos, stop)[: stop - pos]
+            if view:
+                self.bytes_yielded += len(view)
+                yield view
+            if len(view) < stop - pos:
+                return  # the file ended
+
+    def _cdc(
+        self, windows: Windows, start: int, end: int, cdc: FastCDC, params: ChunkerParams
+    ) -> Iterator[memoryview]:
+        pos = start
+        while pos < end:
+            span = windows.span(pos, min(end, pos + params.max_size))[: end - pos]
+            if not span:
+                return  # the file ended
+            whole = pos + len(span) == end or (windows.exhausted and pos + len(span) == windows.end)
+            nxt = pos + len(span)
+            for chunk in cdc.cut_buf(span):
+                if not (whole or _final(chunk.offset, chunk.length, len(span), params)):
+                    nxt = pos + chunk.offset  # cut again, from the next window
+                    break
+                self.bytes_yielded += chunk.length
+                yield span[chunk.offset : chunk.offset + chunk.length]
+            if whole and windows.ended:
                 return
-            remaining -= len(data)
-            self.bytes_yielded += len(data)
-            yield memoryview(data)
+            pos = nxt
 
     def __next__(self) -> memoryview:
         return next(self._it)
 
-    def release(self, end: int) -> int:
-        """Drop the mapped pages of bytes ``[0, end)`` from this process (``madvise(MADV_DONTNEED)``).
-
-        For the caller to say it is done with the chunks before ``end``; returns how many bytes
-        were released now (whole pages only; the rest of a page is released with a later call,
-        or at ``end == size``).  Contents stay valid: the mapping is read-only and shared, so a
-        page touched again is read back from the page cache.  A no-op for files that are read,
-        not mapped, and where ``madvise`` is not available.
-        """
-        if self._mmap is None or _MADV_DONTNEED is None:
-            return 0
-        stop = self.size if end >= self.size else end - end % mmap.PAGESIZE
-        if stop <= self.released:
-            return 0
-        start = self.released
-        self._mmap.madvise(_MADV_DONTNEED, start, stop - start)
-        self.released = stop
-        return stop - start
-
     def close(self) -> None:
-        """Release the mapping and the file (idempotent)."""
+        """Close the file (idempotent).  Views already handed out stay valid."""
         self._it = iter(())
-        if self._ranges is not None:
-            self._ranges.close()  # drops pyfastcdc's typed view of the mapping
-            self._ranges = None
-        if self._view is not None:
-            with contextlib.suppress(BufferError):  # only if a caller took memoryview(view)
-                self._view.release()
-            self._view = None
-        if self._mmap is not None:
-            # BufferError: views are still held; the mapping goes away with the last of them
-            with contextlib.suppress(BufferError):
-                self._mmap.close()
-            self._mmap = None
-        self._file.close()
+        if self._windows is not None:
+            self._windows.close()
+            self._windows = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> FileChunks:
         return self
@@ -480,21 +521,23 @@ class FileChunks(Iterator[memoryview]):
 
 
 def chunk_file(
-    path: str | os.PathLike[str], strategy: Strategy = "auto", params: ChunkerParams = DEFAULT_PARAMS
+    path: str | os.PathLike[str],
+    strategy: Strategy = "auto",
+    params: ChunkerParams = DEFAULT_PARAMS,
+    buffers: WindowBuffers | None = None,
 ) -> FileChunks:
-    """Zero-copy views of ``path``'s chunks, in order (an empty file has none).
+    """Views of ``path``'s chunks, in order (an empty file has none): the same boundaries as
+    :func:`chunk_buffer` on the file's bytes.
 
     ``"auto"`` resolves with :func:`strategy_for`, and a file it would give plain CDC is still
-    chunked per tensor when its content is a safetensors file.  CDC and safetensors chunking read
-    through a read-only mmap of the size at open; ``"pages"`` reads with ``read()`` (one kernel
-    copy) because relation files shrink under a hot backup, which a mapping cannot survive.
-    Views are valid until the iterator is closed (see :class:`FileChunks`).  ``OSError`` from
-    opening the file propagates, at this call rather than at the first ``next()``.
-
-    Caveat: a *mapped* file truncated by someone else while it is read kills the process with
-    SIGBUS; that is why relation files are read, not mapped.
+    chunked per tensor when its content is a safetensors file.  The file is read, not mapped
+    (see :class:`FileChunks`): a file truncated or rewritten while it is read yields the bytes
+    that were read, never a crash.  ``OSError`` from opening the file (a missing file, or one
+    that is no longer a regular file: :func:`open_regular`) propagates, at this call rather than
+    at the first ``next()``.  ``buffers``: a pool shared by the files of one backup (each
+    call has its own otherwise).
     """
-    return FileChunks(path, strategy, params)
+    return FileChunks(path, strategy, params, buffers)
 
 
 def _first_cut(cdc: FastCDC, window: memoryview) -> int:

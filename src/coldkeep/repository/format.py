@@ -166,7 +166,10 @@ def open_blob(
 
 def encode_document(keys: KeyRing, doc: Any, aad: bytes, level: int = 3) -> bytes:
     """A JSON document as a stored object: envelope + footer."""
-    raw = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    try:
+        raw = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a path that is not UTF-8 (surrogateescape): see repository.tree_line
+        raw = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
     stored, _ = seal_blob(keys, raw, level, aad)
     return add_footer(stored)
 

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_AAD = b"coldkeep-snapshot-v1"
 _TREE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+#: for the entries :data:`_TREE_ENCODER`'s UTF-8 cannot carry: see :func:`tree_line`
+_TREE_ENCODER_ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 PACK_TARGET = 16 * 1024 * 1024
 #: a tree blob ends after an entry whose (keyed) path hash has its low bits all zero, or once it
 #: reaches this size: see :meth:`Repository.write_tree`
@@ -691,14 +693,13 @@ class Repository:
         """
         mask = (1 << tree_cut_bits(len(entries))) - 1
         path_hash = self.keys.chunk_id
-        encode = _TREE_ENCODER.encode  # one encoder: json.dumps with options builds one per call
         blobs: list[bytes] = []
         buf: list[bytes] = []
         size = 0
         for i, entry in enumerate(entries):
             line = lines[i] if lines is not None else None
             if line is None:
-                line = encode(entry).encode() + b"\n"
+                line = tree_line(entry)
             buf.append(line)
             size += len(line)
             if size >= TREE_BLOB_MAX or not (
@@ -910,6 +911,22 @@ def _refuse_downgrade(backend: Backend, passphrase_given: bool) -> None:
         hint="if the config was changed, put back the original from a copy of the repository; if the "
         "repository really is unencrypted, unset COLDKEEP_PASSWORD and [repository].password_file",
     )
+
+
+def tree_line(entry: dict[str, Any]) -> bytes:
+    """One tree entry as a JSON line: UTF-8, with non-ASCII characters as they are.
+
+    File names (and symlink targets) are bytes on Linux; Python gives those that are not valid
+    UTF-8 as ``str`` with each undecodable byte as a lone surrogate U+DC80..U+DCFF
+    (``surrogateescape``), which UTF-8 cannot encode.  Only such an entry is written with every
+    non-ASCII character escaped (``\\udcff``, ``\\u00e9``): ``json.loads`` gives the same ``str``
+    back and ``os`` functions turn it into the original bytes, while every other entry keeps
+    the bytes it always had (unchanged tree blobs still deduplicate).
+    """
+    try:
+        return _TREE_ENCODER.encode(entry).encode() + b"\n"
+    except UnicodeEncodeError:
+        return _TREE_ENCODER_ASCII.encode(entry).encode() + b"\n"
 
 
 def tree_cut_bits(entries: int) -> int:
