@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, cast
 import zstandard
 
 from coldkeep import testhooks
+from coldkeep.durable import fsync_dir, write_atomic
 from coldkeep.errors import ConfigError
 
 FORMATS = ("jsonl.zst", "jsonl.gz")
@@ -134,14 +135,6 @@ def id_of(line: bytes) -> int:
     return int(line[6 : line.index(b",", 6)])
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ------------------------------------------------------------------------------------------------
 # the directory
 
@@ -181,12 +174,7 @@ class ArchiveDir:
                     hint="give each database/table its own archive_dir",
                 )
             return
-        tmp = marker.with_name(marker.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, marker)
-        fsync_dir(self.root)
+        write_atomic(marker, (json.dumps(doc, indent=2) + "\n").encode("utf-8"), mode=0o644)
 
     def scan(self) -> Scan:
         scan = Scan([], [], [])

@@ -26,14 +26,13 @@ This module imports neither the configuration nor click/rich: it is on the per-s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from coldkeep import clock
+from coldkeep.durable import write_atomic
 from coldkeep.errors import (
     EXIT_FAILED,
     ColdkeepError,
@@ -322,27 +321,12 @@ def write_atomically(dest: str | os.PathLike[str], data: bytes, *, sync: bool = 
     starts over and fetches again, and a restored segment PostgreSQL keeps is moved into place
     with ``durable_rename`` (``KeepFileRestoredFromArchive``), which fsyncs it.  Skipping it saves
     a 16 MiB flush per segment during replay."""
-    target = Path(dest)
-    directory = target.parent if str(target.parent) else Path(".")
-    tmp = directory / f".{target.name}.coldkeep-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            if os.geteuid() == 0:
-                st = os.stat(directory)
-                os.fchown(fd, st.st_uid, st.st_gid)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    directory = os.path.dirname(os.fspath(dest)) or "."
+    owner = None
+    if os.geteuid() == 0:
+        st = os.stat(directory)
+        owner = (st.st_uid, st.st_gid)
+    write_atomic(dest, data, sync=sync, owner=owner)
 
 
 def wal_fetch(

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coldkeep.cli.leanargs import split_global_options
+from coldkeep.durable import write_atomic
 from coldkeep.postgres import wal
 
 SPOOL_DIR = ".coldkeep-prefetch"
@@ -174,10 +175,7 @@ class Spool:
                 data = fetch(name)
                 if data is None:
                     break
-                tmp = self.root / f".{name}.tmp-{os.getpid()}"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, self.root / f"{name}.{_digest(data)}")
+                write_atomic(self.root / f"{name}.{_digest(data)}", data, sync=False)
                 done += 1
             finally:
                 with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.config import Config, parse_size
+from coldkeep.durable import fsync_file
 from coldkeep.errors import ColdkeepError, PostgresError, UsageError
 from coldkeep.postgres import catalog, wal
 from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, free_port, running_as_root
@@ -244,15 +245,7 @@ def _chown_tree(root: Path, os_user: str) -> None:
             if (st.st_uid, st.st_gid) != want:
                 os.chown(path, *want, follow_symlinks=False)
                 if name != "." and not stat.S_ISLNK(st.st_mode):
-                    fsync_path(path)
-
-
-def fsync_path(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                    fsync_file(path)
 
 
 class PgRestore:
@@ -329,7 +322,7 @@ class PgRestore:
         write_recovery_settings(data_dir, settings, self.pg.os_user)
         for path in (data_dir / "postgresql.auto.conf", data_dir / "recovery.signal", data_dir / "pg_wal",
                      data_dir / "pg_wal/archive_status", data_dir):  # fmt: skip
-            fsync_path(path)
+            fsync_file(path)
         report.projection = self._projection(report)
         return report, backup
 

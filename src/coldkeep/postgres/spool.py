@@ -53,6 +53,7 @@ import sys
 import time
 
 from coldkeep.cli.leanargs import split_global_options
+from coldkeep.durable import write_atomic
 
 TYPE_CHECKING = False  # typing itself is not imported on the per-segment path
 if TYPE_CHECKING:
@@ -112,13 +113,7 @@ def _unlink(path: str) -> None:
 
 def _write_file(path: str, text: str) -> None:
     """Write ``path`` through a temp file and a rename (readers never see a partial marker)."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), sync=False)
 
 
 def _read(path: str) -> str | None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from coldkeep.durable import fsync_dir
 from coldkeep.errors import IntegrityError, UsageError
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry
@@ -67,15 +68,6 @@ class RestoreResult:
             "errors": self.errors,
             "warnings": self.warnings,
         }
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory (its entries: renames and new files in it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: with ``durable``: start writeback of a file every this many bytes written

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from coldkeep.durable import fsync_dir
 from coldkeep.errors import ConfigError, InvalidKey, ObjectNotFound, StorageError, StorageFull
 from coldkeep.storage.base import Backend, Capabilities, Data, ObjectInfo, validate_key, validate_prefix
 
@@ -127,13 +128,7 @@ class LocalBackend(Backend):
         else:
             os.chown(path, *self._ids, follow_symlinks=False)
 
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _fsync_dir = staticmethod(fsync_dir)
 
     def _ensure_dir(self, path: Path) -> None:
         """Create ``path`` (and missing parents) 0700, owned by the owner, parents fsynced."""
