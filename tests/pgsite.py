@@ -69,13 +69,21 @@ def _config(base: Path, cluster: TempCluster, extra: str = "") -> str:
     )
 
 
-def archiving_env(pg_cluster: TempCluster, pg_coldkeep: str) -> Iterator[Env]:
-    """Repository + config in a directory the server's OS user can use, archiving switched on."""
+def archiving_env(pg_cluster: TempCluster, pg_coldkeep: str, *, password: str | None = None) -> Iterator[Env]:
+    """Repository + config in a directory the server's OS user can use, archiving switched on;
+    with ``password``, an encrypted repository whose passphrase is in a file only that user reads."""
     base = Path(tempfile.mkdtemp(prefix="coldkeep-pitr-"))
     os.chmod(base, 0o755)  # the server's OS user reads the config and writes the repository
     chown_to(base, pg_cluster.os_user)
     config = base / "coldkeep.toml"
-    config.write_text(_config(base, pg_cluster))
+    text = _config(base, pg_cluster)
+    if password is not None:
+        secret = base / "passphrase"
+        secret.write_text(password + "\n")
+        os.chmod(secret, 0o600)
+        chown_to(secret, pg_cluster.os_user)
+        text = text.replace("[postgres]\n", f'password_file = "{secret}"\n[postgres]\n', 1)
+    config.write_text(text)
     os.chmod(config, 0o644)
     env = Env(base, config, pg_cluster, base / "cache", pg_coldkeep)
     env.ck("repo", "init")

@@ -254,6 +254,11 @@ class LockPutsFail(WrapperBackend):
             raise StorageError(f"injected: cannot write {key}")
         self.inner.put(key, data)
 
+    def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
+        if self.broken.is_set() and key.startswith(LOCK_PREFIX):
+            raise StorageError(f"injected: cannot write {key}")
+        return self.inner.put_if_version(key, data, version)
+
 
 def _paused_backup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -37,7 +37,9 @@ SECRETS = {
 
 @pytest.fixture
 def pgenv(pg_cluster: TempCluster, pg_coldkeep: str) -> Iterator[Env]:
-    yield from archiving_env(pg_cluster, pg_coldkeep)
+    # encrypted, with the passphrase in a file: the secrets below are then also the ones coldkeep
+    # itself would use (an unencrypted repository refuses to open with a passphrase configured)
+    yield from archiving_env(pg_cluster, pg_coldkeep, password=SECRETS["COLDKEEP_PASSWORD"])
 
 
 def _popen(env: Env, *args: str, extra_env: dict[str, str]) -> subprocess.Popen[str]:

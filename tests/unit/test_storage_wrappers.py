@@ -348,3 +348,27 @@ def test_open_backend_s3_url(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_open_backend_rejects_bad_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         open_backend(url)
+
+
+def test_the_lock_refresh_thread_is_neither_counted_nor_faulted(tmp_path: Path) -> None:
+    """A lock refresh happens when the clock says so: counting it made "the Nth call" of a kill
+    test a different call in a slow run (test_kill_repair killed nothing at its last point)."""
+    import threading
+
+    from coldkeep.storage.base import UNCOUNTED_THREAD
+
+    faulty = FaultBackend(LocalBackend(tmp_path), FaultPlan.parse("fail:put:1"))
+    failures: list[BaseException] = []
+
+    def refresh() -> None:
+        try:
+            faulty.put("locks/x", b"refreshed")
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=refresh, name=UNCOUNTED_THREAD)
+    thread.start()
+    thread.join()
+    assert not failures and faulty.calls["put"] == 0 and faulty.calls["any"] == 0
+    with pytest.raises(StorageError):  # the first counted put is still the one the plan names
+        faulty.put("data/y", b"x")

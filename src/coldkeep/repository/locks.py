@@ -18,9 +18,10 @@ Waiting
     passed; then :class:`~coldkeep.errors.LockHeld` names the holder.  ``wait_s=0``: at once.
 
 Keeping a lock
-    A background thread refreshes the document every :data:`REFRESH_S` seconds: it first checks
-    that the document still exists (``repo unlock --all``, or a host that judged it stale, removes
-    it: the lock is then lost for good) and rewrites it; a failed refresh is logged and retried
+    A background thread refreshes the document every :data:`REFRESH_S` seconds: it reads it
+    (``repo unlock --all``, or a host that judged it stale, removes it: the lock is then lost for
+    good) and rewrites it only if it is still the version read (a compare-and-swap: a plain
+    rewrite after the check brought back a document removed in between); a failed refresh is logged and retried
     every :data:`RETRY_S` seconds.  :meth:`Lock.ok` is false once the document was removed or no
     refresh succeeded for :data:`LOST_AFTER_S` (a third of the stale time, so the holder stops
     long before another host may take its lock for stale; the thread does not need to run for
@@ -54,7 +55,7 @@ from typing import Any
 
 from coldkeep.errors import LockHeld, LockLost, ObjectNotFound
 from coldkeep.repository.format import LOCK_PREFIX
-from coldkeep.storage.base import Backend
+from coldkeep.storage.base import UNCOUNTED_THREAD, Backend
 from coldkeep.storage.wrappers import unwrap
 
 log = logging.getLogger("coldkeep.locks")
@@ -248,7 +249,7 @@ class Lock:
         self._last_ok = _now()
         with _held_guard:
             _held.setdefault(_slot(self.backend), []).append(self)
-        self._thread = threading.Thread(target=self._refresh, name="coldkeep-lock", daemon=True)
+        self._thread = threading.Thread(target=self._refresh, name=UNCOUNTED_THREAD, daemon=True)
         self._thread.start()
 
     def release(self) -> None:
@@ -272,20 +273,28 @@ class Lock:
         if self._removed:
             return False
         try:
-            self.backend.stat(self.key)
+            _, version = self.backend.get_version(self.key)
         except ObjectNotFound:
-            self._removed = True
-            log.error("%s: the lock document %s was removed; stopping", self.describe(), self.key)
-            return False
+            return self._lost()
         except Exception as exc:
             return self._failed(exc)
         try:
-            self.backend.put(self.key, self._doc())
+            # only if it is still the document just read: a plain put after the check would
+            # bring back a document removed in between (by `repo unlock --all`, or by a host that
+            # took the lock for stale and may be pruning now)
+            stored = self.backend.put_if_version(self.key, self._doc(), version)
         except Exception as exc:
             return self._failed(exc)
+        if not stored:  # removed (or replaced) since it was read: nobody else writes our document
+            return self._lost()
         self._last_ok = _now()
         self._failure = ""
         return True
+
+    def _lost(self) -> bool:
+        self._removed = True
+        log.error("%s: the lock document %s was removed; stopping", self.describe(), self.key)
+        return False
 
     def _failed(self, exc: Exception) -> bool:
         self._failure = " ".join(str(exc).split()) or type(exc).__name__

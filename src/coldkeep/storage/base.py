@@ -58,6 +58,12 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+#: the name of the thread that refreshes a held lock (``repository/locks.py``): its calls depend on
+#: the clock, so the fault plan neither counts nor faults them (a kill test's "Nth call" must be
+#: the same call in every run, however long the run takes)
+UNCOUNTED_THREAD = "coldkeep-lock"
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
