@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.unit.test_walstream import SEG, partial
-
 from coldkeep.postgres import archive, walstream
 from coldkeep.repository.copy import copy_to
 from coldkeep.repository.repository import Repository
 from coldkeep.storage.local import LocalBackend
 from tests.unit.test_wal import SYSID
+from tests.unit.test_walstream import SEG, partial
 
 
 def test_copy_survives_a_streamed_state_superseded_during_the_copy(tmp_path: Path) -> None:
