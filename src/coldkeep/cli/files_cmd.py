@@ -9,6 +9,7 @@ import click
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.output import plain
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, parse_tags, progress
 from coldkeep.errors import EXIT_INTEGRITY, EXIT_PARTIAL, IntegrityError, SourceChanged
 from coldkeep.units import human_bytes
@@ -83,7 +84,8 @@ def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
 
         table = Table("id", "time", "host", "tags", "label", "files", "size")
         for s in snaps:
-            table.add_row(s.short_id, s.time, s.host, " ".join(f"{k}={v}" for k, v in s.tags.items()), s.label,
+            table.add_row(s.short_id, s.time, plain(s.host), plain(" ".join(f"{k}={v}" for k, v in s.tags.items())),
+                          plain(s.label),
                           str(s.summary.get("files", "")), human_bytes(s.logical_bytes))  # fmt: skip
         console.print(table)
 
@@ -114,7 +116,7 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
     app.out.emit(
         result.to_json(),
         lambda c: c.print(
-            f"restored {result.files} files ({human_bytes(result.bytes)}) into {result.target} "
+            f"restored {result.files} files ({human_bytes(result.bytes)}) into {plain(result.target)} "
             f"in {result.duration_s:.2f} s" + (f"; {len(result.errors)} FAILED" if result.errors else "")
         ),
     )
@@ -198,7 +200,7 @@ def forget(
         table = Table("id", "time", "decision", "reasons")
         for d in result.decisions:
             table.add_row(d.item.id[:8], clock.isoformat(d.item.time), "keep" if d.keep else "[red]remove[/red]",
-                          ", ".join(d.reasons))  # fmt: skip
+                          plain(", ".join(d.reasons)))  # fmt: skip
         console.print(table)
         if result.left_alone:
             console.print(f"left alone: {len(result.left_alone)} snapshot(s) that services own")

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.output import plain
 from coldkeep.cli.repo_support import lock_wait_option, open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
 from coldkeep.units import human_bytes
@@ -152,7 +153,7 @@ def stats(app: AppContext) -> None:
         )
         table = Table("tag", "snapshots", "logical")
         for tag, row in sorted(data["per_tag"].items()):
-            table.add_row(tag, str(row["snapshots"]), human_bytes(row["logical_bytes"]))
+            table.add_row(plain(tag), str(row["snapshots"]), human_bytes(row["logical_bytes"]))
         if data["per_tag"]:
             console.print(table)
 
@@ -226,7 +227,7 @@ def key_list(app: AppContext) -> None:
 
     def human(console: Console) -> None:
         for r in rows:
-            console.print(f"{r['id']}  {r['created']}  {r['host']}  {r['comment']}")
+            console.print(f"{r['id']}  {r['created']}  {plain(r['host'])}  {plain(r['comment'])}")
 
     app.out.emit(rows, human)
 
