@@ -15,10 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tests.convsite import NOW, NOW_ENV, ConvSite
-from tests.helpers import Site
 
 from coldkeep.postgres.cluster import TempCluster
+from tests.convsite import NOW, NOW_ENV, ConvSite
+from tests.helpers import Site
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +19,20 @@ if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup 
     from rich.console import Console
 
 
+class _Path(click.Path):
+    """``click.Path`` that refuses an empty string, which ``Path("")`` would read as the current
+    directory (`--target "$DIR"` with DIR unset restored over the directory the job ran in)."""
+
+    def convert(
+        self, value: str | os.PathLike[str], param: click.Parameter | None, ctx: click.Context | None
+    ) -> str | bytes | os.PathLike[str]:
+        if isinstance(value, str) and not value:
+            self.fail("an empty path (it would mean the current directory; write . for that)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=_Path(path_type=Path))
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="tag the snapshot (repeatable)")
 @click.option("--label", default="", help="free text stored with the snapshot")
 @click.option(
@@ -94,7 +107,7 @@ def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
 
 @click.command()
 @click.argument("snapshot")
-@click.option("--target", required=True, type=click.Path(path_type=Path), help="directory to restore into")
+@click.option("--target", required=True, type=_Path(path_type=Path), help="directory to restore into")
 @click.option("--include", "includes", multiple=True, metavar="GLOB", help="only matching paths (repeatable)")
 @pass_app
 def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, ...]) -> int:

@@ -575,7 +575,13 @@ class Restorer:
     def _run(self, snap: Snapshot, target: Path, includes: Sequence[str]) -> RestoreResult:
         started = time.monotonic()
         target = Path(os.path.abspath(target))
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only filesystem, no permission
+            raise UsageError(
+                f"cannot restore into {target}: {exc.strerror or exc}",
+                hint="name a directory that exists or can be created, on a writable filesystem",
+            ) from None
         dirs_guard = _Dirs(os.path.realpath(target))
         result = RestoreResult(snapshot_id=snap.id, target=str(target))
         dirs: list[tuple[str, dict[str, Any]]] = []
@@ -598,7 +604,13 @@ class Restorer:
         self.progress.files_total = len(files)
         self.progress.bytes_total = sum(int(e.get("size", 0)) for _, e in files)
         for rel, _ in dirs:
-            dirs_guard.ensure(rel, 0o700)
+            try:
+                dirs_guard.ensure(rel, 0o700)
+            except OSError as exc:  # read-only filesystem, no permission: nothing can be restored there
+                raise UsageError(
+                    f"cannot restore into {target}: {dirs_guard.path(rel)}: {exc.strerror or exc}",
+                    hint="name a directory that exists or can be created, on a writable filesystem",
+                ) from None
         file_dests: list[tuple[str, dict[str, Any]]] = []
         for rel, entry in files:
             parent, _, base = rel.rpartition("/")
