@@ -109,16 +109,18 @@ def repair(app: AppContext, source: str) -> int:
     """Replace damaged or missing data (blobs, packs, indexes, snapshots, key slots, WAL, service
     records) with verified data from a copy; exit 3 if problems remain."""
     from coldkeep.repository.check import check as run_check
-    from coldkeep.repository.repair import repair_from, repair_key_slots
+    from coldkeep.repository.repair import repair_config, repair_from, repair_key_slots
     from coldkeep.repository.setup import backend_for, copy_section
 
     cfg = app.config()
     src = backend_for(copy_section(cfg, source))
-    slots = repair_key_slots(backend_for(cfg.repository, owner=cfg.repository.owner), src)
+    mine = backend_for(cfg.repository, owner=cfg.repository.owner)
+    config = repair_config(mine, src)
+    slots = repair_key_slots(mine, src)
     with open_repo(app) as r:
         result = repair_from(r, src)
         after = run_check(r, read_data=True)
-    result.replaced[:0] = slots.replaced
+    result.replaced[:0] = config.replaced + slots.replaced
     result.lost[:0] = slots.lost
     for warning in result.warnings:
         app.out.warn(warning)
