@@ -84,3 +84,22 @@ def test_an_empty_path_is_not_the_current_directory(tmp_path: Path) -> None:
         one_line_error(proc)
     assert list(work.iterdir()) == []
     assert len(site.snapshot_ids()) == 1
+
+
+def test_an_include_that_matches_nothing_is_not_a_successful_restore(tmp_path: Path) -> None:
+    """The README's `restore latest --include 'mnt/…/train/*'`: when `latest` is another snapshot
+    (a later backup of other paths, a base backup) or the pattern has a typo, restore said
+    "restored 0 files" and exited 0 — a drill or a script took that for a good restore."""
+    site = Site(tmp_path / "site")
+    site.ok("repo", "init")
+    for name in ("datasets", "other"):
+        (tmp_path / name / "train").mkdir(parents=True)
+        (tmp_path / name / "train" / "f").write_text(name)
+        site.ok("backup", str(tmp_path / name))
+    pattern = str(tmp_path / "datasets" / "train" / "*").lstrip("/")
+    proc = site.run("restore", "latest", "--target", str(tmp_path / "out"), "--include", pattern)
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "matches --include" in one_line_error(proc)
+    first = site.snapshot_ids()[0]
+    site.ok("restore", first, "--target", str(tmp_path / "out2"), "--include", pattern)
+    assert (tmp_path / "out2" / pattern.removesuffix("*") / "f").read_text() == "datasets"

@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from coldkeep.durable import fsync_dir
-from coldkeep.errors import IntegrityError, UsageError
+from coldkeep.errors import IntegrityError, NotFound, UsageError
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry
 from coldkeep.repository.repository import Progress, Repository, Snapshot
@@ -599,6 +599,12 @@ class Restorer:
                 files.append((rel, entry))
             elif kind == "symlink":
                 links.append((rel, entry))
+        if includes and not (dirs or files or links):  # a typo, or another snapshot than meant
+            raise NotFound(
+                f"nothing in snapshot {snap.short_id} ({', '.join(snap.paths)}) matches --include "
+                + " ".join(repr(p) for p in includes),
+                hint="patterns match whole paths as the snapshot stores them, e.g. 'mnt/data/train/*'",
+            )
         # temporary names are never one of the names this restore creates
         self.names = Names({dirs_guard.path(rel) for group in (dirs, files, links) for rel, _ in group})
         self.progress.files_total = len(files)
