@@ -17,6 +17,7 @@ from rich.table import Table
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.output import plain
 from coldkeep.errors import EXIT_INTEGRITY
 from coldkeep.units import human_bytes
 
@@ -153,17 +154,17 @@ def archive(
                 f"stored {repo['stored_files']} file(s) ({human_bytes(repo['stored_bytes'])}) in the repository"
             )
         if repo.get("error"):
-            c.print(f"[yellow]repository:[/yellow] {repo['error']}")
+            c.print(f"[yellow]repository:[/yellow] {plain(repo['error'])}")
         if result.purge is not None:
             p = result.purge
             if p.get("refused"):
-                c.print(f"[red]{p['refused']}[/red]")
+                c.print(f"[red]{plain(p['refused'])}[/red]")
             else:
                 c.print(
                     f"purged {p['rows_deleted']} rows from {p['batches']} batch(es); kept {p['rows_kept']} changed row(s)"
                 )
         for problem in result.problems:
-            c.print(f"[red]problem:[/red] {problem}")
+            c.print(f"[red]problem:[/red] {plain(problem)}")
 
     app.out.emit(data, human)
     return result.exit_code
@@ -212,7 +213,9 @@ def get(app: AppContext, row_id: int | None, session: str | None) -> None:
             source = r["source"] if r["source"] == "table" else f"archive {r['archive_file']}"
             if r["source"] == "table" and r["archived"]:
                 source += " (archived)"
-            table.add_row(str(r["id"]), str(r.get("timestamp")), str(r.get("speaker")), source, content)
+            table.add_row(
+                str(r["id"]), str(r.get("timestamp")), plain(r.get("speaker")), plain(source), plain(content)
+            )
         c.print(table)
         c.print(f"{result['from_table']} row(s) from the table, {result['from_archive']} from the archive")
 
@@ -258,7 +261,7 @@ def verify(app: AppContext, check_repo: bool, lock_wait: float) -> int:
             f"({result['archived_rows_in_table']} still in the table, {result['purged_rows']} purged)"
         )
         for problem in result["problems"]:
-            c.print(f"[red]problem:[/red] {problem}")
+            c.print(f"[red]problem:[/red] {plain(problem)}")
         c.print("[green]ok[/green]" if result["ok"] else f"[red]{len(result['problems'])} problem(s)[/red]")
 
     app.out.emit(result, human)

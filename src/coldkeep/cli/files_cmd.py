@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import click
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.output import plain
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, parse_tags, progress
 from coldkeep.errors import EXIT_INTEGRITY, EXIT_PARTIAL, IntegrityError, SourceChanged
 from coldkeep.units import human_bytes
@@ -17,8 +19,20 @@ if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup 
     from rich.console import Console
 
 
+class _Path(click.Path):
+    """``click.Path`` that refuses an empty string, which ``Path("")`` would read as the current
+    directory (`--target "$DIR"` with DIR unset restored over the directory the job ran in)."""
+
+    def convert(
+        self, value: str | os.PathLike[str], param: click.Parameter | None, ctx: click.Context | None
+    ) -> str | bytes | os.PathLike[str]:
+        if isinstance(value, str) and not value:
+            self.fail("an empty path (it would mean the current directory; write . for that)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=_Path(path_type=Path))
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="tag the snapshot (repeatable)")
 @click.option("--label", default="", help="free text stored with the snapshot")
 @click.option(
@@ -83,7 +97,8 @@ def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
 
         table = Table("id", "time", "host", "tags", "label", "files", "size")
         for s in snaps:
-            table.add_row(s.short_id, s.time, s.host, " ".join(f"{k}={v}" for k, v in s.tags.items()), s.label,
+            table.add_row(s.short_id, s.time, plain(s.host), plain(" ".join(f"{k}={v}" for k, v in s.tags.items())),
+                          plain(s.label),
                           str(s.summary.get("files", "")), human_bytes(s.logical_bytes))  # fmt: skip
         console.print(table)
 
@@ -92,7 +107,7 @@ def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
 
 @click.command()
 @click.argument("snapshot")
-@click.option("--target", required=True, type=click.Path(path_type=Path), help="directory to restore into")
+@click.option("--target", required=True, type=_Path(path_type=Path), help="directory to restore into")
 @click.option("--include", "includes", multiple=True, metavar="GLOB", help="only matching paths (repeatable)")
 @pass_app
 def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, ...]) -> int:
@@ -114,7 +129,7 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
     app.out.emit(
         result.to_json(),
         lambda c: c.print(
-            f"restored {result.files} files ({human_bytes(result.bytes)}) into {result.target} "
+            f"restored {result.files} files ({human_bytes(result.bytes)}) into {plain(result.target)} "
             f"in {result.duration_s:.2f} s" + (f"; {len(result.errors)} FAILED" if result.errors else "")
         ),
     )
@@ -198,7 +213,7 @@ def forget(
         table = Table("id", "time", "decision", "reasons")
         for d in result.decisions:
             table.add_row(d.item.id[:8], clock.isoformat(d.item.time), "keep" if d.keep else "[red]remove[/red]",
-                          ", ".join(d.reasons))  # fmt: skip
+                          plain(", ".join(d.reasons)))  # fmt: skip
         console.print(table)
         if result.left_alone:
             console.print(f"left alone: {len(result.left_alone)} snapshot(s) that services own")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,21 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate that no file name has
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+#: C0 and C1 control characters and DEL: never written to a terminal as they are
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain(value: object) -> str:
+    """``value`` as text for a rich table cell or ``print``: never read as markup (``[/]`` in a
+    label, a path or a conversation message stays as it is), control characters shown as
+    ``\x1b`` escapes (a label cannot drive the operator's terminal), and a file name's bytes that
+    are not UTF-8 as in :func:`printable`."""
+    from rich.markup import escape
+
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(str(value)))
+    return escape(text)
 
 
 def _console(stderr: bool = False) -> Console:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.output import plain
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, progress
 from coldkeep.errors import EXIT_INTEGRITY
 from coldkeep.units import human_bytes
@@ -90,7 +91,7 @@ def backups(app: AppContext) -> None:
             table.add_row(
                 r["short_id"], str(r["stop_time"]), str(r["timeline"]), f"{r['start_lsn']}..{r['stop_lsn']}",
                 human_bytes(r["logical_bytes"]), human_bytes(r["new_stored_bytes"] or 0),
-                "yes" if r["verified"] else "-", "passed" if r["restore_tested"] else "-", r["label"],
+                "yes" if r["verified"] else "-", "passed" if r["restore_tested"] else "-", plain(r["label"]),
             )  # fmt: skip
         console.print(table)
 
@@ -117,7 +118,7 @@ def verify(app: AppContext, backup: str | None, all_backups: bool) -> int:
             console.print(f"{r.backup_id[:8]} {state}: {r.files_checked} files, {human_bytes(r.bytes_checked)}; "
                           f"WAL {r.wal.get('first')}..{r.wal.get('last')} ({r.wal.get('segments')} segments)")  # fmt: skip
             for p in r.problems:
-                console.print(f"  [red]{p}[/red]")
+                console.print(f"  [red]{plain(p)}[/red]")
 
     app.out.emit([r.to_json() for r in results], human)
     failed = [r for r in results if not r.ok]
@@ -173,12 +174,12 @@ def restore(
     data = report.to_json()
 
     def human(console: Console) -> None:
-        console.print(f"restored backup {backup.short_id} into {report.data_dir}: {report.files} files, "
+        console.print(f"restored backup {backup.short_id} into {plain(report.data_dir)}: {report.files} files, "
                       f"{human_bytes(report.bytes)} in {report.files_s} s; target: {report.target}")  # fmt: skip
         if report.moved_aside:
-            console.print(f"the previous directory was moved aside to {report.moved_aside}")
+            console.print(f"the previous directory was moved aside to {plain(report.moved_aside)}")
         if report.started:
-            console.print(f"running on {report.socket_dir} port {report.port}; recovery took {report.replay_s} s "
+            console.print(f"running on {plain(report.socket_dir)} port {report.port}; recovery took {report.replay_s} s "
                           f"({report.wal_segments_replayed} WAL segments); reached {report.reached}")  # fmt: skip
         else:
             console.print(

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.output import plain
 from coldkeep.cli.repo_support import lock_wait_option, open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
 from coldkeep.units import human_bytes
@@ -108,16 +109,18 @@ def repair(app: AppContext, source: str) -> int:
     """Replace damaged or missing data (blobs, packs, indexes, snapshots, key slots, WAL, service
     records) with verified data from a copy; exit 3 if problems remain."""
     from coldkeep.repository.check import check as run_check
-    from coldkeep.repository.repair import repair_from, repair_key_slots
+    from coldkeep.repository.repair import repair_config, repair_from, repair_key_slots
     from coldkeep.repository.setup import backend_for, copy_section
 
     cfg = app.config()
     src = backend_for(copy_section(cfg, source))
-    slots = repair_key_slots(backend_for(cfg.repository, owner=cfg.repository.owner), src)
+    mine = backend_for(cfg.repository, owner=cfg.repository.owner)
+    config = repair_config(mine, src)
+    slots = repair_key_slots(mine, src)
     with open_repo(app) as r:
         result = repair_from(r, src)
         after = run_check(r, read_data=True)
-    result.replaced[:0] = slots.replaced
+    result.replaced[:0] = config.replaced + slots.replaced
     result.lost[:0] = slots.lost
     for warning in result.warnings:
         app.out.warn(warning)
@@ -152,7 +155,7 @@ def stats(app: AppContext) -> None:
         )
         table = Table("tag", "snapshots", "logical")
         for tag, row in sorted(data["per_tag"].items()):
-            table.add_row(tag, str(row["snapshots"]), human_bytes(row["logical_bytes"]))
+            table.add_row(plain(tag), str(row["snapshots"]), human_bytes(row["logical_bytes"]))
         if data["per_tag"]:
             console.print(table)
 
@@ -226,7 +229,7 @@ def key_list(app: AppContext) -> None:
 
     def human(console: Console) -> None:
         for r in rows:
-            console.print(f"{r['id']}  {r['created']}  {r['host']}  {r['comment']}")
+            console.print(f"{r['id']}  {r['created']}  {plain(r['host'])}  {plain(r['comment'])}")
 
     app.out.emit(rows, human)
 

@@ -341,8 +341,11 @@ def wal_fetch(
 
         streamed = read_streamed(repo, name, prefix=prefix)
         if streamed is None:
-            raise
-        parsed, key, data = streamed
+            # `pg receive-wal` archives a segment, then deletes its states: if it did both since
+            # the first lookup, the segment is archived now ("not archived" would end recovery)
+            parsed, key, data = read_archived(repo, name, prefix=prefix)
+        else:
+            parsed, key, data = streamed
     try:
         write_atomically(dest, data)
     except OSError as exc:

@@ -198,10 +198,20 @@ def _streamed_reach(repo: Repository, backup: Snapshot) -> tuple[int, datetime] 
 
 
 def move_aside(path: Path) -> str | None:
-    if not path.exists():
+    """Make room for a restore at ``path``: nothing to do when it is missing or an empty
+    directory; a PostgreSQL data directory (it has ``PG_VERSION``) whose server is not running is
+    renamed ``PATH.coldkeep-old-<time>`` (returned).  Anything else is refused (:class:`UsageError`):
+    a directory one level above a data directory (holding a running cluster, say), a home
+    directory or a file is never moved away by a typo in ``--target-dir``."""
+    if not path.exists() and not path.is_symlink():
         return None
-    if path.is_dir() and not any(path.iterdir()):
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
         return None
+    if path.is_symlink() or not path.is_dir() or not (path / "PG_VERSION").is_file():
+        raise UsageError(
+            f"{path} is not a PostgreSQL data directory (no PG_VERSION) and not empty; not moving it aside",
+            hint="name a new or empty directory, or the data directory itself (it is renamed .coldkeep-old-TIME)",
+        )
     pid_file = path / "postmaster.pid"
     if pid_file.exists():
         try:

@@ -58,6 +58,12 @@ from coldkeep.storage.base import Backend
 #: objects fetched, verified and written at once
 WORKERS = 4
 
+#: named objects that may vanish under a copy without a lock: ``pg receive-wal`` (which takes no
+#: repository lock) replaces the stored state of the segment it is receiving every 0.2 s and
+#: deletes every state once the segment is archived (``coldkeep.postgres.walstream``).  A state
+#: listed by the copy and gone when read was superseded; the newer one waits for the next copy.
+TRANSIENT_NAMED_PREFIX = NAMED_PREFIX + "wal-stream/"
+
 
 class SourceChanged(RepositoryError):
     template = "{detail} was listed at the source but is gone; nothing that needs it was copied"
@@ -288,8 +294,14 @@ class _Copier:
         return True
 
     def leaf(self, key: str) -> int:
-        """A named object or snapshot: written once."""
-        data = get_listed(self.src.backend, key)
+        """A named object or snapshot: written once.  A streamed WAL state superseded since the
+        listing is skipped (:data:`TRANSIENT_NAMED_PREFIX`); anything else gone is an error."""
+        try:
+            data = get_listed(self.src.backend, key)
+        except SourceChanged:
+            if key.startswith(TRANSIENT_NAMED_PREFIX):
+                return 0
+            raise
         return self._write(key, data) if self._leaf_ok(key, data) else 0
 
     def record(self, key: str) -> int:

@@ -166,10 +166,15 @@ def held_locks(backend: Backend) -> list[Lock]:
         return list(_held.get(_slot(backend), ()))
 
 
-def check_held(backend: Backend) -> None:
-    """Raise :class:`LockLost` if a lock this process holds on ``backend`` was lost."""
+def check_held(backend: Backend, *, confirm: bool = False) -> None:
+    """Raise :class:`LockLost` if a lock this process holds on ``backend`` was lost.
+
+    ``confirm``: also ask the backend whether each lock document still exists (one ``stat``
+    each), for the points after which a removed lock would cost data — before an index or a
+    snapshot is written, before prune deletes — rather than wait for the next refresh to see it
+    (up to :data:`REFRESH_S`, in which ``repo unlock --all`` and a prune can both run)."""
     for lock in held_locks(backend):
-        lock.check()
+        lock.check(confirm=confirm)
 
 
 class Lock:
@@ -318,8 +323,17 @@ class Lock:
         last :data:`LOST_AFTER_S` seconds."""
         return not self._removed and _now() - self._last_ok < LOST_AFTER_S
 
-    def check(self) -> None:
-        """:class:`LockLost` unless :meth:`ok`."""
+    def check(self, *, confirm: bool = False) -> None:
+        """:class:`LockLost` unless :meth:`ok`; ``confirm``: first ``stat`` the document (a
+        removed one is lost for good; any other failure is left to the refresh rules)."""
+        if confirm and not self._removed:
+            try:
+                self.backend.stat(self.key)
+            except ObjectNotFound:
+                self._removed = True
+                log.error("%s: the lock document %s was removed; stopping", self.describe(), self.key)
+            except Exception:  # unreachable storage: the refresh rules decide
+                pass
         if self._removed:
             raise LockLost(
                 f"{self.describe()}: its document {self.key} was removed "

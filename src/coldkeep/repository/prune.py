@@ -147,7 +147,7 @@ def prune(
             new_index_id, data = encode_index(repo.keys, all_packs, sizes)
             repo.backend.put_if_absent(INDEX_PREFIX + new_index_id, data)
         # 4. drop the replaced index documents, 5. then the packs
-        lock.check()  # a lost lock may have let a backup start: its packs are in no index yet
+        lock.check(confirm=True)  # a lost lock may have let a backup start: its packs are in no index yet
         for key in old_indexes:
             if key != INDEX_PREFIX + (new_index_id or ""):
                 repo.backend.delete(key)

@@ -3,6 +3,10 @@
 Nothing is taken from the copy that does not verify (as ``repo copy`` verifies), and nothing is
 deleted before what replaces it is written.  Repairs, in this order:
 
+0. **the config**, when its footer does not verify: replaced by the copy's when that one verifies
+   and is this repository's (:func:`repair_config`; the same id where the damaged one still shows
+   it, else the same bytes but for a few — bit rot, not another repository).  Encrypted, opening
+   then checks it against the config the key slots bind, as always;
 1. **key slots** that do not parse: replaced by the copy's slot of the same id when that one
    parses (:func:`repair_key_slots`, before the repository is opened: a damaged only slot keeps it
    shut);
@@ -28,6 +32,7 @@ Locks: exclusive on the repository (index documents are rewritten), shared on th
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +42,8 @@ from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound, Repos
 from coldkeep.repository import crypto
 from coldkeep.repository.copy import slot_problem, verify_document, verify_pack
 from coldkeep.repository.format import (
+    CONFIG_KEY,
+    DIGEST_SIZE,
     INDEX_PREFIX,
     KEYS_PREFIX,
     NAMED_PREFIX,
@@ -81,6 +88,51 @@ def _fetch(source: Backend, key: str) -> bytes | None:
 
 # ------------------------------------------------------------------------------------------------
 # key slots and whole objects
+
+
+#: a damaged config whose id cannot be read is taken for this repository's only when it differs
+#: from the copy's in at most this many bytes (bit rot, a torn sector's worth of flips: not another
+#: repository's config, whose id, key material and times all differ)
+CONFIG_MAX_FLIPS = 8
+
+
+def _config_is_ours(damaged: bytes, theirs: bytes, their_id: str) -> bool:
+    """Whether the copy's config ``theirs`` (verified, of repository ``their_id``) can replace the
+    damaged config ``damaged``: same id where the damaged document still shows one, else nearly
+    the same bytes."""
+    try:
+        doc = json.loads(damaged[:-DIGEST_SIZE])
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            return bool(doc["id"] == their_id)
+    except ValueError:
+        pass
+    if len(damaged) != len(theirs):
+        return False
+    return sum(a != b for a, b in zip(damaged, theirs, strict=True)) <= CONFIG_MAX_FLIPS
+
+
+def repair_config(backend: Backend, source: Backend) -> RepairResult:
+    """The config of ``backend``, when its footer does not verify, replaced by ``source``'s (see
+    the module docstring, step 0; before anything else: without it nothing can be opened)."""
+    result = RepairResult()
+    try:
+        Repository.read_config(backend)
+        return result
+    except IntegrityError as exc:
+        why = exc.message
+    theirs = Repository.read_config(source)  # verified, or the error names the copy's config
+    with locked(backend, "repair config", exclusive=True):
+        damaged = backend.get(CONFIG_KEY)
+        data = source.get(CONFIG_KEY)
+        if not _config_is_ours(damaged, data, theirs.id):
+            raise RepositoryError(
+                f"{source.describe()} is not a copy of this repository: its config ({theirs.id[:8]}) "
+                f"is not the damaged one ({why})",
+                hint="name the copy made from this repository ([repository.copies.NAME])",
+            )
+        backend.put(CONFIG_KEY, data)
+        result.replaced.append(CONFIG_KEY)
+    return result
 
 
 def repair_key_slots(backend: Backend, source: Backend) -> RepairResult:

@@ -345,7 +345,7 @@ class BlobWriter:
             self._drop_spares()
         if not self._written:
             return None
-        self.repo.check_lock()  # an index is what makes packs live: never under a lost lock
+        self.repo.check_lock(confirm=True)  # an index is what makes packs live: never under a lost lock
         index_id, data = encode_index(self.repo.keys, self._written, self._sizes)
         self.repo.backend.put_if_absent(INDEX_PREFIX + index_id, data)
         self.repo.cache.add_index(
@@ -477,10 +477,11 @@ class Repository:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check_lock(self) -> None:
+    def check_lock(self, *, confirm: bool = False) -> None:
         """:class:`~coldkeep.errors.LockLost` if a repository lock this process holds here was
-        lost (:mod:`coldkeep.repository.locks`); called at the safe points of every operation."""
-        locks.check_held(self.backend)
+        lost (:mod:`coldkeep.repository.locks`); called at the safe points of every operation.
+        ``confirm``: also check that the lock documents still exist (see ``locks.check_held``)."""
+        locks.check_held(self.backend, confirm=confirm)
 
     # -- blobs -----------------------------------------------------------------------------------
 
@@ -534,7 +535,7 @@ class Repository:
         try:
             stored = self.backend.get_range(pack_key(entry.pack), entry.offset, length)
         except ObjectNotFound:
-            self.check_lock()  # removed by a prune that took our lost lock for stale: not damage
+            self.check_lock(confirm=True)  # removed by a prune that took our lost lock for stale: not damage
             raise IntegrityError(
                 f"blob {blob_id.hex()[:16]} in pack {entry.pack[:16]}: pack missing"
             ) from None
@@ -589,7 +590,7 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> str:
         data = encode_document(self.keys, snap.to_doc(), SNAPSHOT_AAD)
         snap.id = object_id(data)
-        self.check_lock()  # a run whose lock was lost never writes its snapshot
+        self.check_lock(confirm=True)  # a run whose lock was lost never writes its snapshot
         self.backend.put_if_absent(SNAPSHOT_PREFIX + snap.id, data)
         return snap.id
 

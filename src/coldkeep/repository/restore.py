@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from coldkeep.durable import fsync_dir
-from coldkeep.errors import IntegrityError, UsageError
+from coldkeep.errors import IntegrityError, NotFound, UsageError
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry
 from coldkeep.repository.repository import Progress, Repository, Snapshot
@@ -575,7 +575,13 @@ class Restorer:
     def _run(self, snap: Snapshot, target: Path, includes: Sequence[str]) -> RestoreResult:
         started = time.monotonic()
         target = Path(os.path.abspath(target))
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only filesystem, no permission
+            raise UsageError(
+                f"cannot restore into {target}: {exc.strerror or exc}",
+                hint="name a directory that exists or can be created, on a writable filesystem",
+            ) from None
         dirs_guard = _Dirs(os.path.realpath(target))
         result = RestoreResult(snapshot_id=snap.id, target=str(target))
         dirs: list[tuple[str, dict[str, Any]]] = []
@@ -593,12 +599,24 @@ class Restorer:
                 files.append((rel, entry))
             elif kind == "symlink":
                 links.append((rel, entry))
+        if includes and not (dirs or files or links):  # a typo, or another snapshot than meant
+            raise NotFound(
+                f"nothing in snapshot {snap.short_id} ({', '.join(snap.paths)}) matches --include "
+                + " ".join(repr(p) for p in includes),
+                hint="patterns match whole paths as the snapshot stores them, e.g. 'mnt/data/train/*'",
+            )
         # temporary names are never one of the names this restore creates
         self.names = Names({dirs_guard.path(rel) for group in (dirs, files, links) for rel, _ in group})
         self.progress.files_total = len(files)
         self.progress.bytes_total = sum(int(e.get("size", 0)) for _, e in files)
         for rel, _ in dirs:
-            dirs_guard.ensure(rel, 0o700)
+            try:
+                dirs_guard.ensure(rel, 0o700)
+            except OSError as exc:  # read-only filesystem, no permission: nothing can be restored there
+                raise UsageError(
+                    f"cannot restore into {target}: {dirs_guard.path(rel)}: {exc.strerror or exc}",
+                    hint="name a directory that exists or can be created, on a writable filesystem",
+                ) from None
         file_dests: list[tuple[str, dict[str, Any]]] = []
         for rel, entry in files:
             parent, _, base = rel.rpartition("/")
