@@ -177,6 +177,21 @@ class IntegrityError(ColdkeepError):
     hint = "run `coldkeep repo check --read-data`; `coldkeep repo repair --from COPY` can fix damaged packs"
 
 
+class RestoreTargetError(ColdkeepError):
+    """A restore could not write into its target (no space, read-only, permission, file-size limit,
+    a name too long, a file where a directory goes); every byte it read verified."""
+
+    exit_code = EXIT_FAILED
+    hint = (
+        "the target refused the files (see the system error); the repository is not damaged: "
+        "free space or fix permissions in {target}, or restore elsewhere, and run the restore again"
+    )
+
+    def __init__(self, detail: str = "", *, target: str, **fields: Any) -> None:
+        super().__init__(detail, **fields)
+        self.hint = type(self).hint.format(target=target)
+
+
 class SourceChanged(ColdkeepError):
     """A strict backup refused its snapshot: files changed while they were read, or could not be
     read.  ``changed`` and ``skipped`` list them (file-system paths); nothing was recorded."""

@@ -38,3 +38,20 @@ def test_prune_respects_a_fresh_lock_of_a_namesake_machine(tmp_path: Path) -> No
     (site.repo_dir / "locks" / f"{int(now)}-0123456789ab").write_text(json.dumps(lock))
     proc = site.run("repo", "prune")
     assert proc.returncode == 4, proc.stdout + proc.stderr  # observed: 0, the prune ran
+
+
+def test_a_lock_of_an_earlier_boot_of_this_machine_is_stale_even_if_its_pid_lives() -> None:
+    """After a reboot a lock's pid may belong to another process: the boot id decides."""
+    import os
+
+    from coldkeep.repository.locks import LockInfo, machine_identity
+
+    machine, boot = machine_identity()
+    now = time.time()
+    alive = os.getpid()
+    common = dict(id="x", host=socket.gethostname(), pid=alive, user="root", operation="backup",
+                  exclusive=False, created=now, refreshed=now)  # fmt: skip
+    assert not LockInfo(**common, machine_id=machine, boot_id=boot).is_stale()  # type: ignore[arg-type]
+    if machine and boot:  # (a machine without them falls back to the host name rule)
+        assert LockInfo(**common, machine_id=machine, boot_id="an-earlier-boot").is_stale()  # type: ignore[arg-type]
+    assert not LockInfo(**common, machine_id="another-machine", boot_id="b").is_stale()  # type: ignore[arg-type]

@@ -12,7 +12,14 @@ from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, parse_tags, progress
-from coldkeep.errors import EXIT_INTEGRITY, EXIT_PARTIAL, IntegrityError, SourceChanged
+from coldkeep.errors import (
+    EXIT_FAILED,
+    EXIT_INTEGRITY,
+    EXIT_PARTIAL,
+    IntegrityError,
+    RestoreTargetError,
+    SourceChanged,
+)
 from coldkeep.units import human_bytes
 
 if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup --json`
@@ -124,7 +131,9 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
         result = Restorer(repo, progress=prog).run(snap, target, includes)
     for warning in result.warnings:  # restored, but not as the snapshot has it
         app.out.warn(warning)
-    for error in result.errors[1:]:  # the first one is the error line below
+    damage = result.damage  # data that did not verify comes first: it decides the exit code
+    errors = damage + [e for e in result.errors if e not in damage]
+    for error in errors[1:]:  # the first one is the error line below
         app.out.warn(error)
     app.out.emit(
         result.to_json(),
@@ -133,10 +142,13 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
             f"in {result.duration_s:.2f} s" + (f"; {len(result.errors)} FAILED" if result.errors else "")
         ),
     )
-    if result.errors:
-        more = f" (+{len(result.errors) - 1} more, in the warnings above)" if len(result.errors) > 1 else ""
-        app.out.failure(IntegrityError(f"not restored: {result.errors[0]}{more}"))
-        return EXIT_INTEGRITY
+    if errors:
+        more = f" (+{len(errors) - 1} more, in the warnings above)" if len(errors) > 1 else ""
+        if damage:
+            app.out.failure(IntegrityError(f"not restored: {errors[0]}{more}"))
+            return EXIT_INTEGRITY
+        app.out.failure(RestoreTargetError(f"not restored: {errors[0]}{more}", target=plain(result.target)))
+        return EXIT_FAILED
     return 0
 
 

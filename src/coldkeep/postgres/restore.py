@@ -311,9 +311,13 @@ class PgRestore:
         config_dir = data_dir / "_config"
         if config_dir.exists():  # Debian keeps configuration outside the data directory
             shutil.move(str(config_dir), str(data_dir.with_name(data_dir.name + ".config")))
-        if result.errors:
-            raise PostgresError(f"restoring backup {backup.short_id} failed: {result.errors[0]}",
+        if result.damage:
+            raise PostgresError(f"restoring backup {backup.short_id} failed: {result.damage[0]}",
                                 hint="run `coldkeep pg verify` and `coldkeep repo check --read-data`")  # fmt: skip
+        if result.errors:
+            raise PostgresError(f"restoring backup {backup.short_id} into {data_dir} failed: {result.errors[0]}",
+                                hint=f"the target refused the files; the repository is not damaged: free space or "
+                                     f"fix permissions in {data_dir.parent}, or restore elsewhere")  # fmt: skip
         for sub in ("pg_wal", "pg_wal/archive_status"):
             (data_dir / sub).mkdir(exist_ok=True)
         _chown_tree(data_dir, self.pg.os_user)

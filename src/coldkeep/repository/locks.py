@@ -91,14 +91,30 @@ class LockInfo:
     exclusive: bool
     created: float
     refreshed: float
+    #: ``/etc/machine-id`` and the kernel's boot id of the holder ("" in locks of older versions)
+    machine_id: str = ""
+    boot_id: str = ""
 
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
         return f"{self.operation} ({kind}, pid {self.pid} on {self.host}, since {time.ctime(self.created)})"
 
     def is_stale(self, now: float | None = None) -> bool:
+        """Whether the holder is gone.  On the holder's own machine (same machine id; for a lock
+        of an older version without one, the same host name) and the same boot: when its pid is
+        dead; same machine, another boot: always (a reboot ended it, and its pid may be another
+        process's now).  A lock of another machine — including one that merely has the same host
+        name, as cloned VMs and containers do — only when not refreshed for
+        :data:`STALE_AFTER_S`."""
         now = time.time() if now is None else now
-        if self.host == socket.gethostname():
+        here_machine, here_boot = machine_identity()
+        if self.machine_id:  # unknown here: maybe another machine (only the clock decides then)
+            same_machine = self.machine_id == here_machine
+        else:  # a lock of an older version, or of a machine without an id
+            same_machine = self.host == socket.gethostname()
+        if same_machine and self.boot_id and here_boot and self.boot_id != here_boot:
+            return True
+        if same_machine:
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
@@ -107,6 +123,34 @@ class LockInfo:
                 pass  # alive, another user's
             return False  # alive here: never stale, however long it runs
         return now - self.refreshed > STALE_AFTER_S
+
+
+_identity: tuple[str, str] | None = None
+
+
+def machine_identity() -> tuple[str, str]:
+    """(machine id, boot id) of this machine: ``/etc/machine-id`` (or dbus's copy) and
+    ``/proc/sys/kernel/random/boot_id``; "" for what cannot be read.  A host name alone does not
+    tell two machines apart (cloned VMs, containers), and a pid means nothing after a reboot."""
+    global _identity
+    if _identity is None:
+
+        def first(*paths: str) -> str:
+            for path in paths:
+                try:
+                    with open(path, encoding="ascii", errors="replace") as fh:
+                        value = fh.read().strip()
+                except OSError:
+                    continue
+                if value:
+                    return value
+            return ""
+
+        _identity = (
+            first("/etc/machine-id", "/var/lib/dbus/machine-id"),
+            first("/proc/sys/kernel/random/boot_id"),
+        )
+    return _identity
 
 
 def _parse(key: str, data: bytes) -> LockInfo | None:
@@ -121,6 +165,8 @@ def _parse(key: str, data: bytes) -> LockInfo | None:
             exclusive=bool(doc["exclusive"]),
             created=float(doc["created"]),
             refreshed=float(doc["refreshed"]),
+            machine_id=str(doc.get("machine_id", "")),
+            boot_id=str(doc.get("boot_id", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -209,6 +255,8 @@ class Lock:
                 "exclusive": self.exclusive,
                 "created": self.created,
                 "refreshed": time.time(),
+                "machine_id": machine_identity()[0],
+                "boot_id": machine_identity()[1],
             }
         ).encode()
 

@@ -43,6 +43,21 @@ from coldkeep.repository.repository import Progress, Repository, Snapshot
 from coldkeep.repository.restore_io import Names, is_zero, write_all, write_sparse
 
 
+class TargetError(str):
+    """An error message about the restore *target*, not the repository's data: the system refused
+    a write (no space, read-only, permission, file-size limit, a name too long, a file where a
+    directory goes) or the restore refused a path there.  The data verified (or was never read);
+    the restore can be run again once the target is fixed."""
+
+    __slots__ = ()
+
+
+def _target_error(entry: dict[str, Any], exc: OSError | UsageError) -> TargetError:
+    if isinstance(exc, UsageError):
+        return TargetError(exc.message)
+    return TargetError(f"{entry['path']}: {exc.strerror or exc}")
+
+
 @dataclass
 class RestoreResult:
     snapshot_id: str
@@ -56,6 +71,11 @@ class RestoreResult:
     #: what was restored, but not as the snapshot has it (a hard link restored as a copy)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def damage(self) -> list[str]:
+        """The errors that are about the data (it did not verify), not about the target."""
+        return [e for e in self.errors if not isinstance(e, TargetError)]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "snapshot_id": self.snapshot_id,
@@ -66,6 +86,7 @@ class RestoreResult:
             "bytes": self.bytes,
             "duration_s": self.duration_s,
             "errors": self.errors,
+            "target_errors": [e for e in self.errors if isinstance(e, TargetError)],
             "warnings": self.warnings,
         }
 
@@ -530,7 +551,7 @@ class Restorer:
                 results[i] = (0, exc.message)
                 continue
             except OSError as exc:
-                results[i] = (0, f"{entry['path']}: {exc.strerror or exc}")
+                results[i] = (0, _target_error(entry, exc))
                 continue
             self.progress.add(1, len(data))
             results[i] = (len(data), None)
@@ -546,10 +567,10 @@ class Restorer:
         """:meth:`_write_file` with its errors as a message: (bytes written, error or None)."""
         try:
             return self._write_file(dest, entry, located, chunk_pool), None
-        except (IntegrityError, UsageError) as exc:
+        except IntegrityError as exc:
             return 0, exc.message
-        except OSError as exc:
-            return 0, f"{entry['path']}: {exc.strerror or exc}"
+        except (OSError, UsageError) as exc:
+            return 0, _target_error(entry, exc)
 
     def _set_meta(self, path: str | int, entry: dict[str, Any], *, symlink: bool = False) -> None:
         """Owner, mode and mtime of ``path``, or of an open regular file (a descriptor: no path
@@ -622,10 +643,8 @@ class Restorer:
             parent, _, base = rel.rpartition("/")
             try:
                 file_dests.append((os.path.join(dirs_guard.ensure(parent), base), entry))
-            except UsageError as exc:
-                result.errors.append(exc.message)
-            except OSError as exc:
-                result.errors.append(f"{entry['path']}: {exc.strerror or exc}")
+            except (OSError, UsageError) as exc:
+                result.errors.append(_target_error(entry, exc))
         first, later = _hard_links(file_dests)
         failed = self._restore_contents([item for item in file_dests if id(item) not in later], result)
         self._restore_hard_links(file_dests, first, later, failed, result)
@@ -637,7 +656,7 @@ class Restorer:
                 self._set_meta(dirs_guard.path(rel), entry, symlink=True)
                 result.symlinks += 1
             except (OSError, UsageError) as exc:
-                result.errors.append(f"{entry['path']}: {getattr(exc, 'message', None) or exc}")
+                result.errors.append(_target_error(entry, exc))
         for rel, entry in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
             self._set_meta(dirs_guard.path(rel), entry)
             result.dirs += 1
@@ -727,9 +746,11 @@ class Restorer:
                     result.warnings.append(
                         f"{entry['path']}: restored as a copy, not as a hard link to {src_entry['path']} ({exc})"
                     )
-                except (OSError, IntegrityError) as exc:
-                    reason = exc.message if isinstance(exc, IntegrityError) else exc.strerror or str(exc)
-                    result.errors.append(f"{entry['path']}: {reason}")
+                except IntegrityError as exc:
+                    result.errors.append(f"{entry['path']}: {exc.message}")
+                    continue
+                except OSError as exc:
+                    result.errors.append(_target_error(entry, exc))
                     continue
                 else:
                     result.files += 1
