@@ -82,4 +82,6 @@ def owner_of(kind: str, tags: Mapping[str, str]) -> Owner | None:
     command never guesses that something it does not know is safe to delete."""
     if kind != GENERIC_KIND:
         return KINDS.get(kind) or Owner(kind, f"{kind!r} snapshot (unknown kind)")
-    return KINDS.get(tags.get("kind", "")) or SERVICES.get(tags.get("service", ""))
+    # tag values as people type them: `kind=Dataset`, ` datasets ` are Tier-1 all the same
+    kind_tag = tags.get("kind", "").strip().lower()
+    return KINDS.get(kind_tag) or SERVICES.get(tags.get("service", "").strip().lower())

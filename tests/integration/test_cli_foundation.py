@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import Site
 
 from coldkeep.postgres.cluster import TempCluster
 
@@ -194,3 +195,14 @@ def test_doctor_checksums_off_warns(tmp_path: Path) -> None:
         assert checks["repository"]["status"] == "warn"  # writable but not initialised
     finally:
         cluster.remove()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_option_refuses_nan_and_infinity(tmp_path: Path, value: str) -> None:
+    """`repo prune --max-unused nan` passed click's range check (nan compares false to every
+    bound) and silently repacked nothing."""
+    site = Site(tmp_path / "site")
+    site.ok("repo", "init")
+    proc = site.run("repo", "prune", "--max-unused", value)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a finite number" in proc.stderr or "not in the range" in proc.stderr, proc.stderr

@@ -161,3 +161,15 @@ def test_copy_carries_service_records_replaces_changed_ones_and_refuses_damaged_
     assert copy.snapshot_ids() == [snap]
     with Repository.open(LocalBackend(copy.repo_dir)) as there:
         assert there.get_state("pg-lineage") == {"lineages": [{"system_identifier": 2, "prefix": "wal"}]}
+
+
+def test_a_copy_into_the_repository_itself_is_refused(tmp_path: Path) -> None:
+    """A copy whose url names the repository (here through a symlink) copied nothing and said
+    so with exit 0: the user believed there was an offsite copy."""
+    alias = tmp_path / "alias"
+    site = Site(tmp_path / "site", copies={"offsite": {"url": f"file://{alias}"}})
+    site.ok("repo", "init")
+    alias.symlink_to(site.repo_dir)
+    proc = site.run("repo", "copy", "--to", "offsite")
+    assert proc.returncode == 2, proc.stderr
+    assert "is the repository itself" in one_line_error(proc)

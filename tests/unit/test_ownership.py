@@ -36,3 +36,11 @@ def test_an_unknown_kind_is_owned_not_guessed_generic() -> None:
     owner = owner_of("drill-report", {})
     assert owner is not None and owner.service == "drill-report" and not owner.tier1
     assert "unknown kind" in owner.what and "drill-report" in owner.hint()
+
+
+@pytest.mark.parametrize("value", ["Dataset", "DATASETS", " dataset ", "Checkpoint"])
+def test_kind_tags_are_tier1_whatever_their_case(value: str) -> None:
+    """`--tag kind=Dataset` was generic, so `forget` removed it despite the Tier-1 promise."""
+    owner = owner_of("files", {"kind": value})
+    assert owner is not None and owner.tier1
+    assert owner_of("files", {"service": "Postgres"}) is not None

@@ -18,6 +18,7 @@ from rich.table import Table
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.params import FiniteRange
 from coldkeep.errors import EXIT_INTEGRITY
 from coldkeep.units import human_bytes
 
@@ -46,7 +47,7 @@ def _json_flag(fn: F) -> F:
 
 _lock_wait = click.option(
     "--lock-wait",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=30.0,
     show_default=True,
     metavar="SECONDS",

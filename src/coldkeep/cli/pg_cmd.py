@@ -15,6 +15,7 @@ from rich.table import Table
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.params import FiniteRange
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, progress
 from coldkeep.errors import EXIT_INTEGRITY
 from coldkeep.units import human_bytes
@@ -42,7 +43,7 @@ _mount_wal_commands()
 @click.option("--label", default="", help="free text stored with the backup")
 @click.option(
     "--wal-timeout",
-    type=click.FloatRange(min=1),
+    type=FiniteRange(min=1),
     default=None,
     help="seconds the backup's WAL may take to be archived (default: [postgres].backup_wal_timeout)",
 )

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.params import FiniteRange
 
 
 def _human(event: dict[str, Any]) -> str | None:
@@ -59,7 +60,7 @@ def _human(event: dict[str, Any]) -> str | None:
 )
 @click.option("--spool", metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
               help="spool directory for pg_receivewal (default: [postgres].receive_dir)")  # fmt: skip
-@click.option("--interval", type=click.FloatRange(0.0, 60.0), default=0.2, show_default=True,
+@click.option("--interval", type=FiniteRange(0.0, 60.0), default=0.2, show_default=True,
               help="least seconds between two stores of the partial segment")  # fmt: skip
 @click.option("--once", is_flag=True, help="do not reconnect: exit when pg_receivewal ends")
 @pass_app

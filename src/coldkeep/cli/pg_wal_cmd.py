@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coldkeep.cli.context import AppContext, pass_app
+from coldkeep.cli.params import FiniteRange
 from coldkeep.cli.walfast import MAX_PREFETCH, MAX_WORKERS, Flags, fetch_main, push_async_main, push_main
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def setup(
 
 
 @click.command("check")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--timeout", type=FiniteRange(min=0.1), default=60.0, show_default=True,
               help="seconds to wait for the switched segment")  # fmt: skip
 @pass_app
 def check(app: AppContext, timeout: float) -> int:

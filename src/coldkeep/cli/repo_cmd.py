@@ -8,6 +8,7 @@ from rich.table import Table
 
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.params import FiniteRange
 from coldkeep.cli.repo_support import lock_wait_option, open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
 from coldkeep.units import human_bytes
@@ -31,7 +32,7 @@ def init(app: AppContext) -> None:
 
 @repo.command("check")
 @click.option("--read-data", is_flag=True, help="read and verify every byte")
-@click.option("--read-data-subset", type=click.FloatRange(0, 100, min_open=True), default=None, metavar="PCT")
+@click.option("--read-data-subset", type=FiniteRange(0, 100, min_open=True), default=None, metavar="PCT")
 @pass_app
 def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> int:
     """Check the repository's structure (and data); exit 3 on any problem."""
@@ -65,7 +66,7 @@ def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> i
 
 
 @repo.command("prune")
-@click.option("--max-unused", type=click.FloatRange(0, 100), default=5.0, show_default=True, metavar="PCT",
+@click.option("--max-unused", type=FiniteRange(0, 100), default=5.0, show_default=True, metavar="PCT",
               help="repack packs with more unused space than this")  # fmt: skip
 @click.option("--dry-run", is_flag=True)
 @lock_wait_option

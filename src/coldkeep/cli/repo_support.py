@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import click
 
 from coldkeep.cli.context import AppContext
+from coldkeep.cli.params import FiniteRange
 from coldkeep.errors import UsageError
 from coldkeep.repository import repository as repo_mod
 from coldkeep.repository.repository import Repository
@@ -21,7 +22,7 @@ def open_repo(app: AppContext) -> Repository:
 
 #: ``--lock-wait`` of the commands that take the exclusive lock (prune, forget, pg expire)
 lock_wait_option = click.option(
-    "--lock-wait", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+    "--lock-wait", type=FiniteRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
     help="wait this long for running backups, restores and checks to finish (then exit 4)",
 )  # fmt: skip
 

@@ -30,12 +30,13 @@ except service records, which are mutable: a record that differs is replaced by 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound, RepositoryError
+from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound, RepositoryError, UsageError
 from coldkeep.repository import crypto
 from coldkeep.repository.format import (
     CONFIG_KEY,
@@ -54,6 +55,8 @@ from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry, damaged_blobs, pack_key, parse_pack
 from coldkeep.repository.repository import SNAPSHOT_AAD, Repository
 from coldkeep.storage.base import Backend
+from coldkeep.storage.local import LocalBackend
+from coldkeep.storage.wrappers import unwrap
 
 #: objects fetched, verified and written at once
 WORKERS = 4
@@ -205,6 +208,18 @@ def list_view(src: Repository, dst: Backend) -> SourceView:
     return view
 
 
+def same_store(a: Backend, b: Backend) -> bool:
+    """Whether two backends are one store (the same directory, however named; the same bucket,
+    prefix and endpoint)."""
+    a, b = unwrap(a), unwrap(b)
+    if isinstance(a, LocalBackend) and isinstance(b, LocalBackend):
+        try:
+            return os.path.samefile(a.root, b.root)
+        except OSError:
+            return os.path.realpath(a.root) == os.path.realpath(b.root)
+    return a.describe() == b.describe()
+
+
 def copy_to(
     src: Repository, dst: Backend, *, on_progress: Callable[[str, int], None] | None = None
 ) -> CopyResult:
@@ -215,6 +230,11 @@ def copy_to(
     written.  A named object, service record or snapshot that does not verify (nothing else
     depends on it) is left behind while the rest is copied; then :class:`IntegrityError` names it.
     """
+    if same_store(src.backend, dst):
+        raise UsageError(
+            f"{dst.describe()} is the repository itself, not a copy of it",
+            hint="point [repository.copies.NAME].url at another directory or bucket",
+        )
     result = CopyResult()
     with locked(src.backend, "copy", exclusive=False):
         _init_destination(src, dst, result)
