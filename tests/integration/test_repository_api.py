@@ -209,16 +209,14 @@ def test_locks_conflict_and_stale_detection(tmp_path: Path) -> None:
     # a lock left by a dead process is stale and removable; a live one is not
     dead = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE)
     dead_pid = int(dead.communicate()[0])
-    lock = Lock(backend, "backup", exclusive=True)
-    lock.acquire()
-    lock._stop.set()
     import json
 
-    doc = json.loads(backend.get(lock.key))
-    doc["pid"] = dead_pid
-    backend.put(lock.key, json.dumps(doc).encode())
-    with locked(backend, "prune", exclusive=True):  # the dead holder does not block
-        pass
+    # a document as a holder that died left it (another process's lock: nothing registered here)
+    dead_doc = json.loads(Lock(backend, "backup", exclusive=True)._doc())
+    dead_doc["pid"] = dead_pid
+    backend.put("locks/1-deadbeefdead", json.dumps(dead_doc).encode())
+    with locked(backend, "prune", exclusive=True) as prune_lock:  # the dead holder does not block
+        assert prune_lock.operation == "prune"
     assert [lk.pid for lk in remove_stale(backend)] == [dead_pid]
     live = Lock(backend, "backup", exclusive=True)
     live.acquire()

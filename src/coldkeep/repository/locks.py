@@ -49,6 +49,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -197,13 +198,16 @@ def remove_stale(backend: Backend, *, all_locks: bool = False) -> list[LockInfo]
 # ------------------------------------------------------------------------------------------------
 # the locks this process holds
 
-_held: dict[int, list[Lock]] = {}
+#: the locks this process holds, per innermost backend *object* (weakly: an entry goes with its
+#: backend; keyed by ``id()`` it outlived it, and a new backend at the same address — a later
+#: repository object — inherited a lock it never took)
+_held: weakref.WeakKeyDictionary[Backend, list[Lock]] = weakref.WeakKeyDictionary()
 _held_guard = threading.Lock()
 
 
-def _slot(backend: Backend) -> int:
+def _slot(backend: Backend) -> Backend:
     """Locks are registered under the innermost backend (wrappers around it share them)."""
-    return id(unwrap(backend))
+    return unwrap(backend)
 
 
 def held_locks(backend: Backend) -> list[Lock]:
