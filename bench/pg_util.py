@@ -140,7 +140,7 @@ KEY_MODULES = (
     "coldkeep.cli.app",
     "click",
     "logging",
-    "coldkeep.lean.args",
+    "coldkeep.lean",
     "coldkeep.cli.walfast",
     "coldkeep.postgres.archive",
     "coldkeep.repository.repository",

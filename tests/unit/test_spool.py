@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coldkeep.cli import entry
-from coldkeep.lean.args import parse
+from coldkeep.lean import parse
 from coldkeep.postgres import archiving, spool
 
 

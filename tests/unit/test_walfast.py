@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from coldkeep import config as config_mod
+from coldkeep import lean as lean_path
 from coldkeep.errors import RESTORE_COMMAND_FATAL, ConfigError, ConfigNotFound
-from coldkeep.lean import args as lean_args
 from coldkeep.lean import config as lean_config
 
 
@@ -119,22 +119,22 @@ def test_toml_errors_are_config_errors(tmp_path: Path) -> None:
     ],
 )
 def test_wal_command_name(argv: list[str], command: str | None) -> None:
-    assert lean_args.wal_command_name(argv) == command
+    assert lean_path.wal_command_name(argv) == command
 
 
 def test_parse_means_what_click_means() -> None:
-    push = lean_args.parse(
+    push = lean_path.parse(
         ["--config=/c.toml", "-q", "-vv", "--verbose", "pg", "wal-push", "--async", "--workers=3", "/w/X"]
     )
     assert push is not None
     assert (push.name, push.operands, push.asynchronous, push.workers) == ("wal-push", ["/w/X"], True, 3)
     opts = push.options
     assert (opts.config, opts.json, opts.quiet, opts.verbose) == ("/c.toml", False, True, 3)
-    workers_only = lean_args.parse(["pg", "wal-push", "--workers", "2", "X"])
+    workers_only = lean_path.parse(["pg", "wal-push", "--workers", "2", "X"])
     assert workers_only is not None and workers_only.asynchronous  # click: `if async_ or workers`
-    plain = lean_args.parse(["--json", "pg", "wal-push", "--", "-X"])
+    plain = lean_path.parse(["--json", "pg", "wal-push", "--", "-X"])
     assert plain is not None and not plain.asynchronous and plain.operands == ["-X"] and plain.options.json
-    fetch = lean_args.parse(
+    fetch = lean_path.parse(
         ["--config", "c", "pg", "wal-fetch", "N", "--prefetch", "8", "D", "--lineage=wal-7"]
     )
     assert fetch is not None
@@ -168,7 +168,7 @@ def test_parse_means_what_click_means() -> None:
     ],
 )
 def test_the_unusual_is_left_to_click(argv: list[str]) -> None:
-    assert lean_args.parse(argv) is None
+    assert lean_path.parse(argv) is None
 
 
 def test_usage_errors_of_wal_fetch_are_fatal(capsys: pytest.CaptureFixture[str]) -> None:

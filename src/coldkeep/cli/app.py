@@ -164,7 +164,7 @@ def _wal_fetch_fatal(args: list[str], code: int) -> int:
     """``pg wal-fetch`` is PostgreSQL's restore_command: any failure but "not archived" is >= 126."""
     if "wal-fetch" not in args or code > 125:
         return code
-    from coldkeep.lean.args import wal_command_name
+    from coldkeep.lean import wal_command_name
 
     return RESTORE_COMMAND_FATAL if wal_command_name(args) == "wal-fetch" else code
 

@@ -2,7 +2,7 @@
 
 PostgreSQL starts ``coldkeep pg wal-push`` / ``pg wal-fetch`` once per WAL segment, so these must
 not pay for click, rich, logging or pydantic (:mod:`coldkeep.lean`).  :func:`main` parses the
-command line with :func:`coldkeep.lean.args.parse` and
+command line with :func:`coldkeep.lean.parse` and
 
 * answers ``wal-push --async`` from :func:`coldkeep.postgres.spool.push_async` (most calls only
   check an acknowledgement marker: stdlib and blake3 only);
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from coldkeep.lean.args import WalCommand, parse
+from coldkeep.lean import WalCommand, parse
 
 #: ``0``: ``pg wal-push`` / ``pg wal-fetch`` go through click (benchmarks, debugging); an
 #: acknowledged ``--async`` push and a prefetch spool hit are still answered here

@@ -16,7 +16,7 @@ import click
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.params import FiniteRange
 from coldkeep.cli.walfast import fetch_main, push_async_main, push_main
-from coldkeep.lean.args import MAX_PREFETCH, MAX_WORKERS, GlobalOptions
+from coldkeep.lean import MAX_PREFETCH, MAX_WORKERS, GlobalOptions
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -3,7 +3,7 @@
 PostgreSQL starts one ``coldkeep`` process per WAL segment (``archive_command``,
 ``restore_command``), so the interpreter start and the imports are paid for every 16 MiB
 (:mod:`coldkeep.lean`).  :mod:`coldkeep.cli.entry` parses those command lines with
-:mod:`coldkeep.lean.args` and calls :func:`run`; ``coldkeep pg wal-push --help`` and anything that
+:func:`coldkeep.lean.parse` and calls :func:`run`; ``coldkeep pg wal-push --help`` and anything that
 parser leaves alone go to the click commands in :mod:`coldkeep.cli.pg_wal_cmd`, which call the same
 :func:`push_main` / :func:`push_async_main` / :func:`fetch_main`.  Configuration: only
 ``[repository]`` (:mod:`coldkeep.lean.config`), so a mistake in an unrelated section cannot stop
@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from coldkeep.errors import EXIT_FAILED, RESTORE_COMMAND_FATAL, ColdkeepError
-from coldkeep.lean.args import GlobalOptions, WalCommand
+from coldkeep.lean import GlobalOptions, WalCommand
 from coldkeep.lean.config import find_config_path, load_repository_section
 
 EXIT_NOT_ARCHIVED = 1
@@ -187,7 +187,7 @@ def _start_prefetch(
 
 
 def run(command: WalCommand) -> int:
-    """Run a command line :func:`coldkeep.lean.args.parse` accepted; returns the exit code."""
+    """Run a command line :func:`coldkeep.lean.parse` accepted; returns the exit code."""
     options = command.options
     if command.name == "wal-push":
         if command.asynchronous:
