@@ -531,9 +531,10 @@ if has_stage segcost; then
   "$CK" --config "$S/coldkeep.toml" -q repo init
   SYSID=$(q "SELECT system_identifier FROM pg_control_system()")
   "$WORK/runner/bin/python" -c "
-from coldkeep.cli.walfast import load_repository_section, open_repository_lean
+from coldkeep.lean.config import load_repository_section
 from coldkeep.postgres import archive
-with open_repository_lean(load_repository_section('$S/coldkeep.toml')) as repo:
+from coldkeep.repository.setup import open_repository_section
+with open_repository_section(load_repository_section('$S/coldkeep.toml')) as repo:
     archive.record_system_identifier(repo, $SYSID)"
   sed "s#^repo1-path=.*#repo1-path=$S/pgbr-repo#; s#^\[$STANZA\]#[segcost]#" "$PGBR_CONF" >"$S/pgbackrest.conf"
   chown postgres:postgres "$S/pgbackrest.conf"

@@ -5,8 +5,8 @@ PostgreSQL starts one archive_command / restore_command process per WAL segment,
 start-up and imports are paid per segment.  This measures, on real segments written by a throwaway
 PostgreSQL 15 cluster (md5-text rows, like the peer benchmark's backlog):
 
-* ``push``: the lean path (``cli/walfast.py``: no click parsing, no rich, no pydantic, no
-  cryptography for an unencrypted repository);
+* ``push``: the lean path (``cli/entry.py`` -> ``cli/walfast.py``, see ``coldkeep/lean``: no click,
+  no rich, no pydantic, no cryptography for an unencrypted repository);
 * ``push-click``: the same through the click command (``COLDKEEP_WAL_FASTPATH=0``);
 * ``push-before`` (with ``--before-rev REV``): the click command with ``cli/context.py``,
   ``cli/output.py`` and ``repository/crypto.py`` as in git revision REV (``8347b9e``: eager

@@ -92,10 +92,11 @@ def main() -> None:
                 (wal / "archive_status" / f"{name}.ready").touch()
             root = spool.spool_root(str(wal / names[0]), str(config))
             os.makedirs(root, exist_ok=True)
-            from coldkeep.cli.walfast import load_repository_section, open_repository_lean
+            from coldkeep.lean.config import load_repository_section
+            from coldkeep.repository.setup import open_repository_section
 
             c0, t0 = cpu_self(), time.perf_counter()
-            with open_repository_lean(load_repository_section(str(config))) as repo:
+            with open_repository_section(load_repository_section(str(config))) as repo:
                 import blake3
 
                 def push(name: str, path: str, repo: Repository = repo) -> tuple[int, str, str]:

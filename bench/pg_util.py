@@ -140,6 +140,7 @@ KEY_MODULES = (
     "coldkeep.cli.app",
     "click",
     "logging",
+    "coldkeep.lean",
     "coldkeep.cli.walfast",
     "coldkeep.postgres.archive",
     "coldkeep.repository.repository",

@@ -26,10 +26,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coldkeep.errors import ConfigError, ConfigNotFound
-
-SYSTEM_CONFIG = Path("/etc/coldkeep/coldkeep.toml")
-ENV_CONFIG = "COLDKEEP_CONFIG"
+from coldkeep.errors import ConfigError
+from coldkeep.lean.config import ENV_CONFIG as ENV_CONFIG  # one lookup order, shared with the lean path
+from coldkeep.lean.config import find_config_path, repository_url_problem
 
 # ------------------------------------------------------------------------------------------------
 # value types
@@ -91,17 +90,9 @@ class _Section(BaseModel):
 
 
 def _check_repo_url(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        if not parsed.path.startswith("/") or parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"file URL must be absolute, like file:///mnt/hdd/coldkeep (got {url!r})")
-    elif parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise ValueError(f"s3 URL needs a bucket, like s3://bucket/prefix (got {url!r})")
-        if parsed.password or "@" in parsed.netloc:
-            raise ValueError("credentials do not belong in the URL; use the environment")
-    else:
-        raise ValueError(f"repository URL must start with file:// or s3:// (got {url!r})")
+    problem = repository_url_problem(url)
+    if problem:
+        raise ValueError(problem)
     return url
 
 
@@ -351,22 +342,9 @@ SERVICE_SECTIONS = ("postgres", "checkpoints", "datasets", "conversations")
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
-    """``--config`` > ``$COLDKEEP_CONFIG`` > ``./coldkeep.toml`` > ``/etc/coldkeep/coldkeep.toml``."""
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigNotFound(looked=str(path))
-        return path
-    env = os.environ.get(ENV_CONFIG)
-    if env:
-        if not Path(env).is_file():
-            raise ConfigNotFound(looked=f"${ENV_CONFIG}={env}")
-        return Path(env)
-    candidates = [Path.cwd() / "coldkeep.toml", SYSTEM_CONFIG]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise ConfigNotFound(looked=", ".join(str(c) for c in candidates))
+    """``--config`` > ``$COLDKEEP_CONFIG`` > ``./coldkeep.toml`` > ``/etc/coldkeep/coldkeep.toml``
+    (:func:`coldkeep.lean.config.find_config_path`, which the per-segment WAL commands use)."""
+    return Path(find_config_path(os.fspath(explicit) if explicit else None))
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

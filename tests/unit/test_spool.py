@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from coldkeep.cli import entry
+from coldkeep.lean import parse
 from coldkeep.postgres import archiving, spool
 
 
@@ -51,13 +53,18 @@ def test_spool_roots_are_per_config(tmp_path: Path) -> None:
         ["--config", "{c}", "pg", "wal-push", "--async", "--workers", "x", "X"],
         ["--config", "{c}", "pg", "wal-push", "--async", "--bogus", "X"],
         ["--config", "{c}", "pg", "wal-push", "--async", "X", "Y"],
-        ["--config", "{c}", "pg", "wal-push", "--async", "RECOVERY_XLOG"],
     ],
 )
-def test_lean_parser_leaves_other_command_lines_alone(tmp_path: Path, args: list[str]) -> None:
+def test_acknowledgement_path_leaves_other_command_lines_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """``cli/entry.py`` answers only ``--async`` pushes with an existing ``--config`` (and no
+    ``--json``) from the spool; with the fast path off, everything else goes to click (``None``)."""
     config = tmp_path / "c.toml"
     config.write_text("")
-    assert spool.lean_main([a.replace("{c}", str(config)) for a in args]) is None
+    monkeypatch.setenv(entry.FASTPATH_ENV, "0")
+    command = parse([a.replace("{c}", str(config)) for a in args])
+    assert command is None or entry.run_lean(command) is None
 
 
 def test_archive_command_async_and_kept_by_setup(tmp_path: Path) -> None:

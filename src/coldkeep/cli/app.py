@@ -1,7 +1,9 @@
 """The ``coldkeep`` command: global options, lazy command groups, error → exit code.
 
-Command modules are imported only when their command runs, so ``coldkeep pg wal-push`` (run by
-PostgreSQL for every WAL segment) does not pay for importing the rest of coldkeep.
+Command modules are imported only when their command runs.  The executable is
+:mod:`coldkeep.cli.entry`, which runs the per-segment ``pg wal-push`` / ``pg wal-fetch`` before
+this module (and click) is imported; they reach click only for ``--help`` and command lines the
+lean parser leaves alone (:mod:`coldkeep.cli.pg_wal_cmd`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import click
 from coldkeep import __version__
 from coldkeep.cli.context import AppContext
 from coldkeep.cli.output import Output
-from coldkeep.errors import EXIT_FAILED, EXIT_USAGE, ColdkeepError, UsageError
+from coldkeep.errors import EXIT_FAILED, EXIT_USAGE, RESTORE_COMMAND_FATAL, ColdkeepError, UsageError
 
 #: command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -121,12 +123,6 @@ def _setup_logging(verbose: int) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if "wal-push" in args or "wal-fetch" in args:  # once per WAL segment: skip click (cli/walfast.py)
-        from coldkeep.cli.walfast import run_fast
-
-        code = run_fast(args)
-        if code is not None:
-            return code
     _state.json, _state.quiet, _state.verbose = False, False, 0
     _early_flags(args)  # the group callback replaces these with the parsed values
     _setup_logging(_state.verbose)
@@ -168,9 +164,9 @@ def _wal_fetch_fatal(args: list[str], code: int) -> int:
     """``pg wal-fetch`` is PostgreSQL's restore_command: any failure but "not archived" is >= 126."""
     if "wal-fetch" not in args or code > 125:
         return code
-    from coldkeep.cli.walfast import usage_exit_code
+    from coldkeep.lean import wal_command_name
 
-    return usage_exit_code(args, code)
+    return RESTORE_COMMAND_FATAL if wal_command_name(args) == "wal-fetch" else code
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """``coldkeep pg setup | check | wal-push | wal-fetch``: the WAL archive commands.
 
 Mounted into the ``pg`` group by :mod:`coldkeep.cli.pg_cmd` (``WAL_COMMANDS``).  ``wal-push`` and
-``wal-fetch`` normally never get here: :func:`coldkeep.cli.app.run` runs them on the lean path of
-:mod:`coldkeep.cli.walfast`; these click commands serve ``--help`` and unusual command lines and
+``wal-fetch`` normally never get here: the executable (:mod:`coldkeep.cli.entry`) runs them on the
+lean path (:mod:`coldkeep.lean`, :mod:`coldkeep.cli.walfast`); these click commands serve
+``--help``, the command lines the lean parser leaves alone and ``COLDKEEP_WAL_FASTPATH=0``, and
 call the same functions, so the behaviour (and exit codes) are the same.
 """
 
@@ -14,14 +15,17 @@ import click
 
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.params import FiniteRange
-from coldkeep.cli.walfast import MAX_PREFETCH, MAX_WORKERS, Flags, fetch_main, push_async_main, push_main
+from coldkeep.cli.walfast import fetch_main, push_async_main, push_main
+from coldkeep.lean import MAX_PREFETCH, MAX_WORKERS, GlobalOptions
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 
-def _flags(app: AppContext) -> Flags:
-    return Flags(config=app.config_path, json=app.out.json, quiet=app.out.quiet, verbose=app.out.verbose)
+def _flags(app: AppContext) -> GlobalOptions:
+    return GlobalOptions(
+        config=app.config_path, json=app.out.json, quiet=app.out.quiet, verbose=app.out.verbose
+    )
 
 
 @click.command("setup")

@@ -4,7 +4,7 @@
 Importing :mod:`coldkeep.config` (pydantic and its models) costs ~0.1 s of CPU, a fifth of an
 unchanged re-backup of 10,000 files.  Validation is a pure function of the file's text, so once
 a text passed it (with this coldkeep and this ``config.py``), the same text passes again: the
-command then reads ``[repository]`` with the lean parser of :mod:`coldkeep.cli.walfast` (which
+command then reads ``[repository]`` with the lean parser of :mod:`coldkeep.lean.config` (which
 gives the same values for a valid file; a unit test compares them).  A text that never passed
 has no marker and goes through the full validation, so errors are reported exactly as before.
 
@@ -20,8 +20,8 @@ import tomllib
 from pathlib import Path
 
 import coldkeep
-from coldkeep.cli import walfast
 from coldkeep.errors import ColdkeepError
+from coldkeep.lean import config as lean_config
 
 MARKER_DIR = "validated-config"
 
@@ -51,11 +51,11 @@ def remember(text: str) -> None:
         pass
 
 
-def repository_section(explicit: str | None) -> walfast.RepositorySection | None:
+def repository_section(explicit: str | None) -> lean_config.RepositorySection | None:
     """``[repository]`` of the configuration file when its text passed full validation before;
     ``None`` otherwise (the caller validates the whole file)."""
     try:
-        path = walfast.find_config_path(explicit)
+        path = lean_config.find_config_path(explicit)
         text = Path(path).read_text(encoding="utf-8")
     except (ColdkeepError, OSError, UnicodeDecodeError):
         return None
@@ -63,6 +63,6 @@ def repository_section(explicit: str | None) -> walfast.RepositorySection | None
     if marker is None or not marker.exists():
         return None
     try:
-        return walfast.parse_repository_section(tomllib.loads(text), path)
+        return lean_config.parse_repository_section(tomllib.loads(text), path)
     except (ColdkeepError, tomllib.TOMLDecodeError):
         return None

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from coldkeep.cli.leanargs import split_global_options
 from coldkeep.durable import write_atomic
 from coldkeep.postgres import wal
 
@@ -227,10 +226,11 @@ def refill(spool: Spool, config_path: str, name: str, seg_size: int, count: int,
         return
 
     def work() -> None:
-        from coldkeep.cli.walfast import load_repository_section, open_repository_lean
+        from coldkeep.lean.config import load_repository_section
         from coldkeep.postgres.archive import NotArchived, read_archived
+        from coldkeep.repository.setup import open_repository_section
 
-        with open_repository_lean(load_repository_section(config_path)) as repo:
+        with open_repository_section(load_repository_section(config_path)) as repo:
 
             def fetch(segment: str) -> bytes | None:
                 try:
@@ -254,50 +254,22 @@ def refill(spool: Spool, config_path: str, name: str, seg_size: int, count: int,
     spawn(work)
 
 
-def lean_fetch(args: list[str]) -> int | None:
-    """``[--config F] [-q|-v] pg wal-fetch [--lineage L] --prefetch K NAME DEST`` served from
-    the spool before anything else is imported (:mod:`coldkeep.cli.entry`): 0 when the segment
-    was spooled and verified (and the window refilled), ``None`` otherwise — the caller then
-    takes the normal path, which fetches from the repository and reports every error."""
-    parsed = split_global_options(args)
-    if parsed is None or parsed[1]:
-        return None  # -v, --json, anything else: the normal path reports it
-    config, _, rest = parsed
-    if len(rest) < 4 or rest[:2] != ["pg", "wal-fetch"]:
-        return None
-    values: dict[str, str] = {}
-    positional: list[str] = []
-    j = 2
-    while j < len(rest):
-        arg = rest[j]
-        if arg in ("--lineage", "--prefetch") and j + 1 < len(rest):
-            values[arg] = rest[j + 1]
-            j += 2
-            continue
-        if arg.startswith("-"):
-            return None
-        positional.append(arg)
-        j += 1
-    count = values.get("--prefetch", "")
-    if len(positional) != 2 or not count.isdigit() or not 0 < int(count) <= 64 or config is None:
-        return None
-    name, dest = positional
-    lineage = values.get("--lineage")
-    try:
-        if not os.path.isfile(config) or wal.parse_name(name).kind != "segment":
-            return None
-        spool = Spool.for_dest(dest, config, lineage)
-        spool.wait(name)  # being prefetched right now: wait rather than fetch it twice
-        seg_size = spool.take(name, dest)
-    except Exception:
-        return None
+def serve_spooled(config_path: str, name: str, dest: str, lineage: str | None, count: int) -> bool:
+    """Move a verified spooled copy of segment ``name`` to ``dest`` (waiting for a live
+    prefetcher that is fetching it) and keep the spool ``count`` segments ahead (best effort: the
+    segment is in place); ``False`` when there is none or ``name`` is not a segment: the caller
+    fetches it from the repository.  Imports neither click nor the repository modules:
+    :mod:`coldkeep.cli.entry` calls it for ``wal-fetch --prefetch K`` before anything else."""
+    if wal.parse_name(name).kind != "segment":
+        return False
+    spool = Spool.for_dest(dest, config_path, lineage)
+    spool.wait(name)  # being prefetched right now: wait rather than fetch it twice
+    seg_size = spool.take(name, dest)
     if seg_size is None:
-        return None
-    try:  # noqa: SIM105 (the segment is in place: refilling is best effort)
-        refill(spool, config, name, seg_size, int(count), lineage)
-    except Exception:
-        pass
-    return 0
+        return False
+    with contextlib.suppress(Exception):  # the segment is in place: refilling is best effort
+        refill(spool, config_path, name, seg_size, count, lineage)
+    return True
 
 
 def remove_spool(pg_wal: str | os.PathLike[str]) -> None:

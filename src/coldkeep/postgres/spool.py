@@ -18,7 +18,8 @@ the per-segment command only *acknowledges*, and one long-lived background proce
   before anything else;
 * ``pusher.lock`` — ``flock``-ed by the one live pusher.
 
-The foreground (:func:`push_async`, stdlib + blake3 only, no coldkeep imports): if ``<name>.ok``
+The foreground (:func:`push_async`, stdlib + blake3 + :mod:`coldkeep.durable` only;
+:mod:`coldkeep.cli.entry` calls it before anything else is imported): if ``<name>.ok``
 matches the file (same size, same BLAKE3 digest of its current content, config unchanged) it
 exits 0 at once.  Otherwise it writes ``<name>.req``, makes sure a pusher runs (takes the lock
 itself, then forks a detached pusher that inherits the locked descriptor, so at most one runs),
@@ -52,7 +53,6 @@ import os
 import sys
 import time
 
-from coldkeep.cli.leanargs import split_global_options
 from coldkeep.durable import write_atomic
 
 TYPE_CHECKING = False  # typing itself is not imported on the per-segment path
@@ -71,7 +71,6 @@ WAIT_TIMEOUT_S = 300.0
 STALE_S = 600.0
 MARKER_VERSION = "v1"
 EXIT_FAILED = 1
-_NAME_CHARS = frozenset("0123456789ABCDEF.abcdefghijklmnopqrstuvwxyz")
 
 
 def default_workers() -> int:
@@ -482,12 +481,13 @@ def run_pusher(root: str, wal_dir: str, config_path: str, workers: int) -> None:
     """The pusher's body (in the detached process): open the repository once, push until idle."""
     import blake3
 
-    from coldkeep.cli.walfast import load_repository_section, open_repository_lean
+    from coldkeep.lean.config import load_repository_section
     from coldkeep.postgres.archive import read_wal_file, wal_push
+    from coldkeep.repository.setup import open_repository_section
 
     ident = config_identity(config_path)
     try:
-        repo = open_repository_lean(load_repository_section(config_path))
+        repo = open_repository_section(load_repository_section(config_path))
     except BaseException as exc:  # config or repository unusable: tell every waiting foreground
         for entry in os.listdir(root):
             if entry.endswith(".req") and not entry.startswith("."):
@@ -503,40 +503,3 @@ def run_pusher(root: str, wal_dir: str, config_path: str, workers: int) -> None:
             return len(data), digest, result.key
 
         Pusher(root, wal_dir, ident, push, workers).run(config_path, _idle_exit_s())
-
-
-# ------------------------------------------------------------------------------------------------
-# a command line parser that imports nothing
-
-
-def lean_main(args: list[str]) -> int | None:
-    """Handle ``[--config F] [-q|-v] pg wal-push --async [--workers N] PATH`` before anything
-    is imported; ``None``: not this command line (the caller takes the normal path)."""
-    parsed = split_global_options(args)
-    if parsed is None:
-        return None
-    config, verbose, rest = parsed
-    if len(rest) < 3 or rest[0] != "pg" or rest[1] != "wal-push" or "--async" not in rest[2:]:
-        return None
-    workers = 0
-    positional: list[str] = []
-    j = 2
-    while j < len(rest):
-        arg = rest[j]
-        if arg == "--async":
-            pass
-        elif arg == "--workers" and j + 1 < len(rest) and rest[j + 1].isdigit():
-            workers = int(rest[j + 1])
-            j += 1
-        elif arg.startswith("--workers=") and arg.split("=", 1)[1].isdigit():
-            workers = int(arg.split("=", 1)[1])
-        elif arg.startswith("-") and arg != "-":
-            return None
-        else:
-            positional.append(arg)
-        j += 1
-    if len(positional) != 1 or not 0 <= workers <= 64 or config is None or not os.path.isfile(config):
-        return None
-    if set(os.path.basename(positional[0])) - _NAME_CHARS:
-        return None  # the full path resolves the config file and reports usage errors
-    return push_async(config, positional[0], workers=workers, verbose=verbose)

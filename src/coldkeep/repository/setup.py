@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the pydantic models cost ~0.1 s to import: `backup` opens t
 
 class BackendSection(Protocol):
     """Where a repository is: ``[repository]``, a ``[repository.copies.NAME]``, or the lean
-    ``RepositorySection`` of :mod:`coldkeep.cli.walfast`."""
+    ``RepositorySection`` of :mod:`coldkeep.lean.config`."""
 
     @property
     def url(self) -> str: ...
@@ -75,8 +75,15 @@ def open_repository(config: Config) -> Repository:
 
 
 def open_repository_section(repo_cfg: RepositorySectionLike) -> Repository:
+    """The repository ``[repository]`` names (the pydantic model or the lean
+    :class:`~coldkeep.lean.config.RepositorySection` of the per-segment WAL commands); the
+    backend is closed again when opening fails."""
     backend = backend_for(repo_cfg, owner=repo_cfg.owner)
-    return Repository.open(backend, lambda: read_passphrase(repo_cfg.password_file))
+    try:
+        return Repository.open(backend, lambda: read_passphrase(repo_cfg.password_file))
+    except BaseException:
+        backend.close()
+        raise
 
 
 def copy_section(config: Config, name: str) -> CopyConfig:
