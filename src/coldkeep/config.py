@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coldkeep.errors import ConfigError
 from coldkeep.lean.config import ENV_CONFIG as ENV_CONFIG  # one lookup order, shared with the lean path
-from coldkeep.lean.config import find_config_path, repository_url_problem
+from coldkeep.lean.config import endpoint_url_problem, find_config_path, repository_url_problem
 
 # ------------------------------------------------------------------------------------------------
 # value types
@@ -96,6 +96,13 @@ def _check_repo_url(url: str) -> str:
     return url
 
 
+def _check_endpoint_url(url: str) -> str:
+    problem = endpoint_url_problem(url)
+    if problem:
+        raise ValueError(problem)
+    return url
+
+
 class CopyConfig(_Section):
     """A named copy of the repository (``coldkeep repo copy --to NAME``)."""
 
@@ -105,6 +112,7 @@ class CopyConfig(_Section):
     password_file: str = ""
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_repo_url(v)))
+    _endpoint = field_validator("endpoint_url")(classmethod(lambda cls, v: _check_endpoint_url(v)))
 
 
 class RepositoryConfig(_Section):
@@ -117,6 +125,7 @@ class RepositoryConfig(_Section):
     copies: dict[str, CopyConfig] = Field(default_factory=dict)
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_repo_url(v)))
+    _endpoint = field_validator("endpoint_url")(classmethod(lambda cls, v: _check_endpoint_url(v)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -369,7 +378,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         shown = error["input"]
         if isinstance(shown, str):
             shown = _DSN_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", shown))
-        msg += f" (got {shown!r})"
+        if "(got " not in msg:  # the validator's own message may show it already
+            msg += f" (got {shown!r})"
     return msg
 
 

@@ -90,6 +90,14 @@ format = "jsonl.zst"
         ),
         ('[postgres]\ndsn = "host=x password=secret"\n', "postgres.dsn: the DSN must not contain a password"),
         (
+            '[repository]\nurl = "s3://b/p"\nendpoint_url = "not a url"\n',
+            "repository.endpoint_url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            '[repository.copies.offsite]\nurl = "s3://b/p"\nendpoint_url = "127.0.0.1:9000"\n',
+            "repository.copies.offsite.endpoint_url: must be an http:// or https:// URL",
+        ),
+        (
             "[postgres]\nbackup_wal_timeout = 0\n",
             "postgres.backup_wal_timeout: Input should be greater than or equal to 1",
         ),
@@ -105,6 +113,7 @@ def test_bad_values_name_the_key(text: str, expected: str) -> None:
     assert expected in message
     assert message.startswith("lab.toml: ")
     assert "\n" not in message
+    assert message.count("(got ") <= 1, message  # the bad value is named once
     assert info.value.exit_code == 2
 
 

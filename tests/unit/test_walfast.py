@@ -49,6 +49,11 @@ SECTIONS: list[dict[str, Any]] = [
     {"owner": 0},
     {"pasword_file": "/x"},
     {"copies": "offsite"},
+    {"url": "s3://b/p", "endpoint_url": "not a url"},
+    {"url": "s3://b/p", "endpoint_url": "ftp://host"},
+    {"url": "s3://b/p", "endpoint_url": "http://user:pw@host"},
+    {"url": "s3://b/p", "endpoint_url": "http://host:port"},
+    {"url": "file:///srv/c\x00x"},
 ]
 
 

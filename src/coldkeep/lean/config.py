@@ -61,6 +61,8 @@ def find_config_path(explicit: str | None) -> str:
 def repository_url_problem(url: str) -> str | None:
     """What is wrong with a repository URL, or ``None``: ``file:///absolute/path`` or
     ``s3://bucket[/prefix]`` without credentials."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        return f"a URL cannot hold control characters (got {url!r})"
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if not parsed.path.startswith("/") or parsed.netloc not in ("", "localhost"):
@@ -72,6 +74,25 @@ def repository_url_problem(url: str) -> str | None:
             return "credentials do not belong in the URL; use the environment"
     else:
         return f"repository URL must start with file:// or s3:// (got {url!r})"
+    return None
+
+
+def endpoint_url_problem(url: str) -> str | None:
+    """What is wrong with an S3 ``endpoint_url``, or ``None``: empty (the provider's default) or
+    ``http(s)://host[:port][/path]`` without credentials."""
+    if not url:
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        return f"a URL cannot hold control characters (got {url!r})"
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return f"must be an http:// or https:// URL with a host, like https://s3.example.org (got {url!r})"
+    if parsed.password or "@" in parsed.netloc:
+        return "credentials do not belong in the URL; use the environment"
+    try:
+        parsed.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return f"the port is not a number (got {url!r})"
     return None
 
 
@@ -106,6 +127,9 @@ def parse_repository_section(data: dict[str, Any], source: str) -> RepositorySec
     problem = repository_url_problem(section_obj.url)
     if problem:
         raise ConfigError(f"{where}repository.url: {problem}")
+    problem = endpoint_url_problem(section_obj.endpoint_url)
+    if problem:
+        raise ConfigError(f"{where}repository.endpoint_url: {problem}")
     return section_obj
 
 
