@@ -214,7 +214,7 @@ def key() -> None:
 @key.command("list")
 @pass_app
 def key_list(app: AppContext) -> None:
-    from coldkeep.repository.crypto import list_slots
+    from coldkeep.repository.keyslots import list_slots
     from coldkeep.repository.setup import backend_for
 
     cfg = app.config()
@@ -237,7 +237,8 @@ def key_list(app: AppContext) -> None:
 @pass_app
 def key_add(app: AppContext, new_password_file: str, comment: str) -> None:
     """Add a passphrase (read from a file) that opens the repository."""
-    from coldkeep.repository.crypto import Keys, add_slot, read_passphrase
+    from coldkeep.repository.crypto import Keys
+    from coldkeep.repository.keyslots import add_slot, read_passphrase
 
     with open_repo(app) as r:
         if not isinstance(r.keys, Keys):
@@ -256,7 +257,8 @@ def key_add(app: AppContext, new_password_file: str, comment: str) -> None:
 @pass_app
 def key_remove(app: AppContext, slot_id: str) -> None:
     """Remove a passphrase (refuses to remove the last one)."""
-    from coldkeep.repository.crypto import Keys, remove_slot
+    from coldkeep.repository.crypto import Keys
+    from coldkeep.repository.keyslots import remove_slot
     from coldkeep.repository.locks import locked
 
     with open_repo(app) as r, locked(r.backend, "key remove", exclusive=True):

@@ -37,9 +37,13 @@ from coldkeep.config import Config
 from coldkeep.errors import ColdkeepError, IntegrityError, PostgresError, UsageError
 from coldkeep.postgres import backupwait, children, pgconn
 from coldkeep.postgres.cluster import find_bin_dir, server_version
-from coldkeep.postgres.tarstream import TarFormatError, TarReader, TarTruncated, set_pipe_size
+from coldkeep.postgres.tarstream import TarFormatError, TarMember, TarReader, TarTruncated, set_pipe_size
+from coldkeep.repository.blobwriter import BlobWriter
 from coldkeep.repository.chunker import StreamChunker, chunk_buffer, strategy_for
-from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
+from coldkeep.repository.progress import Progress
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.tree import EntryType, TreeEntry
 
 PG_TAGS = {"service": "postgres", "kind": "pg-base"}
 WHOLE_FILE_LIMIT = 64 * 1024 * 1024
@@ -184,7 +188,7 @@ _Hashes = Future[tuple[str, str]] | tuple[str, str] | None
 class _Stream:
     """What one pass over the tar stream produced."""
 
-    pending: list[tuple[dict[str, Any], list[Future[bytes]], _Hashes]] = field(default_factory=list)
+    pending: list[tuple[TreeEntry, list[Future[bytes]], _Hashes]] = field(default_factory=list)
     manifest_raw: bytes = b""
     label_text: str = ""
     crcs: dict[str, str] = field(default_factory=dict)  # path -> CRC32C as the manifest writes it
@@ -255,6 +259,18 @@ def _pages_of(size: int, page_chunk: int) -> list[tuple[int, int]]:
     return [(offset, min(page_chunk, size - offset)) for offset in range(0, size, page_chunk)]
 
 
+def _member_entry(name: str, member: TarMember, kind: EntryType) -> TreeEntry:
+    """A tar member's tree entry, its keys in the order of every base backup so far."""
+    return {"path": name, "mode": member.mode, "uid": member.uid, "gid": member.gid,
+            "mtime_ns": int(member.mtime) * 10**9, "type": kind}  # fmt: skip
+
+
+def _stat_entry(name: str, st: os.stat_result, kind: EntryType) -> TreeEntry:
+    """A configuration file's tree entry (see :meth:`BaseBackup._config_files`), keys in order."""
+    return {"path": name, "mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
+            "mtime_ns": st.st_mtime_ns, "type": kind}  # fmt: skip
+
+
 def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: int = 2,
                        progress: Progress | None = None) -> _Stream:  # fmt: skip
     """Store every member of a ``pg_basebackup -Ft`` tar stream read from ``raw`` (an unbuffered
@@ -273,13 +289,11 @@ def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: in
     try:
         for member in reader:
             name = _norm(member.name)
-            entry: dict[str, Any] = {"path": name, "mode": member.mode, "uid": member.uid,
-                                     "gid": member.gid, "mtime_ns": int(member.mtime) * 10**9}  # fmt: skip
             if member.isdir():
-                entry["type"] = "dir"
-                out.pending.append((entry, [], None))
+                out.pending.append((_member_entry(name, member, "dir"), [], None))
             elif member.issym():
-                entry.update(type="symlink", target=member.linkname)
+                entry = _member_entry(name, member, "symlink")
+                entry["target"] = member.linkname
                 out.pending.append((entry, [], None))
             elif member.isfile():
                 if name in ("backup_manifest", "backup_label"):
@@ -294,7 +308,8 @@ def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: in
                     sha, futures = _store_member(
                         reader, name, member.size, pipe, hasher, ring, params, progress
                     )
-                entry.update(type="file", size=member.size)
+                entry = _member_entry(name, member, "file")
+                entry["size"] = member.size
                 out.pending.append((entry, futures, sha))
                 progress.add(1, 0)
             else:
@@ -536,27 +551,28 @@ class BaseBackup:
             raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}")
         return stream
 
-    def _config_files(self, writer: BlobWriter) -> list[dict[str, Any]]:
+    def _config_files(self, writer: BlobWriter) -> list[TreeEntry]:
         """Configuration files that live outside the data directory (Debian: /etc/postgresql/…)."""
         cfg_dir = self.pg.config_dir
         if not cfg_dir:
             return []
         base = Path(cfg_dir)
-        entries: list[dict[str, Any]] = [{"path": "_config", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
-                                          "mtime_ns": 0}]  # fmt: skip
+        entries: list[TreeEntry] = [{"path": "_config", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
+                                     "mtime_ns": 0}]  # fmt: skip
         for path in sorted(base.rglob("*")):
             st = path.lstat()
             rel = "_config/" + path.relative_to(base).as_posix()
-            entry: dict[str, Any] = {"path": rel, "mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
-                                     "mtime_ns": st.st_mtime_ns}  # fmt: skip
+            entry: TreeEntry
             if path.is_symlink():
-                entry.update(type="symlink", target=os.readlink(path))
+                entry = _stat_entry(rel, st, "symlink")
+                entry["target"] = os.readlink(path)
             elif path.is_dir():
-                entry["type"] = "dir"
+                entry = _stat_entry(rel, st, "dir")
             elif path.is_file():
                 data = path.read_bytes()
-                entry.update(type="file", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                             chunks=[writer.store(data).hex()] if data else [])  # fmt: skip
+                entry = _stat_entry(rel, st, "file")
+                entry.update({"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                              "chunks": [writer.store(data).hex()] if data else []})  # fmt: skip
             else:
                 continue
             entries.append(entry)

@@ -9,7 +9,8 @@ from coldkeep import clock
 from coldkeep.errors import NotFound, UsageError
 from coldkeep.postgres import wal
 from coldkeep.postgres.basebackup import backup_json
-from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
 
 STATUS_STATE = "pg-backup-status"
 
