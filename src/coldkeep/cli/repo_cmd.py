@@ -180,14 +180,15 @@ def unlock(app: AppContext, all_locks: bool) -> None:
 @repo.command("rebuild-cache")
 @pass_app
 def rebuild_cache(app: AppContext) -> None:
-    """Rebuild the local index cache from the repository alone."""
+    """Rebuild the local caches (index, snapshot catalog) from the repository alone."""
     from coldkeep.repository.locks import locked
 
     with open_repo(app) as r, locked(r.backend, "rebuild-cache", exclusive=False):
         cache = r.refresh_cache(full=True)
         blobs, nbytes = cache.stats()
-    app.out.emit({"blobs": blobs, "stored_blob_bytes": nbytes, "path": str(cache.path)},
-                 lambda c: c.print(f"cache rebuilt: {blobs} blobs ({cache.path})"))  # fmt: skip
+        snapshots = r.rebuild_catalog()
+    app.out.emit({"blobs": blobs, "stored_blob_bytes": nbytes, "path": str(cache.path), "snapshots": snapshots},
+                 lambda c: c.print(f"cache rebuilt: {blobs} blobs, {snapshots} snapshots ({cache.path})"))  # fmt: skip
 
 
 @repo.command("rebuild-index")

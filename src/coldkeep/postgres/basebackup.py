@@ -37,7 +37,7 @@ from coldkeep.config import Config
 from coldkeep.errors import ColdkeepError, IntegrityError, PostgresError, UsageError
 from coldkeep.postgres import backupwait, children, pgconn
 from coldkeep.postgres.cluster import find_bin_dir, server_version
-from coldkeep.postgres.tarstream import TarFormatError, TarMember, TarReader, TarTruncated, set_pipe_size
+from coldkeep.postgres.tarstream import TarFormatError, TarReader, TarTruncated, set_pipe_size
 from coldkeep.repository.blobwriter import BlobWriter
 from coldkeep.repository.chunker import StreamChunker, chunk_buffer, strategy_for
 from coldkeep.repository.progress import Progress
@@ -259,16 +259,9 @@ def _pages_of(size: int, page_chunk: int) -> list[tuple[int, int]]:
     return [(offset, min(page_chunk, size - offset)) for offset in range(0, size, page_chunk)]
 
 
-def _member_entry(name: str, member: TarMember, kind: EntryType) -> TreeEntry:
-    """A tar member's tree entry, its keys in the order of every base backup so far."""
-    return {"path": name, "mode": member.mode, "uid": member.uid, "gid": member.gid,
-            "mtime_ns": int(member.mtime) * 10**9, "type": kind}  # fmt: skip
-
-
-def _stat_entry(name: str, st: os.stat_result, kind: EntryType) -> TreeEntry:
-    """A configuration file's tree entry (see :meth:`BaseBackup._config_files`), keys in order."""
-    return {"path": name, "mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
-            "mtime_ns": st.st_mtime_ns, "type": kind}  # fmt: skip
+def _entry(name: str, kind: EntryType, mode: int, uid: int, gid: int, mtime_ns: int) -> TreeEntry:
+    """A tree entry's first keys, in the order every base backup so far wrote them."""
+    return {"path": name, "mode": mode, "uid": uid, "gid": gid, "mtime_ns": mtime_ns, "type": kind}
 
 
 def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: int = 2,
@@ -289,10 +282,11 @@ def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: in
     try:
         for member in reader:
             name = _norm(member.name)
+            meta = (member.mode, member.uid, member.gid, int(member.mtime) * 10**9)
             if member.isdir():
-                out.pending.append((_member_entry(name, member, "dir"), [], None))
+                out.pending.append((_entry(name, "dir", *meta), [], None))
             elif member.issym():
-                entry = _member_entry(name, member, "symlink")
+                entry = _entry(name, "symlink", *meta)
                 entry["target"] = member.linkname
                 out.pending.append((entry, [], None))
             elif member.isfile():
@@ -308,7 +302,7 @@ def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: in
                     sha, futures = _store_member(
                         reader, name, member.size, pipe, hasher, ring, params, progress
                     )
-                entry = _member_entry(name, member, "file")
+                entry = _entry(name, "file", *meta)
                 entry["size"] = member.size
                 out.pending.append((entry, futures, sha))
                 progress.add(1, 0)
@@ -563,14 +557,15 @@ class BaseBackup:
             st = path.lstat()
             rel = "_config/" + path.relative_to(base).as_posix()
             entry: TreeEntry
+            meta = (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns)
             if path.is_symlink():
-                entry = _stat_entry(rel, st, "symlink")
+                entry = _entry(rel, "symlink", *meta)
                 entry["target"] = os.readlink(path)
             elif path.is_dir():
-                entry = _stat_entry(rel, st, "dir")
+                entry = _entry(rel, "dir", *meta)
             elif path.is_file():
                 data = path.read_bytes()
-                entry = _stat_entry(rel, st, "file")
+                entry = _entry(rel, "file", *meta)
                 entry.update({"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                               "chunks": [writer.store(data).hex()] if data else []})  # fmt: skip
             else:

@@ -18,7 +18,7 @@ STATUS_STATE = "pg-backup-status"
 def list_backups(repo: Repository, *, strict: bool = False) -> list[Snapshot]:
     """Base backups, oldest first; ``strict``: see :meth:`Repository.list_snapshots` (damaged
     snapshot documents are skipped with a warning unless ``strict``)."""
-    return [s for s in repo.list_snapshots({"kind": "pg-base"}, strict=strict) if s.kind == "pg-base"]
+    return repo.list_snapshots({"kind": "pg-base"}, kind="pg-base", strict=strict)
 
 
 def find_backup(repo: Repository, ref: str) -> Snapshot:

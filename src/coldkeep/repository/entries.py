@@ -77,17 +77,21 @@ class EntryReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        """Fill ``buffer`` with the next bytes; 0 at the end of the file."""
+        """Fill ``buffer`` with the next bytes: all of it unless the file ends first (a short
+        read only at the end, as a buffered file gives: ``tarfile`` relies on it); 0 at the end."""
         out = memoryview(buffer).cast("B")
-        while not self._buf:
-            piece = next(self._stream(), None)
-            if piece is None:
-                return 0
-            self._buf = memoryview(piece)
-        n = min(len(out), len(self._buf))
-        out[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
+        filled = 0
+        while filled < len(out):
+            if not self._buf:
+                piece = next(self._stream(), None)
+                if piece is None:
+                    break
+                self._buf = memoryview(piece)
+            n = min(len(out) - filled, len(self._buf))
+            out[filled : filled + n] = self._buf[:n]
+            self._buf = self._buf[n:]
+            filled += n
+        return filled
 
     def pieces(self) -> Iterator[bytes | memoryview]:
         """The rest of the file, a verified piece (a chunk) at a time."""

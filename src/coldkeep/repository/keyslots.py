@@ -2,6 +2,13 @@
 
 The keys themselves, and how objects are sealed with them, are :mod:`coldkeep.repository.crypto`.
 
+Size: over 600 lines, ninety of them the slot format's specification below.  Kept as one module
+on purpose: the format, its parser (bounds on every field a planted slot could abuse) and the
+operations that rely on its invariants (a format-2 slot always authenticates the config, the last
+slot is never removed, a damaged slot is named as damaged) are one security boundary, reviewed
+and tested together (``tests/unit/test_crypto.py``); split, a change to one would have to be
+checked against another module.
+
 Key slots
 ---------
 Each passphrase is one *key slot* at ``keys/<slot-id>`` (slot id: 16 random hex characters): a JSON
