@@ -155,7 +155,7 @@ def load_repository_section(explicit: str | None) -> RepositorySection:
 def open_repository_lean(section: RepositorySection) -> Repository:
     """Open the repository from ``[repository]`` alone (what ``repository.setup`` does, without
     importing the configuration models)."""
-    from coldkeep.repository.crypto import read_passphrase
+    from coldkeep.repository.keyslots import read_passphrase
     from coldkeep.repository.repository import Repository
     from coldkeep.storage import open_backend
 
