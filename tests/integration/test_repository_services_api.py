@@ -377,17 +377,18 @@ def test_open_entry_streams_exact_bytes(tmp_path: Path, passphrase: str | None) 
     repo.close()
 
 
-def test_open_entry_into_a_tar_export(tmp_path: Path) -> None:
+def test_open_entries_into_a_tar_export_under_one_lock(tmp_path: Path) -> None:
+    from coldkeep.repository.locks import list_locks
+
     repo, snap, _, files = tree_repo(tmp_path)
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
-        for entry in repo.iter_tree(snap):
-            if entry["type"] != "file":
-                continue
+        for entry, reader in repo.open_entries(snap):
+            assert [lk.operation for lk in list_locks(repo.backend)] == ["read files"]
             info = tarfile.TarInfo(entry["path"])
             info.size = entry["size"]
-            with repo.open_entry(snap, entry) as reader:
-                tar.addfile(info, reader)
+            tar.addfile(info, reader)
+    assert list_locks(repo.backend) == []
     out.seek(0)
     with tarfile.open(fileobj=out) as tar:
         got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]

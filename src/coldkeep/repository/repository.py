@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -317,6 +317,15 @@ class Repository:
         from coldkeep.repository.entries import open_entry
 
         return open_entry(self, snap, path)
+
+    def open_entries(
+        self, snap: Snapshot, entries: Iterable[TreeEntry] | None = None
+    ) -> Iterator[tuple[TreeEntry, EntryReader]]:
+        """Every file of ``snap`` with its reader, under one shared lock
+        (:func:`~coldkeep.repository.entries.open_entries`): for exports of many files."""
+        from coldkeep.repository.entries import open_entries
+
+        return open_entries(self, snap, entries)
 
     # -- named write-once objects (named.py) -----------------------------------------------------
 

@@ -8,13 +8,14 @@ that is not possible, see :mod:`~coldkeep.repository.restore_io`) and named only
 verified, so a corrupt chunk never leaves a corrupt file behind, and nothing already in the
 target is opened, written into or deleted: a name in the way is replaced by a rename.  Paths that
 would land outside the target (absolute, ``..``, NUL, through a symlink) are refused: every name
-is checked before anything is written, and every directory on the way once (see :class:`~coldkeep.repository.restore_plan.TargetDirs`).
+is checked before anything is written, and every directory on the way once (``TargetDirs``).
 Chunk locations are looked up a batch of files at a time; small files go to the workers in
 groups of tree neighbours (one task per group, not per file); the chunks of a big file are read,
 decompressed and verified on worker threads ahead of the one being written.  A sparse file's
 all-zero chunks are left as holes.  The second and later names of a hard-linked file are linked
 to its first name once that is restored; then symlinks are created, and modes and mtimes of
-directories set last (deepest first).
+directories set last (deepest first).  The plan (names, directories, hard links, task order) is
+:mod:`~coldkeep.repository.restore_plan`; this module writes it out.
 """
 
 from __future__ import annotations
