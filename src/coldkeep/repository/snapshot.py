@@ -192,10 +192,12 @@ def _list_cached(
     unread = [i for i, stamp in listing.items() if cached.get(i) != stamp]
     loaded = _load_all(repo, unread, strict)
     add = [(snap, listing[snap.id]) for snap in loaded]
-    readable = {snap.id for snap in loaded}
-    gone = [i for i in cached if i not in listing or (i in unread and i not in readable)]
+    unreadable = set(unread) - {snap.id for snap in loaded}  # damaged, or deleted since listed
+    gone = [i for i in cached if i not in listing or i in unreadable]
     catalog.update(add, gone)
-    return catalog.query(kind=kind, tags=tags)
+    # only what this listing saw: another process may have cached ids of another listing since
+    # (a snapshot newer than it, or one that only a copy of this repository still has)
+    return [s for s in catalog.query(kind=kind, tags=tags) if s.id in listing and s.id not in unreadable]
 
 
 def _load_all(repo: Repository, ids: list[str], strict: bool) -> list[Snapshot]:
