@@ -184,14 +184,15 @@ def unlock(app: AppContext, all_locks: bool) -> None:
 @repo.command("rebuild-cache")
 @pass_app
 def rebuild_cache(app: AppContext) -> None:
-    """Rebuild the local index cache from the repository alone."""
+    """Rebuild the local caches (index, snapshot catalog) from the repository alone."""
     from coldkeep.repository.locks import locked
 
     with open_repo(app) as r, locked(r.backend, "rebuild-cache", exclusive=False):
         cache = r.refresh_cache(full=True)
         blobs, nbytes = cache.stats()
-    app.out.emit({"blobs": blobs, "stored_blob_bytes": nbytes, "path": str(cache.path)},
-                 lambda c: c.print(f"cache rebuilt: {blobs} blobs ({cache.path})"))  # fmt: skip
+        snapshots = r.rebuild_catalog()
+    app.out.emit({"blobs": blobs, "stored_blob_bytes": nbytes, "path": str(cache.path), "snapshots": snapshots},
+                 lambda c: c.print(f"cache rebuilt: {blobs} blobs, {snapshots} snapshots ({cache.path})"))  # fmt: skip
 
 
 @repo.command("rebuild-index")
@@ -218,7 +219,7 @@ def key() -> None:
 @key.command("list")
 @pass_app
 def key_list(app: AppContext) -> None:
-    from coldkeep.repository.crypto import list_slots
+    from coldkeep.repository.keyslots import list_slots
     from coldkeep.repository.setup import backend_for
 
     cfg = app.config()
@@ -241,7 +242,8 @@ def key_list(app: AppContext) -> None:
 @pass_app
 def key_add(app: AppContext, new_password_file: str, comment: str) -> None:
     """Add a passphrase (read from a file) that opens the repository."""
-    from coldkeep.repository.crypto import Keys, add_slot, read_passphrase
+    from coldkeep.repository.crypto import Keys
+    from coldkeep.repository.keyslots import add_slot, read_passphrase
 
     with open_repo(app) as r:
         if not isinstance(r.keys, Keys):
@@ -260,7 +262,8 @@ def key_add(app: AppContext, new_password_file: str, comment: str) -> None:
 @pass_app
 def key_remove(app: AppContext, slot_id: str) -> None:
     """Remove a passphrase (refuses to remove the last one)."""
-    from coldkeep.repository.crypto import Keys, remove_slot
+    from coldkeep.repository.crypto import Keys
+    from coldkeep.repository.keyslots import remove_slot
     from coldkeep.repository.locks import locked
 
     with open_repo(app) as r, locked(r.backend, "key remove", exclusive=True):

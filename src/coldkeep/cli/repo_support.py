@@ -10,7 +10,7 @@ import click
 from coldkeep.cli.context import AppContext
 from coldkeep.cli.params import FiniteRange
 from coldkeep.errors import UsageError
-from coldkeep.repository import repository as repo_mod
+from coldkeep.repository import progress as repo_mod
 from coldkeep.repository.repository import Repository
 
 

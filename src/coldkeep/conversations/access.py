@@ -20,18 +20,10 @@ from psycopg import sql
 
 from coldkeep.config import Config
 from coldkeep.conversations import db
-from coldkeep.conversations.archive import (
-    CSV_RAW,
-    ROW_JSON,
-    ArchiveResult,
-    add_months,
-    ledger_files,
-    parse_month,
-    repo_copy_ok,
-    reverify,
-)
-from coldkeep.conversations.db import ArchiveIntegrityError, Target, connect, open_target
+from coldkeep.conversations.archive import ArchiveResult, add_months, parse_month
+from coldkeep.conversations.db import CSV_RAW, ROW_JSON, ArchiveIntegrityError, Target, connect, open_target
 from coldkeep.conversations.files import ArchiveDir, BatchReader, id_of, kill_point
+from coldkeep.conversations.ledger import ledger_files, repo_copy_ok, reverify
 from coldkeep.errors import ColdkeepError, NotFound, UsageError
 
 

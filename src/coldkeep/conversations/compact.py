@@ -19,17 +19,10 @@ from psycopg import sql
 from coldkeep import clock
 from coldkeep.config import Config
 from coldkeep.conversations import db
-from coldkeep.conversations.archive import (
-    Archiver,
-    ArchiveResult,
-    add_months,
-    ledger_files,
-    parse_month,
-    recover,
-    repo_name,
-)
+from coldkeep.conversations.archive import Archiver, ArchiveResult, add_months, parse_month
 from coldkeep.conversations.db import ArchiveIntegrityError, Target, connect, open_target
 from coldkeep.conversations.files import ArchiveDir, compacted_relpath, copy_with_digest, kill_point
+from coldkeep.conversations.ledger import ledger_files, recover, repo_name
 from coldkeep.errors import ColdkeepError, UsageError
 
 

@@ -39,6 +39,14 @@ from coldkeep.errors import (
     UsageError,
 )
 
+#: the row as one JSON object, built by PostgreSQL (``c`` is the table's alias)
+ROW_JSON = (
+    '(SELECT row_to_json(r) FROM (SELECT c.id, c.session_id, c."timestamp", c.speaker, c.content, '
+    "c.metadata) r)"
+)
+#: COPY's CSV mode with delimiter/quote bytes that JSON never contains raw: lines pass untouched
+CSV_RAW = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
+
 #: column -> accepted ``pg_type.typname`` values
 DATA_COLUMNS: dict[str, tuple[str, ...]] = {
     "id": ("int8", "int4", "int2"),

@@ -38,8 +38,12 @@ from coldkeep.errors import ColdkeepError, IntegrityError, PostgresError, UsageE
 from coldkeep.postgres import backupwait, children, pgconn
 from coldkeep.postgres.cluster import find_bin_dir, server_version
 from coldkeep.postgres.tarstream import TarFormatError, TarReader, TarTruncated, set_pipe_size
+from coldkeep.repository.blobwriter import BlobWriter
 from coldkeep.repository.chunker import StreamChunker, chunk_buffer, strategy_for
-from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
+from coldkeep.repository.progress import Progress
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.tree import EntryType, TreeEntry
 
 PG_TAGS = {"service": "postgres", "kind": "pg-base"}
 WHOLE_FILE_LIMIT = 64 * 1024 * 1024
@@ -184,7 +188,7 @@ _Hashes = Future[tuple[str, str]] | tuple[str, str] | None
 class _Stream:
     """What one pass over the tar stream produced."""
 
-    pending: list[tuple[dict[str, Any], list[Future[bytes]], _Hashes]] = field(default_factory=list)
+    pending: list[tuple[TreeEntry, list[Future[bytes]], _Hashes]] = field(default_factory=list)
     manifest_raw: bytes = b""
     label_text: str = ""
     crcs: dict[str, str] = field(default_factory=dict)  # path -> CRC32C as the manifest writes it
@@ -255,6 +259,11 @@ def _pages_of(size: int, page_chunk: int) -> list[tuple[int, int]]:
     return [(offset, min(page_chunk, size - offset)) for offset in range(0, size, page_chunk)]
 
 
+def _entry(name: str, kind: EntryType, mode: int, uid: int, gid: int, mtime_ns: int) -> TreeEntry:
+    """A tree entry's first keys, in the order every base backup so far wrote them."""
+    return {"path": name, "mode": mode, "uid": uid, "gid": gid, "mtime_ns": mtime_ns, "type": kind}
+
+
 def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: int = 2,
                        progress: Progress | None = None) -> _Stream:  # fmt: skip
     """Store every member of a ``pg_basebackup -Ft`` tar stream read from ``raw`` (an unbuffered
@@ -273,13 +282,12 @@ def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: in
     try:
         for member in reader:
             name = _norm(member.name)
-            entry: dict[str, Any] = {"path": name, "mode": member.mode, "uid": member.uid,
-                                     "gid": member.gid, "mtime_ns": int(member.mtime) * 10**9}  # fmt: skip
+            meta = (member.mode, member.uid, member.gid, int(member.mtime) * 10**9)
             if member.isdir():
-                entry["type"] = "dir"
-                out.pending.append((entry, [], None))
+                out.pending.append((_entry(name, "dir", *meta), [], None))
             elif member.issym():
-                entry.update(type="symlink", target=member.linkname)
+                entry = _entry(name, "symlink", *meta)
+                entry["target"] = member.linkname
                 out.pending.append((entry, [], None))
             elif member.isfile():
                 if name in ("backup_manifest", "backup_label"):
@@ -294,7 +302,8 @@ def read_backup_stream(raw: Any, writer: BlobWriter, params: Any, *, threads: in
                     sha, futures = _store_member(
                         reader, name, member.size, pipe, hasher, ring, params, progress
                     )
-                entry.update(type="file", size=member.size)
+                entry = _entry(name, "file", *meta)
+                entry["size"] = member.size
                 out.pending.append((entry, futures, sha))
                 progress.add(1, 0)
             else:
@@ -536,27 +545,29 @@ class BaseBackup:
             raise PostgresError(f"pg_basebackup failed: {' / '.join(stderr.strip().splitlines()[-3:])}")
         return stream
 
-    def _config_files(self, writer: BlobWriter) -> list[dict[str, Any]]:
+    def _config_files(self, writer: BlobWriter) -> list[TreeEntry]:
         """Configuration files that live outside the data directory (Debian: /etc/postgresql/…)."""
         cfg_dir = self.pg.config_dir
         if not cfg_dir:
             return []
         base = Path(cfg_dir)
-        entries: list[dict[str, Any]] = [{"path": "_config", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
-                                          "mtime_ns": 0}]  # fmt: skip
+        entries: list[TreeEntry] = [{"path": "_config", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
+                                     "mtime_ns": 0}]  # fmt: skip
         for path in sorted(base.rglob("*")):
             st = path.lstat()
             rel = "_config/" + path.relative_to(base).as_posix()
-            entry: dict[str, Any] = {"path": rel, "mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
-                                     "mtime_ns": st.st_mtime_ns}  # fmt: skip
+            entry: TreeEntry
+            meta = (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns)
             if path.is_symlink():
-                entry.update(type="symlink", target=os.readlink(path))
+                entry = _entry(rel, "symlink", *meta)
+                entry["target"] = os.readlink(path)
             elif path.is_dir():
-                entry["type"] = "dir"
+                entry = _entry(rel, "dir", *meta)
             elif path.is_file():
                 data = path.read_bytes()
-                entry.update(type="file", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                             chunks=[writer.store(data).hex()] if data else [])  # fmt: skip
+                entry = _entry(rel, "file", *meta)
+                entry.update({"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                              "chunks": [writer.store(data).hex()] if data else []})  # fmt: skip
             else:
                 continue
             entries.append(entry)

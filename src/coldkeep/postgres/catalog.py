@@ -9,7 +9,8 @@ from coldkeep import clock
 from coldkeep.errors import NotFound, UsageError
 from coldkeep.postgres import wal
 from coldkeep.postgres.basebackup import backup_json
-from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
 
 STATUS_STATE = "pg-backup-status"
 
@@ -17,7 +18,7 @@ STATUS_STATE = "pg-backup-status"
 def list_backups(repo: Repository, *, strict: bool = False) -> list[Snapshot]:
     """Base backups, oldest first; ``strict``: see :meth:`Repository.list_snapshots` (damaged
     snapshot documents are skipped with a warning unless ``strict``)."""
-    return [s for s in repo.list_snapshots({"kind": "pg-base"}, strict=strict) if s.kind == "pg-base"]
+    return repo.list_snapshots({"kind": "pg-base"}, kind="pg-base", strict=strict)
 
 
 def find_backup(repo: Repository, ref: str) -> Snapshot:

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from coldkeep.postgres import catalog, wal, walchain, walstream
-from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

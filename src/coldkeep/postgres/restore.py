@@ -29,8 +29,9 @@ from coldkeep.errors import ColdkeepError, PostgresError, UsageError
 from coldkeep.postgres import catalog, wal
 from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, free_port, running_as_root
 from coldkeep.repository.locks import locked
-from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.repository import Repository
 from coldkeep.repository.restore import Restorer
+from coldkeep.repository.snapshot import Snapshot
 
 #: worker threads of ``pg restore`` (0: twice the CPUs, at least 4); ``COLDKEEP_RESTORE_THREADS``
 RESTORE_THREADS = int(os.environ.get("COLDKEEP_RESTORE_THREADS", "0") or 0)

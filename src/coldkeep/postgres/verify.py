@@ -12,7 +12,8 @@ from coldkeep.errors import ColdkeepError
 from coldkeep.postgres import catalog, walchain
 from coldkeep.postgres.basebackup import FileHash, checksum_problem
 from coldkeep.repository.locks import locked
-from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
 
 
 @dataclass
@@ -37,6 +38,8 @@ def verify_backup(repo: Repository, snap: Snapshot) -> VerifyResult:
 def _verify(repo: Repository, snap: Snapshot) -> VerifyResult:
     result = VerifyResult(backup_id=snap.id)
     entries = {e["path"]: e for e in repo.iter_tree(snap)}
+    #: path -> (size, SHA-256, CRC32C) of the bytes read back, for every file that could be read
+    computed: dict[str, tuple[int, str, str]] = {}
     manifest_entry = entries.get("backup_manifest")
     manifest: dict[str, Any] = {}
     if manifest_entry is None:
@@ -64,16 +67,17 @@ def _verify(repo: Repository, snap: Snapshot) -> VerifyResult:
             result.problems.append(f"{path}: content differs from the snapshot's record")
         result.files_checked += 1
         result.bytes_checked += size
-        entry["_sha"], entry["_crc"] = sha_hex, crc_hex
-        entry["_size"] = size
+        computed[path] = (size, sha_hex, crc_hex)
     for item in manifest.get("Files", []):
         listed = entries.get(item["Path"])
         if listed is None:
             result.problems.append(f"{item['Path']}: listed in backup_manifest but missing")
             continue
-        if listed.get("_size") != int(item["Size"]):
+        # all None: not a file, or it could not be read (reported above)
+        got: tuple[int | None, str | None, str | None] = computed.get(item["Path"]) or (None, None, None)
+        if got[0] != int(item["Size"]):
             result.problems.append(f"{item['Path']}: size differs from backup_manifest")
-        problem = checksum_problem(item["Path"], item, str(listed.get("_sha")), str(listed.get("_crc")))
+        problem = checksum_problem(item["Path"], item, str(got[1]), str(got[2]))
         if problem:
             result.problems.append(problem)
     chain = walchain.check_chain(

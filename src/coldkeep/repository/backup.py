@@ -30,10 +30,14 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.errors import NotFound, UsageError
+from coldkeep.repository.blobwriter import BlobWriter
 from coldkeep.repository.changes import Report, refusal, what_changed
 from coldkeep.repository.chunker import chunk_buffer, chunk_file, strategy_for
 from coldkeep.repository.fileread import WindowBuffers, open_regular, read_hook
-from coldkeep.repository.repository import BlobWriter, Progress, Repository, Snapshot
+from coldkeep.repository.progress import Progress
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.tree import EntryType, TreeEntry
 
 SMALL_FILE = 4 * 1024 * 1024
 #: files up to this size are backed up in groups of neighbours, one task and one index query per
@@ -155,13 +159,15 @@ def walk(
             stack.extend(reversed(subdirs))
 
 
-def _meta(name: str, st: os.stat_result) -> dict[str, Any]:
+def _meta(name: str, st: os.stat_result, kind: EntryType) -> TreeEntry:
+    """A directory's or symlink's entry, its keys in the order of every tree so far."""
     return {
         "path": name,
         "mode": stat.S_IMODE(st.st_mode),
         "uid": st.st_uid,
         "gid": st.st_gid,
         "mtime_ns": st.st_mtime_ns,
+        "type": kind,
     }
 
 
@@ -186,11 +192,11 @@ class _Member:
 
     __slots__ = ("future", "index")
 
-    def __init__(self, future: Future[list[dict[str, Any] | None]], index: int) -> None:
+    def __init__(self, future: Future[list[TreeEntry | None]], index: int) -> None:
         self.future = future
         self.index = index
 
-    def result(self) -> dict[str, Any] | None:
+    def result(self) -> TreeEntry | None:
         return self.future.result()[self.index]
 
 
@@ -259,8 +265,8 @@ class Backup:
         return hashlib.sha256(data).hexdigest(), chunks, opened, len(data)
 
     def _group_entries(
-        self, writer: BlobWriter, items: list[tuple[str, dict[str, Any]]], report: Report
-    ) -> list[dict[str, Any] | None]:
+        self, writer: BlobWriter, items: list[tuple[str, TreeEntry]], report: Report
+    ) -> list[TreeEntry | None]:
         """Back up a group of small files (neighbours in the walk) at once: each read with one
         ``read()`` and hashed, their chunks stored with one index query for the group
         (:meth:`BlobWriter.store_many`) instead of one per chunk (:meth:`_read_small`)."""
@@ -276,7 +282,7 @@ class Backup:
             spans.append((len(blobs), len(blobs) + len(views), sha, opened, nread))
             blobs.extend(views)
         ids = [blob_id.hex() for blob_id in writer.store_many(blobs)] if blobs else []
-        results: list[dict[str, Any] | None] = []
+        results: list[TreeEntry | None] = []
         for (path, entry), span in zip(items, spans, strict=True):
             if span is None:
                 results.append(None)
@@ -288,21 +294,23 @@ class Backup:
     def _settle(
         self,
         path: str,
-        entry: dict[str, Any],
+        entry: TreeEntry,
         sha: str,
         ids: list[str],
         opened: os.stat_result,
         nread: int,
         report: Report,
-    ) -> dict[str, Any]:
+    ) -> TreeEntry:
         """Complete a file's entry with what was read (its size is the number of bytes read),
         and report the file when it changed between the walk and now (see :func:`_what_changed`):
         such an entry is marked ``"changed": true`` so that the next backup reads it again."""
         what = what_changed(path, entry, opened, nread)
         if opened.st_ino != entry["ino"]:  # another file took the name: what was read is that one
-            entry.update(mode=stat.S_IMODE(opened.st_mode), uid=opened.st_uid, gid=opened.st_gid,
-                         mtime_ns=opened.st_mtime_ns, ino=opened.st_ino, ctime_ns=opened.st_ctime_ns)  # fmt: skip
-        entry.update(size=nread, sha256=sha, chunks=ids)
+            entry.update({"mode": stat.S_IMODE(opened.st_mode), "uid": opened.st_uid, "gid": opened.st_gid,
+                          "mtime_ns": opened.st_mtime_ns, "ino": opened.st_ino, "ctime_ns": opened.st_ctime_ns})  # fmt: skip
+        entry["size"] = nread  # the keys in this order: size is there already, then these two
+        entry["sha256"] = sha
+        entry["chunks"] = ids
         if what is not None:
             entry["changed"] = True
             report.change(path, what, nread)
@@ -319,7 +327,7 @@ class Backup:
         meta: dict[str, Any] | None = None,
         parent: str | None = "auto",
         kind: str = "files",
-        on_entry: Callable[[dict[str, Any]], None] | None = None,
+        on_entry: Callable[[TreeEntry], None] | None = None,
         strict: bool = False,
     ) -> BackupResult:
         """Back up ``sources`` into a new snapshot (see the module docstring).
@@ -349,10 +357,10 @@ class Backup:
             if parent == "auto"
             else (self.repo.find_snapshot(parent) if parent else None)
         )
-        previous: dict[str, dict[str, Any]] = {}
+        previous: dict[str, TreeEntry] = {}
         # every entry of the parent with its JSON line: an entry that comes out equal (same keys
         # in the same order, same values) is written with that line instead of encoding it again
-        previous_lines: dict[str, tuple[dict[str, Any], bytes | None]] = {}
+        previous_lines: dict[str, tuple[TreeEntry, bytes | None]] = {}
         if parent_snap is not None:
             for entry, line in self.repo.iter_tree_lines(parent_snap):
                 previous_lines[entry["path"]] = (entry, line)
@@ -361,16 +369,16 @@ class Backup:
         report = Report()
         warnings = report.warnings
         writer = self.repo.writer()
-        entries: list[dict[str, Any] | Future[dict[str, Any] | None] | _Member] = []
+        entries: list[TreeEntry | Future[TreeEntry | None] | _Member] = []
         files = dirs = reused = 0
         file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-file")
         chunk_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-chunk")
         # files the parent snapshot has with the same size, mtime and inode: reused once their
         # chunks are confirmed in the index, a batch of ids per query
-        pending: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
+        pending: list[tuple[int, str, TreeEntry, TreeEntry]] = []
         pending_chunks = 0
         # small files waiting to go to a worker as one group: (index in entries, path, entry)
-        group: list[tuple[int, str, dict[str, Any]]] = []
+        group: list[tuple[int, str, TreeEntry]] = []
         group_bytes = 0
 
         def flush_group() -> None:
@@ -447,13 +455,11 @@ class Backup:
                             file_pool.submit(self._file_entry, writer, chunk_pool, path, entry, report)
                         )
                     continue
-                entry = _meta(name, st)
                 if stat.S_ISDIR(st.st_mode):
-                    entry["type"] = "dir"
                     dirs += 1
-                    entries.append(entry)
+                    entries.append(_meta(name, st, "dir"))
                 elif stat.S_ISLNK(st.st_mode):
-                    entry["type"] = "symlink"
+                    entry = _meta(name, st, "symlink")
                     try:
                         entry["target"] = os.readlink(path)
                     except OSError as exc:
@@ -464,7 +470,7 @@ class Backup:
                     warnings.append(f"{path}: skipped (not a regular file, directory or symlink)")
             settle_pending()
             flush_group()
-            final: list[dict[str, Any]] = []
+            final: list[TreeEntry] = []
             lines: list[bytes | None] = []
             for item in entries:
                 resolved = item.result() if isinstance(item, (Future, _Member)) else item
@@ -537,9 +543,9 @@ class Backup:
         writer: BlobWriter,
         pool: ThreadPoolExecutor,
         path: str,
-        entry: dict[str, Any],
+        entry: TreeEntry,
         report: Report,
-    ) -> dict[str, Any] | None:
+    ) -> TreeEntry | None:
         try:
             sha, ids, opened, nread = self._file(writer, pool, path, int(entry["size"]))
         except OSError as exc:

@@ -5,9 +5,9 @@ backup that refuses such a snapshot.  See ``repository/backup.py``."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from coldkeep.errors import SourceChanged
+from coldkeep.repository.tree import TreeEntry
 
 
 class Report:
@@ -35,7 +35,7 @@ class Report:
             self.skip(path, f"cannot read ({exc.strerror or exc})")
 
 
-def what_changed(path: str, listed: dict[str, Any], opened: os.stat_result, nread: int) -> str | None:
+def what_changed(path: str, listed: TreeEntry, opened: os.stat_result, nread: int) -> str | None:
     """How a file changed between the walk (``listed``: its entry as walked), its opening
     (``opened``) and now, that ``nread`` bytes were read from; ``None`` if it did not."""
     try:

@@ -1,6 +1,6 @@
 """``repo check``: structure always; with ``read_data`` every byte of every pack, named object
 and service record.  Key slots are always checked: their checksum (format 2), that they are
-usable, and that each is bound to this repository's config (see ``crypto.py``); a format-1 slot
+usable, and that each is bound to this repository's config (see ``keyslots.py``); a format-1 slot
 (no checksum) is a warning.
 
 Each problem names the object (pack, blob, index, snapshot, named object) and, for damaged
@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound
-from coldkeep.repository import crypto
+from coldkeep.repository import keyslots
 from coldkeep.repository.format import INDEX_PREFIX, PACK_PREFIX, STATE_PREFIX
 from coldkeep.repository.index import decode_index
 from coldkeep.repository.locks import Lock, locked
 from coldkeep.repository.packer import BlobEntry, damaged_blobs, pack_key, parse_pack
-from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.tree import TreeEntry
 
 
 @dataclass
@@ -72,7 +74,7 @@ class CheckResult:
         }
 
 
-def _size_problem(entry: dict[str, Any], stored: int | None, where: str) -> Problem | None:
+def _size_problem(entry: TreeEntry, stored: int | None, where: str) -> Problem | None:
     """A file entry whose recorded size is not what its chunks hold (their raw lengths in the
     index, ``stored``; ``None`` when one is missing, reported as such): restore would write
     those bytes and then refuse the file, so the snapshot cannot restore it."""
@@ -231,7 +233,7 @@ def _check(
             except ColdkeepError as exc:
                 result.problems.append(Problem("state", info.key, exc.message))
     # the slot that opened the repository checked the config; the others are checked here
-    slot_problems, slot_warnings = crypto.check_slots(backend, repo.config.digest or None, repo.keys)
+    slot_problems, slot_warnings = keyslots.check_slots(backend, repo.config.digest or None, repo.keys)
     result.problems.extend(Problem("key slot", key, detail) for key, detail in slot_problems)
     result.warnings.extend(slot_warnings)
     return result

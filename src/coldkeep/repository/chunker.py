@@ -26,6 +26,12 @@ Chunk boundaries are part of the repository format in practice (changing them re
 everything once), so every input of the cut-point function is explicit: :class:`ChunkerParams`
 (stored in the repository config) and the normalisation level :data:`NORMALIZED_CHUNKING`.
 ``tests/unit/test_chunker.py`` pins the boundaries of a fixed input with the default parameters.
+
+Size: a little over 600 lines, kept as one module on purpose: chunk boundaries are repository
+format (changing one re-uploads everything once), and the three strategies, the file reader
+(:class:`FileChunks`) and the stream chunker (:class:`StreamChunker`) share their cut-point rules
+(:func:`_final`, :func:`_first_cut`, the one FastCDC setup); one module is what the boundary tests
+pin, and a second home for half of those rules is how two of them would drift apart.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound, RepositoryError, UsageError
-from coldkeep.repository import crypto
+from coldkeep.repository import keyslots
 from coldkeep.repository.format import (
     CONFIG_KEY,
     INDEX_PREFIX,
@@ -53,7 +53,8 @@ from coldkeep.repository.format import (
 from coldkeep.repository.index import decode_index
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry, damaged_blobs, pack_key, parse_pack
-from coldkeep.repository.repository import SNAPSHOT_AAD, Repository
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import SNAPSHOT_AAD
 from coldkeep.storage.base import Backend
 from coldkeep.storage.local import LocalBackend
 from coldkeep.storage.wrappers import unwrap
@@ -150,8 +151,8 @@ def verify_document(repo: Repository, key: str, data: bytes) -> None:
 def slot_problem(slot_id: str, data: bytes) -> str | None:
     """Why key slot ``slot_id`` is unusable, or ``None`` when it parses."""
     try:
-        crypto._parse_slot(slot_id, data)
-    except crypto._BadSlot as exc:
+        keyslots._parse_slot(slot_id, data)
+    except keyslots._BadSlot as exc:
         return str(exc.args[0])
     return None
 

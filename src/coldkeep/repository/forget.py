@@ -19,7 +19,8 @@ from typing import Any
 from coldkeep import clock, retention
 from coldkeep.errors import UsageError
 from coldkeep.ownership import Owner, owner_of
-from coldkeep.repository.repository import Repository, Snapshot
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.snapshot import Snapshot
 
 __all__ = ["ForgetResult", "LeftAlone", "forget_by_policy", "forget_ids", "split_owned"]
 

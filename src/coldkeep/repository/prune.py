@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from coldkeep.errors import IntegrityError, ObjectNotFound
+from coldkeep.repository.blobwriter import BlobWriter
 from coldkeep.repository.format import INDEX_PREFIX, PACK_PREFIX
 from coldkeep.repository.index import encode_index
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry, damaged_blobs, pack_key
-from coldkeep.repository.repository import BlobWriter, Repository
+from coldkeep.repository.repository import Repository
 
 
 @dataclass

@@ -39,8 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coldkeep.errors import ColdkeepError, IntegrityError, ObjectNotFound, RepositoryError
-from coldkeep.repository import crypto
+from coldkeep.repository import keyslots
+from coldkeep.repository.blobwriter import pack_target
 from coldkeep.repository.copy import slot_problem, verify_document, verify_pack
+from coldkeep.repository.crypto import KeyRing
 from coldkeep.repository.format import (
     CONFIG_KEY,
     DIGEST_SIZE,
@@ -53,7 +55,8 @@ from coldkeep.repository.format import (
 from coldkeep.repository.index import decode_index, encode_index
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry, PackBuilder, damaged_blobs, pack_key, parse_pack
-from coldkeep.repository.repository import Repository, _tree_lines, pack_target
+from coldkeep.repository.repository import Repository
+from coldkeep.repository.tree import parse_tree_blob
 from coldkeep.storage.base import Backend
 
 
@@ -141,9 +144,9 @@ def repair_key_slots(backend: Backend, source: Backend) -> RepairResult:
     result = RepairResult()
     _same_repository(backend, source)
     with locked(backend, "repair key slots", exclusive=True):
-        _slots, bad = crypto._read_slots(backend)
+        _slots, bad = keyslots._read_slots(backend)
         for slot_id, why in sorted(bad.items()):
-            if isinstance(why, crypto._NewerSlot):
+            if isinstance(why, keyslots._NewerSlot):
                 continue
             key = KEYS_PREFIX + slot_id
             data = _fetch(source, key)
@@ -225,7 +228,7 @@ def _scan_packs(repo: Repository, result: RepairResult) -> list[_Damage]:
 
 
 def _index_documents(
-    backend: Backend, keys: crypto.KeyRing, result: RepairResult
+    backend: Backend, keys: KeyRing, result: RepairResult
 ) -> Iterator[tuple[str, str, int, list[BlobEntry]]]:
     """``(index key, pack id, size, blobs)`` of every index document that decodes."""
     for info in backend.list(INDEX_PREFIX):
@@ -266,7 +269,7 @@ def _used_but_unindexed(repo: Repository) -> dict[bytes, str]:
             if tree_id in need:
                 continue
             try:
-                entries = _tree_lines(repo.read_blob(tree_id))
+                entries = parse_tree_blob(repo.read_blob(tree_id))
             except (ColdkeepError, ValueError):
                 continue
             chunks = [bytes.fromhex(c) for e in entries for c in e.get("chunks", ())]

@@ -8,13 +8,14 @@ that is not possible, see :mod:`~coldkeep.repository.restore_io`) and named only
 verified, so a corrupt chunk never leaves a corrupt file behind, and nothing already in the
 target is opened, written into or deleted: a name in the way is replaced by a rename.  Paths that
 would land outside the target (absolute, ``..``, NUL, through a symlink) are refused: every name
-is checked before anything is written, and every directory on the way once (see :class:`_Dirs`).
+is checked before anything is written, and every directory on the way once (``TargetDirs``).
 Chunk locations are looked up a batch of files at a time; small files go to the workers in
 groups of tree neighbours (one task per group, not per file); the chunks of a big file are read,
 decompressed and verified on worker threads ahead of the one being written.  A sparse file's
 all-zero chunks are left as holes.  The second and later names of a hard-linked file are linked
 to its first name once that is restored; then symlinks are created, and modes and mtimes of
-directories set last (deepest first).
+directories set last (deepest first).  The plan (names, directories, hard links, task order) is
+:mod:`~coldkeep.repository.restore_plan`; this module writes it out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
-import fnmatch
 import hashlib
 import os
 import stat
@@ -31,64 +31,42 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 from coldkeep.durable import fsync_dir
 from coldkeep.errors import IntegrityError, NotFound, UsageError
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry
-from coldkeep.repository.repository import Progress, Repository, Snapshot
+from coldkeep.repository.progress import Progress
+from coldkeep.repository.reads import RUN_BYTES, Run, plan_runs
+from coldkeep.repository.repository import Repository
 from coldkeep.repository.restore_io import Names, is_zero, write_all, write_sparse
+from coldkeep.repository.restore_plan import (
+    Item,
+    RestoreResult,
+    TargetDirs,
+    TargetError,
+    _target_error,
+    hard_links,
+    matches,
+    plan,
+    plan_tasks,
+    safe_relpath,
+    small_runs,
+)
+from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.tree import TreeEntry
 
-
-class TargetError(str):
-    """An error message about the restore *target*, not the repository's data: the system refused
-    a write (no space, read-only, permission, file-size limit, a name too long, a file where a
-    directory goes) or the restore refused a path there.  The data verified (or was never read);
-    the restore can be run again once the target is fixed."""
-
-    __slots__ = ()
-
-
-def _target_error(entry: dict[str, Any], exc: OSError | UsageError) -> TargetError:
-    if isinstance(exc, UsageError):
-        return TargetError(exc.message)
-    return TargetError(f"{entry['path']}: {exc.strerror or exc}")
-
-
-@dataclass
-class RestoreResult:
-    snapshot_id: str
-    target: str
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    bytes: int = 0
-    duration_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    #: what was restored, but not as the snapshot has it (a hard link restored as a copy)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def damage(self) -> list[str]:
-        """The errors that are about the data (it did not verify), not about the target."""
-        return [e for e in self.errors if not isinstance(e, TargetError)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "snapshot_id": self.snapshot_id,
-            "target": self.target,
-            "files": self.files,
-            "dirs": self.dirs,
-            "symlinks": self.symlinks,
-            "bytes": self.bytes,
-            "duration_s": self.duration_s,
-            "errors": self.errors,
-            "target_errors": [e for e in self.errors if isinstance(e, TargetError)],
-            "warnings": self.warnings,
-        }
+__all__ = [
+    "RUN_BYTES",
+    "SEGMENT_MIN",
+    "SEGMENT_PART",
+    "RestoreResult",
+    "Restorer",
+    "TargetError",
+    "matches",
+    "safe_relpath",
+]
 
 
 #: with ``durable``: start writeback of a file every this many bytes written
@@ -119,82 +97,6 @@ _start_writeback = _load_sync_file_range()
 #: once, in segments of at least :data:`SEGMENT_PART` bytes
 SEGMENT_MIN = 64 * 1024 * 1024
 SEGMENT_PART = 32 * 1024 * 1024
-
-#: a run of a file's chunks (read with one request) covers at most this many stored bytes and
-#: holds at most this many bytes of content
-RUN_BYTES = 2 * 1024 * 1024
-
-
-def safe_relpath(name: str) -> PurePosixPath:
-    """``name`` as a path relative to the target; refuses absolute paths, ``..`` and NUL bytes."""
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or not rel.parts or "\0" in name:
-        raise UsageError(f"refusing to restore {name!r}: it would land outside the target directory")
-    return rel
-
-
-def _matches(name: str, includes: Sequence[str]) -> bool:
-    if not includes:
-        return True
-    for pattern in includes:
-        pat = pattern.lstrip("/")
-        if fnmatch.fnmatchcase(name, pat) or name.startswith(pat.rstrip("/") + "/"):
-            return True
-    return False
-
-
-class _Dirs:
-    """Directories of the target, each checked once to be a real directory (not a symlink).
-
-    Names are validated by :func:`safe_relpath` (no absolute path, no ``..``); what is left to
-    refuse is a path whose directory is a symlink (say, one already in a non-empty target), so
-    every directory on the way is ``lstat``-ed, or created, once, and remembered.  That replaces a
-    ``realpath`` per file.  Symlinks of the snapshot are created after every file, and re-checked
-    without the memory (:meth:`check_fresh`).
-    """
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self._ok: set[str] = {""}
-
-    def path(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else self.root
-
-    def ensure(self, rel: str, mode: int = 0o777) -> str:
-        """The absolute path of directory ``rel`` (``""`` is the target), created if missing."""
-        if rel in self._ok:
-            return self.path(rel)
-        parts = rel.split("/")
-        known = len(parts) - 1  # the deepest directory on the way already checked
-        while known > 0 and "/".join(parts[:known]) not in self._ok:
-            known -= 1
-        for depth in range(known + 1, len(parts) + 1):
-            sub = "/".join(parts[:depth])
-            path = self.path(sub)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(path, mode if depth == len(parts) else 0o777)
-                st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise UsageError(
-                    f"refusing to restore into {path}: it is not a directory (a symlink would lead outside the target)"
-                )
-            self._ok.add(sub)
-        return self.path(rel)
-
-    def check_fresh(self, rel: str) -> None:
-        """Every existing directory on the way to ``rel`` is a real directory, checked now."""
-        parts = rel.split("/") if rel else []
-        for i in range(1, len(parts) + 1):
-            path = self.path("/".join(parts[:i]))
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                return
-            if not stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"refusing to restore {self.path(rel)}: {path} is not a directory")
 
 
 class Restorer:
@@ -241,43 +143,13 @@ class Restorer:
         self.durable = durable
         self.names = Names()
 
-    def _runs(
-        self, entry: dict[str, Any], located: dict[bytes, BlobEntry]
-    ) -> list[list[tuple[bytes, BlobEntry]]]:
-        """A file's chunks in order, grouped into runs that one request reads: consecutive chunks
-        of one pack whose covering range is at most :data:`RUN_BYTES` and mostly theirs (packs
-        hold a file's chunks nearly in order; parallel compression swaps neighbours), and whose
-        contents add up to at most :data:`RUN_BYTES` (memory stays bounded: a run of one
-        repeated all-zero chunk is tiny in the pack)."""
-        runs: list[list[tuple[bytes, BlobEntry]]] = []
-        run: list[tuple[bytes, BlobEntry]] = []
-        lo = hi = used = raw = 0
-        for hex_id in entry.get("chunks", ()):
-            blob_id = bytes.fromhex(hex_id)
-            loc = located.get(blob_id)
-            if loc is None:
-                raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-            end = loc.offset + loc.length
-            if run:
-                new_lo, new_hi = min(lo, loc.offset), max(hi, end)
-                span = new_hi - new_lo
-                if (
-                    loc.pack == run[0][1].pack
-                    and span <= RUN_BYTES
-                    and raw + loc.raw_length <= RUN_BYTES
-                    and 4 * (used + loc.length) >= 3 * span
-                ):
-                    run.append((blob_id, loc))
-                    lo, hi, used, raw = new_lo, new_hi, used + loc.length, raw + loc.raw_length
-                    continue
-                runs.append(run)
-            run, lo, hi, used, raw = [(blob_id, loc)], loc.offset, end, loc.length, loc.raw_length
-        if run:
-            runs.append(run)
-        return runs
+    def _runs(self, entry: TreeEntry, located: dict[bytes, BlobEntry]) -> list[Run]:
+        """A file's chunks in order, grouped into runs that one request reads
+        (:func:`~coldkeep.repository.reads.plan_runs`)."""
+        return plan_runs(entry.get("chunks", ()), located)
 
     def _chunks(
-        self, entry: dict[str, Any], located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor | None
+        self, entry: TreeEntry, located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor | None
     ) -> Iterator[list[bytes]]:
         """The verified contents of a file's chunks, in order, a run of chunks at a time; read
         ahead on ``pool`` when given."""
@@ -300,7 +172,7 @@ class Restorer:
                 future.cancel()
 
     def _write_segments(
-        self, fd: int, entry: dict[str, Any], located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor
+        self, fd: int, entry: TreeEntry, located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor
     ) -> int:
         """Write a big file as a few contiguous segments at once, one ``pwritev`` per run at its
         offset: one file no longer waits for one thread (a 1 GiB relation file written by one
@@ -345,12 +217,12 @@ class Restorer:
     def _write_file(
         self,
         dest: str,
-        entry: dict[str, Any],
+        entry: TreeEntry,
         located: dict[bytes, BlobEntry],
         pool: ThreadPoolExecutor | None = None,
     ) -> int:
         """Write and verify one file without a name (or under a fresh temporary one), then give it
-        its name (:meth:`Names.publish`); its directory was checked by :class:`_Dirs`.  A failed
+        its name (:meth:`Names.publish`); its directory was checked by :class:`TargetDirs`.  A failed
         file leaves nothing behind, and nothing that was in the target is opened or removed."""
         temp = self.names.create_temp(dest.rpartition("/")[0])
         try:
@@ -366,7 +238,7 @@ class Restorer:
         return written
 
     def _fill(
-        self, fd: int, entry: dict[str, Any], located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor | None
+        self, fd: int, entry: TreeEntry, located: dict[bytes, BlobEntry], pool: ThreadPoolExecutor | None
     ) -> int:
         """Write a file's chunks into the new file ``fd`` and verify it (size and, with
         ``verify_files``, SHA-256), then set its metadata (and fsync it when ``durable``);
@@ -405,76 +277,12 @@ class Restorer:
             os.fsync(fd)
         return written
 
-    def _tasks(self, file_dests: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dict[str, Any]]]]:
-        """The files as worker tasks, in the order they are started.
-
-        Files of several chunks first, one task each, the biggest first: the last file to start
-        must not be a long one (a 1 GiB relation file started last made the whole restore wait
-        for it alone).  Then small files (one chunk) a group of tree neighbours at a time (one
-        task per group, not per file), the groups dealt out from ``threads`` far-apart parts of
-        the tree in turn, so that the workers create their files in different directories: a
-        file's creation holds its directory's lock, and two threads creating files in one
-        directory spun on it for a fifth of a 10,000-file restore's CPU (``perf``:
-        ``rwsem_spin_on_owner``)."""
-        multi = sorted(
-            (item for item in file_dests if len(item[1].get("chunks", ())) > 1),
-            key=lambda item: -int(item[1].get("size", 0)),
-        )
-        tasks: list[list[tuple[str, dict[str, Any]]]] = [[item] for item in multi]
-        groups: list[list[tuple[str, dict[str, Any]]]] = []
-        group: list[tuple[str, dict[str, Any]]] = []
-        group_bytes = 0
-        for item in file_dests:
-            if len(item[1].get("chunks", ())) > 1:
-                continue
-            group.append(item)
-            group_bytes += int(item[1].get("size", 0))
-            if len(group) >= self.SMALL_GROUP_FILES or group_bytes >= self.SMALL_GROUP_BYTES:
-                groups.append(group)
-                group, group_bytes = [], 0
-        if group:
-            groups.append(group)
-        parts = max(1, min(self.threads, len(groups)))
-        bounds = [len(groups) * k // parts for k in range(parts + 1)]
-        streams = [groups[bounds[k] : bounds[k + 1]] for k in range(parts)]
-        for turn in range(max((len(st) for st in streams), default=0)):
-            tasks.extend(st[turn] for st in streams if turn < len(st))
-        return tasks
-
-    def _small_runs(
-        self, items: Sequence[tuple[str, dict[str, Any]]], located: dict[bytes, BlobEntry]
-    ) -> list[list[tuple[int, bytes, BlobEntry]]]:
-        """The chunks of one-chunk files (index into ``items``, id, location), grouped into runs
-        that one request reads: same pack, in pack order, the covering range at most
-        :data:`RUN_BYTES` and mostly theirs (a backup packs neighbouring files together)."""
-        chunks: list[tuple[int, bytes, BlobEntry]] = []
-        for i, (_, entry) in enumerate(items):
-            for hex_id in entry.get("chunks", ()):
-                blob_id = bytes.fromhex(hex_id)
-                loc = located.get(blob_id)
-                if loc is None:
-                    raise IntegrityError(f"{entry['path']}: blob {hex_id[:16]} is not in the index")
-                chunks.append((i, blob_id, loc))
-        chunks.sort(key=lambda c: (c[2].pack, c[2].offset))
-        runs: list[list[tuple[int, bytes, BlobEntry]]] = []
-        run: list[tuple[int, bytes, BlobEntry]] = []
-        lo = used = 0
-        for chunk in chunks:
-            loc = chunk[2]
-            if run:
-                span = max(loc.offset + loc.length, run[-1][2].offset + run[-1][2].length) - lo
-                if loc.pack == run[0][2].pack and span <= RUN_BYTES and 4 * (used + loc.length) >= 3 * span:
-                    run.append(chunk)
-                    used += loc.length
-                    continue
-                runs.append(run)
-            run, lo, used = [chunk], loc.offset, loc.length
-        if run:
-            runs.append(run)
-        return runs
+    def _tasks(self, file_dests: list[Item]) -> list[list[Item]]:
+        """The files as worker tasks, in the order they are started (:func:`plan_tasks`)."""
+        return plan_tasks(file_dests, self.threads, self.SMALL_GROUP_FILES, self.SMALL_GROUP_BYTES)
 
     def _write_small(
-        self, items: Sequence[tuple[str, dict[str, Any]]], located: dict[bytes, BlobEntry]
+        self, items: Sequence[Item], located: dict[bytes, BlobEntry]
     ) -> list[tuple[int, str | None]]:
         """Restore a group of small files (at most one chunk each) in a few reads: the chunks of
         neighbouring files, stored close together, are read with one request per run, and every
@@ -490,7 +298,7 @@ class Restorer:
         contents: dict[int, bytes] = {}
         retry: list[int] = []
         try:
-            runs = self._small_runs(items, located)
+            runs = small_runs(items, located)
         except IntegrityError:
             runs, retry = [], list(range(len(items)))
         # with the whole-file SHA-256 checked below, a one-chunk file's chunk is proved by it: the
@@ -560,7 +368,7 @@ class Restorer:
     def _one(
         self,
         dest: str,
-        entry: dict[str, Any],
+        entry: TreeEntry,
         located: dict[bytes, BlobEntry],
         chunk_pool: ThreadPoolExecutor | None,
     ) -> tuple[int, str | None]:
@@ -572,7 +380,7 @@ class Restorer:
         except (OSError, UsageError) as exc:
             return 0, _target_error(entry, exc)
 
-    def _set_meta(self, path: str | int, entry: dict[str, Any], *, symlink: bool = False) -> None:
+    def _set_meta(self, path: str | int, entry: TreeEntry, *, symlink: bool = False) -> None:
         """Owner, mode and mtime of ``path``, or of an open regular file (a descriptor: no path
         walk per call); a symlink's own owner and mtime."""
         if self.as_root:
@@ -603,23 +411,10 @@ class Restorer:
                 f"cannot restore into {target}: {exc.strerror or exc}",
                 hint="name a directory that exists or can be created, on a writable filesystem",
             ) from None
-        dirs_guard = _Dirs(os.path.realpath(target))
+        dirs_guard = TargetDirs(os.path.realpath(target))
         result = RestoreResult(snapshot_id=snap.id, target=str(target))
-        dirs: list[tuple[str, dict[str, Any]]] = []
-        files: list[tuple[str, dict[str, Any]]] = []
-        links: list[tuple[str, dict[str, Any]]] = []
-        for entry in self.repo.iter_tree(snap):
-            name = entry["path"]
-            if not _matches(name, includes):
-                continue
-            rel = str(safe_relpath(name))  # every name is checked before anything is written
-            kind = entry.get("type")
-            if kind == "dir":
-                dirs.append((rel, entry))
-            elif kind == "file":
-                files.append((rel, entry))
-            elif kind == "symlink":
-                links.append((rel, entry))
+        todo = plan(self.repo.iter_tree(snap), includes)  # every name checked before anything is written
+        dirs, files, links = todo.dirs, todo.files, todo.links
         if includes and not (dirs or files or links):  # a typo, or another snapshot than meant
             raise NotFound(
                 f"nothing in snapshot {snap.short_id} ({', '.join(snap.paths)}) matches --include "
@@ -627,7 +422,7 @@ class Restorer:
                 hint="patterns match whole paths as the snapshot stores them, e.g. 'mnt/data/train/*'",
             )
         # temporary names are never one of the names this restore creates
-        self.names = Names({dirs_guard.path(rel) for group in (dirs, files, links) for rel, _ in group})
+        self.names = Names({dirs_guard.path(rel) for rel in todo.names()})
         self.progress.files_total = len(files)
         self.progress.bytes_total = sum(int(e.get("size", 0)) for _, e in files)
         for rel, _ in dirs:
@@ -638,14 +433,14 @@ class Restorer:
                     f"cannot restore into {target}: {dirs_guard.path(rel)}: {exc.strerror or exc}",
                     hint="name a directory that exists or can be created, on a writable filesystem",
                 ) from None
-        file_dests: list[tuple[str, dict[str, Any]]] = []
+        file_dests: list[Item] = []
         for rel, entry in files:
             parent, _, base = rel.rpartition("/")
             try:
                 file_dests.append((os.path.join(dirs_guard.ensure(parent), base), entry))
             except (OSError, UsageError) as exc:
                 result.errors.append(_target_error(entry, exc))
-        first, later = _hard_links(file_dests)
+        first, later = hard_links(file_dests)
         failed = self._restore_contents([item for item in file_dests if id(item) not in later], result)
         self._restore_hard_links(file_dests, first, later, failed, result)
         for rel, entry in links:
@@ -670,15 +465,13 @@ class Restorer:
         result.duration_s = round(time.monotonic() - started, 3)
         return result
 
-    def _restore_contents(
-        self, file_dests: list[tuple[str, dict[str, Any]]], result: RestoreResult
-    ) -> set[str]:
+    def _restore_contents(self, file_dests: list[Item], result: RestoreResult) -> set[str]:
         """Restore these files on the worker threads (:meth:`_tasks`); counts them in ``result``
         and returns the destinations that failed."""
         failed: set[str] = set()
 
         def several(
-            items: list[tuple[str, dict[str, Any]]],
+            items: list[Item],
             located: dict[bytes, BlobEntry],
             chunk_pool: ThreadPoolExecutor,
         ) -> list[tuple[int, str | None]]:
@@ -691,7 +484,7 @@ class Restorer:
             ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore") as pool,
             ThreadPoolExecutor(self.threads, thread_name_prefix="coldkeep-restore-chunk") as chunk_pool,
         ):
-            pending: dict[Future[list[tuple[int, str | None]]], list[tuple[str, dict[str, Any]]]] = {}
+            pending: dict[Future[list[tuple[int, str | None]]], list[Item]] = {}
 
             def drain(keep: int) -> None:
                 while len(pending) > keep:  # whichever finished first: a big file does not hold up the rest
@@ -720,13 +513,13 @@ class Restorer:
 
     def _restore_hard_links(
         self,
-        file_dests: list[tuple[str, dict[str, Any]]],
-        first: dict[str, tuple[str, dict[str, Any]]],
+        file_dests: list[Item],
+        first: dict[str, Item],
         later: set[int],
         failed: set[str],
         result: RestoreResult,
     ) -> None:
-        """The second and later names of hard-linked files (:func:`_hard_links`), once the first
+        """The second and later names of hard-linked files (:func:`~coldkeep.repository.restore_plan.hard_links`), once the first
         name of each was restored and verified: linked to it (:meth:`_hard_link`).  When the
         first name failed, the next name is restored from its own chunks and the rest link to
         that; when linking fails (another filesystem mounted inside the target, too many links,
@@ -799,29 +592,3 @@ class Restorer:
 
 class _LinkFailed(Exception):
     """The filesystem refused a hard link (the name is restored as a copy instead)."""
-
-
-def _same_file(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two tree entries of one inode that recorded the same content and metadata (a file changed
-    between the backup's reads of its names is not: each name restores its own bytes)."""
-    keys = ("size", "sha256", "chunks", "mode", "uid", "gid", "mtime_ns")
-    return all(a.get(k) == b.get(k) for k in keys)
-
-
-def _hard_links(
-    file_dests: list[tuple[str, dict[str, Any]]],
-) -> tuple[dict[str, tuple[str, dict[str, Any]]], set[int]]:
-    """The hard links among the files to restore: ``(first, later)``, where ``first`` maps each
-    link key (``hardlink`` of the tree entry, see backup) with more than one name to its first
-    name's item, and ``later`` holds the ``id()`` of every other item with that key and the same
-    recorded content; those are made links to the first name rather than restored from chunks."""
-    first: dict[str, tuple[str, dict[str, Any]]] = {}
-    later: set[int] = set()
-    for item in file_dests:
-        key = item[1].get("hardlink")
-        if not isinstance(key, str) or not key:
-            continue
-        leader = first.setdefault(key, item)
-        if leader is not item and _same_file(leader[1], item[1]):
-            later.add(id(item))
-    return first, later

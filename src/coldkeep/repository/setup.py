@@ -7,7 +7,7 @@ import pwd
 from typing import TYPE_CHECKING, Any, Protocol
 
 from coldkeep.errors import ConfigError, NotFound
-from coldkeep.repository.crypto import read_passphrase
+from coldkeep.repository.keyslots import read_passphrase
 from coldkeep.repository.repository import Repository
 from coldkeep.storage import open_backend
 from coldkeep.storage.base import Backend
