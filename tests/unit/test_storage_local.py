@@ -243,3 +243,26 @@ def test_unknown_owner_is_a_config_error_as_root_and_ignored_otherwise(tmp_path:
     for path in (tmp_path / "repo", tmp_path / "repo" / "a", tmp_path / "repo" / "a" / "obj"):
         assert path.stat().st_uid == os.geteuid(), path
     assert backend.get("a/obj") == b"x"
+
+
+def test_a_delete_waits_for_a_compare_and_swap_in_progress(tmp_path: Path) -> None:
+    """A delete between put_if_version's comparison and its rename would be undone by the rename
+    (a refresh bringing back a lock document `repo unlock --all` removed): delete takes the
+    directory's flock, as the compare-and-swap does."""
+    import fcntl
+
+    backend = LocalBackend(tmp_path)
+    backend.put("locks/a", b"doc")
+    fd = os.open(tmp_path / "locks", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a compare-and-swap of locks/a in progress
+    deleter = threading.Thread(target=backend.delete, args=("locks/a",))
+    try:
+        deleter.start()
+        deleter.join(0.3)
+        assert deleter.is_alive() and (tmp_path / "locks/a").exists()
+    finally:
+        os.close(fd)
+    deleter.join(10)
+    assert not deleter.is_alive() and not (tmp_path / "locks/a").exists()
+    backend.delete("locks/a")  # still no error for a missing key
+    backend.delete("nowhere/b")  # nor for a missing directory

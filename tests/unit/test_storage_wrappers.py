@@ -286,6 +286,42 @@ def test_kill_after_the_third_put(tmp_path: Path) -> None:
     assert_complete_objects(tmp_path, 3)
 
 
+READER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from coldkeep.errors import ObjectNotFound
+    from coldkeep.storage.local import LocalBackend
+    from coldkeep.storage.wrappers import FaultBackend
+
+    root, plan = Path(sys.argv[1]), sys.argv[2]
+    backend = FaultBackend(LocalBackend(root), plan)
+    for i in range(3):
+        backend.put(f"objs/obj-{i}", b"x")
+    try:
+        backend.get("objs/missing")  # call 4: raises
+    except ObjectNotFound:
+        print("get raised", flush=True)
+    print("first", next(iter(backend.list("objs/"))).key, flush=True)  # call 5: abandoned early
+    print("survived", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("plan", "printed"), [("kill:any:4:after", ""), ("kill:any:5:after", "get raised\n")]
+)
+def test_kill_after_a_call_that_raised_or_a_listing_left_early(
+    tmp_path: Path, plan: str, printed: str
+) -> None:
+    """Every counted call is a kill point: "after" fires also when the call raised or the
+    caller stopped reading a listing (the crash tests spread kills over the counted calls)."""
+    done = subprocess.run([sys.executable, "-c", READER, str(tmp_path), plan], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=SRC), timeout=60)  # fmt: skip
+    assert done.returncode == -9, done.stdout + done.stderr
+    assert done.stdout.startswith(printed) and "survived" not in done.stdout
+
+
 def test_kill_from_the_environment_through_open_backend(tmp_path: Path) -> None:
     done = run_writer(tmp_path, "env", {"COLDKEEP_FAULTS": "kill:write:4"})
     assert done.returncode == -9, done.stderr

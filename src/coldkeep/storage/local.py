@@ -21,6 +21,7 @@ Contract (in addition to :mod:`coldkeep.storage.base`)
 * ``put_if_version`` (compare-and-swap) holds an exclusive ``flock`` on the object's directory
   while it compares and replaces, so it is atomic between processes and threads of this host
   that use it (``capabilities.atomic_update``); the version is the SHA-256 of the content.
+  ``delete`` takes the same ``flock``, so it cannot fall between a comparison and its rename.
 """
 
 from __future__ import annotations
@@ -316,14 +317,31 @@ class LocalBackend(Backend):
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def delete(self, key: str) -> None:
-        """Remove ``key``; a missing key is not an error."""
+        """Remove ``key``; a missing key is not an error.
+
+        Under the directory's ``flock``, as ``put_if_version``: a delete between its comparison
+        and its rename would be undone by the rename (a removed lock document brought back by
+        the holder's refresh, as S3 never does)."""
         path = self._path(key)
         try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:
-            self._raise(exc, f"cannot delete {path}")
+            self._raise(exc, f"cannot open {path.parent}")
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                self._raise(exc, f"cannot lock {path.parent}")
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return
+            except OSError as exc:
+                self._raise(exc, f"cannot delete {path}")
+        finally:
+            os.close(fd)
         try:
             self._fsync_dir(path.parent)
         except OSError as exc:

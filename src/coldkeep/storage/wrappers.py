@@ -12,7 +12,8 @@ A plan is a comma-separated list of ``ACTION:OP:N[:OPTION]``:
 * ``ACTION``: ``fail`` (raise :class:`~coldkeep.errors.StorageError`; option ``transient`` marks it
   retryable), ``flip`` (flip one byte of the data put or got), ``truncate`` (store / return only
   the first half), ``full`` (raise :class:`~coldkeep.errors.StorageFull`), ``kill`` (SIGKILL this
-  process; option ``before`` (default) or ``after`` the real call).
+  process; option ``before`` (default) or ``after`` the real call, also when that call raised
+  or a listing was abandoned early, so every counted call can be a kill point).
 * ``OP``: a method name (``put``, ``put_if_absent``, ``get``, ``get_range``, ``open``, ``stat``,
   ``list``, ``delete``), or ``write`` (both puts), ``read`` (get, get_range, open) or ``any``.
 * ``N``: the fault fires on the N-th call (1-based) of that operation; ``N+`` fires on the N-th
@@ -409,66 +410,80 @@ class FaultBackend(WrapperBackend):
 
     def put(self, key: str, data: Data) -> None:
         faults = self._before("put")
-        self.inner.put(key, self._mangle(data, faults))
-        self._after("put", faults)
+        try:
+            self.inner.put(key, self._mangle(data, faults))
+        finally:
+            self._after("put", faults)
 
     def put_if_absent(self, key: str, data: Data) -> bool:
         faults = self._before("put_if_absent")
-        created = self.inner.put_if_absent(key, self._mangle(data, faults))
-        self._after("put_if_absent", faults)
-        return created
+        try:
+            return self.inner.put_if_absent(key, self._mangle(data, faults))
+        finally:
+            self._after("put_if_absent", faults)
 
     def get(self, key: str) -> bytes:
         faults = self._before("get")
-        data = self._mangle(self.inner.get(key), faults)
-        self._after("get", faults)
-        return data
+        try:
+            return self._mangle(self.inner.get(key), faults)
+        finally:
+            self._after("get", faults)
 
     def get_version(self, key: str) -> tuple[bytes, str]:
         """Counted (and faulted) as a ``get``."""
         faults = self._before("get")
-        data, version = self.inner.get_version(key)
-        data = self._mangle(data, faults)
-        self._after("get", faults)
-        return data, version
+        try:
+            data, version = self.inner.get_version(key)
+            return self._mangle(data, faults), version
+        finally:
+            self._after("get", faults)
 
     def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
         """Counted (and faulted) as a ``put``."""
         faults = self._before("put")
-        stored = self.inner.put_if_version(key, self._mangle(data, faults), version)
-        self._after("put", faults)
-        return stored
+        try:
+            return self.inner.put_if_version(key, self._mangle(data, faults), version)
+        finally:
+            self._after("put", faults)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         faults = self._before("get_range")
-        data = self._mangle(self.inner.get_range(key, offset, length), faults)
-        self._after("get_range", faults)
-        return data
+        try:
+            return self._mangle(self.inner.get_range(key, offset, length), faults)
+        finally:
+            self._after("get_range", faults)
 
     def open(self, key: str) -> BinaryIO:
         faults = self._before("open")
-        stream = self.inner.open(key)
-        if any(f.action in ("flip", "truncate") for f in faults):
-            with stream:
-                stream = io.BytesIO(self._mangle(stream.read(), faults))
-        self._after("open", faults)
-        return stream
+        try:
+            stream = self.inner.open(key)
+            if any(f.action in ("flip", "truncate") for f in faults):
+                with stream:
+                    stream = io.BytesIO(self._mangle(stream.read(), faults))
+            return stream
+        finally:
+            self._after("open", faults)
 
     def stat(self, key: str) -> ObjectInfo:
         faults = self._before("stat")
-        info = self.inner.stat(key)
-        self._after("stat", faults)
-        return info
+        try:
+            return self.inner.stat(key)
+        finally:
+            self._after("stat", faults)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         faults = self._before("list")
-        yield from self.inner.list(prefix)
-        self._after("list", faults)
+        try:
+            yield from self.inner.list(prefix)
+        finally:  # also when the caller stops early or the listing fails
+            self._after("list", faults)
 
     def delete(self, key: str) -> None:
         faults = self._before("delete")
-        self.inner.delete(key)
-        self._after("delete", faults)
+        try:
+            self.inner.delete(key)
+        finally:
+            self._after("delete", faults)
 
 
 def _kill(op: str) -> None:
