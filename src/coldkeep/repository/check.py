@@ -103,6 +103,28 @@ def check(
         return result
 
 
+def _name_users(repo: Repository, snaps: list[Snapshot], damaged: dict[bytes, Problem]) -> None:
+    """Fill each damaged blob's problem with the ``snapshot:path`` entries using it: a second pass
+    over the trees, for the damaged ids alone, so memory does not grow with snapshots × chunks."""
+    if not damaged:
+        return
+    for snap in snaps:
+        for tree_hex in snap.tree:
+            problem = damaged.get(bytes.fromhex(tree_hex))
+            if problem is not None:
+                problem.affected.append(f"{snap.short_id}:<tree>")
+        try:
+            for entry in repo.iter_tree(snap):
+                for chunk_hex in entry.get("chunks", ()):
+                    problem = damaged.get(bytes.fromhex(chunk_hex))
+                    if problem is not None:
+                        problem.affected.append(f"{snap.short_id}:{entry['path']}")
+        except ColdkeepError:
+            continue  # reported as "tree unreadable" already
+    for problem in damaged.values():
+        problem.affected = sorted(set(problem.affected))
+
+
 def _check(
     repo: Repository,
     read_data: bool,
@@ -140,8 +162,8 @@ def _check(
         )
     all_blobs = {bid: e for entries in expected.values() for bid, e in entries.items()}
     result.blobs = len(all_blobs)
-    # 3. snapshots decode, their trees are readable, every chunk they use is indexed
-    users: dict[bytes, list[str]] = {}
+    # 3. snapshots decode, their trees are readable, every chunk they use is indexed (which
+    # snapshots and files use a blob is looked up afterwards, for the damaged blobs alone)
     snaps: list[Snapshot] = []
     for snapshot_id in repo.snapshot_ids():
         try:
@@ -153,7 +175,6 @@ def _check(
     for snap in snaps:
         for tree_hex in snap.tree:
             tree_id = bytes.fromhex(tree_hex)
-            users.setdefault(tree_id, []).append(f"{snap.short_id}:<tree>")
             if tree_id not in all_blobs:
                 result.problems.append(
                     Problem("tree", tree_hex[:16], "tree blob missing from the index", [snap.short_id])
@@ -165,7 +186,6 @@ def _check(
                 held: int | None = 0  # the bytes its chunks hold (None: a chunk is missing)
                 for chunk_hex in entry.get("chunks", ()):
                     cid = bytes.fromhex(chunk_hex)
-                    users.setdefault(cid, []).append(where)
                     blob = all_blobs.get(cid)
                     if blob is None:
                         held = None
@@ -188,6 +208,8 @@ def _check(
             count = max(1, round(len(packs) * subset_pct / 100)) if packs else 0
             packs = random.sample(packs, count)
 
+        damaged: dict[bytes, Problem] = {}
+
         def read_pack(pack_id: str) -> tuple[int, list[Problem]]:
             problems: list[Problem] = []
             lock.check()
@@ -201,8 +223,9 @@ def _check(
             except IntegrityError as exc:
                 problems.append(Problem("pack", pack_key(pack_id), exc.message))
             for entry, error in damaged_blobs(repo.keys, data, expected[pack_id].values()):
-                problems.append(Problem("blob", f"{pack_key(pack_id)} {entry.id.hex()[:16]}",
-                                        error.message, sorted(set(users.get(entry.id, [])))))  # fmt: skip
+                problem = Problem("blob", f"{pack_key(pack_id)} {entry.id.hex()[:16]}", error.message)
+                damaged[entry.id] = problem
+                problems.append(problem)
             return len(data), problems
 
         done = 0
@@ -214,6 +237,7 @@ def _check(
                 result.problems.extend(problems)
                 if on_progress is not None:
                     on_progress(done, len(packs))
+        _name_users(repo, snaps, damaged)
     # 5. named objects
     for name, _size in repo.list_named():
         result.named += 1

@@ -29,7 +29,7 @@ TAIL = 4 + len(MAGIC) + DIGEST_SIZE  # header length + magic + footer
 HEADER_AAD = b"coldkeep-pack-header-v1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobEntry:
     id: bytes
     kind: str  # "data" | "tree"
