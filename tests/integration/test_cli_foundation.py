@@ -206,3 +206,25 @@ def test_a_number_option_refuses_nan_and_infinity(tmp_path: Path, value: str) ->
     proc = site.run("repo", "prune", "--max-unused", value)
     assert proc.returncode == 2, proc.stderr
     assert "not a finite number" in proc.stderr or "not in the range" in proc.stderr, proc.stderr
+
+
+def test_global_options_work_after_the_subcommand_too(tmp_path: Path) -> None:
+    """The README's own `coldkeep config show --json` and `coldkeep repo stats --json`."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\nowner = "{ME}"\n')
+    env = {"COLDKEEP_CACHE_DIR": str(tmp_path / "cache")}
+    assert run("repo", "init", "--config", str(cfg), "-q", env=env).returncode == 0
+    for args in (
+        ("repo", "stats", "--json", "--config", str(cfg)),
+        ("--config", str(cfg), "repo", "--json", "stats"),
+        ("config", "show", "--config", str(cfg), "--json"),
+        ("snapshots", "--config", str(cfg), "--json", "-v"),
+    ):
+        proc = run(*args, env=env)
+        assert proc.returncode == 0, (args, proc.stderr)
+        json.loads(proc.stdout)  # JSON, not a table
+    assert run("repo", "stats", "--config", str(cfg), env=env).stdout.strip()  # says something …
+    quiet = run("repo", "stats", "--config", str(cfg), "-q", env=env)
+    assert quiet.returncode == 0 and quiet.stdout == ""  # … but not with -q after the subcommand
+    twice = run("--config", str(tmp_path / "other.toml"), "snapshots", "--config", str(cfg), env=env)
+    assert twice.returncode == 2 and "--config" in one_line_error(twice)

@@ -36,6 +36,70 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _app(ctx: click.Context) -> AppContext | None:
+    return ctx.find_object(AppContext)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    app = _app(ctx)
+    if value and app is not None:
+        app.out.json = True
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    app = _app(ctx)
+    if value and app is not None:
+        app.out.quiet = True
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    app = _app(ctx)
+    if value and app is not None:
+        app.out.verbose += value
+        _setup_logging(app.out.verbose)
+
+
+def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    app = _app(ctx)
+    if value is None or app is None:
+        return
+    if app.config_path is not None and app.config_path != value:
+        raise click.BadParameter(f"given twice ({app.config_path} and {value})", param_hint="--config")
+    app.config_path = value
+
+
+#: the global options, as accepted after a subcommand too (``coldkeep repo stats --json``)
+_GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--json",), {"is_flag": True, "callback": _set_json}),
+    (("-q", "--quiet"), {"is_flag": True, "callback": _set_quiet}),
+    (("-v", "--verbose"), {"count": True, "callback": _set_verbose}),
+    (("--config",), {"metavar": "FILE", "callback": _set_config}),
+)
+
+
+def _accept_global_options(command: click.Command) -> click.Command:
+    """Give ``command`` (and, for a group, every command under it) the global options as hidden,
+    eager options, unless it has an option of that name itself.  Done once per command object."""
+    if getattr(command, "_coldkeep_globals", False):
+        return command
+    taken = {
+        opt
+        for param in command.params
+        for opt in getattr(param, "opts", ()) + getattr(param, "secondary_opts", ())
+    }
+    for decls, attrs in _GLOBAL_OPTIONS:
+        if taken.isdisjoint(decls):
+            name = "global_" + decls[-1].lstrip("-")
+            command.params.append(
+                click.Option([name, *decls], hidden=True, expose_value=False, is_eager=True, **attrs)
+            )
+    command._coldkeep_globals = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_global_options(sub)
+    return command
+
+
 class LazyGroup(click.Group):
     def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -49,7 +113,7 @@ class LazyGroup(click.Group):
             module_name, attr = self.lazy[cmd_name].split(":")
             command = getattr(importlib.import_module(module_name), attr)
             assert isinstance(command, click.Command)
-            return command
+            return _accept_global_options(command)
         return super().get_command(ctx, cmd_name)
 
 
@@ -80,6 +144,8 @@ def cli(ctx: click.Context, config_path: str | None, as_json: bool, quiet: bool,
     4 lock held by another process, 5 not found, 6 backup written but some files changed while
     read or could not be read.  `pg wal-fetch` (restore_command) exits 1
     only for "segment not archived" and 126 for every other failure.
+
+    The global options work after the subcommand too (`coldkeep repo stats --json`).
     """
     _state.json, _state.quiet, _state.verbose = as_json, quiet, verbose
     ctx.obj = AppContext(config_path=config_path, out=_state)
