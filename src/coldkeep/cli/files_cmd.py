@@ -115,12 +115,49 @@ def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
 @click.command()
 @click.argument("snapshot")
 @click.option("--target", required=True, type=_Path(path_type=Path), help="directory to restore into")
-@click.option("--include", "includes", multiple=True, metavar="GLOB", help="only matching paths (repeatable)")
+@click.option(
+    "--include",
+    "includes",
+    multiple=True,
+    metavar="GLOB",
+    help="only matching paths, relative to the backed-up directory ('train/*') or whole (repeatable)",
+)
+@click.option(
+    "--exclude", "excludes", multiple=True, metavar="GLOB", help="leave matching paths out (repeatable)"
+)
+@click.option(
+    "--relative",
+    is_flag=True,
+    help="land paths relative to the backed-up directory (TARGET/train/...), not TARGET/<full source path>",
+)
+@click.option(
+    "--strip-components",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="drop the first N components of each stored path, as tar does",
+)
 @pass_app
-def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, ...]) -> int:
-    """Restore a snapshot (id, prefix or `latest`) into DIR, verifying every byte."""
+def restore(
+    app: AppContext,
+    snapshot: str,
+    target: Path,
+    includes: tuple[str, ...],
+    excludes: tuple[str, ...],
+    relative: bool,
+    strip_components: int,
+) -> int:
+    """Restore a snapshot (id, prefix or `latest`) into DIR, verifying every byte.
+
+    \b
+    Paths land as TARGET/<full source path> (a backup of /mnt/data: TARGET/mnt/data/...);
+    --relative lands them as TARGET/... (or TARGET/<name>/... for each of several backed-up
+    paths), --strip-components N drops N leading components.  --include / --exclude patterns
+    match paths relative to the backed-up directory or whole stored paths; a directory pattern
+    selects everything below it; nothing matched is exit 5."""
     from coldkeep.repository.locks import locked
     from coldkeep.repository.restore import Restorer
+    from coldkeep.repository.restore_select import Selection
 
     with (
         open_repo(app) as repo,
@@ -128,7 +165,8 @@ def restore(app: AppContext, snapshot: str, target: Path, includes: tuple[str, .
         progress(app, "restore") as prog,
     ):
         snap = repo.find_snapshot(snapshot)
-        result = Restorer(repo, progress=prog).run(snap, target, includes)
+        selection = Selection(includes, excludes, relative, strip_components, roots=tuple(snap.paths))
+        result = Restorer(repo, progress=prog).run(snap, target, selection=selection)
     for warning in result.warnings:  # restored, but not as the snapshot has it
         app.out.warn(warning)
     damage = result.damage  # data that did not verify comes first: it decides the exit code

@@ -48,12 +48,12 @@ from coldkeep.repository.restore_plan import (
     TargetError,
     _target_error,
     hard_links,
-    matches,
     plan,
     plan_tasks,
     safe_relpath,
     small_runs,
 )
+from coldkeep.repository.restore_select import Selection
 from coldkeep.repository.snapshot import Snapshot
 from coldkeep.repository.tree import TreeEntry
 
@@ -64,7 +64,6 @@ __all__ = [
     "RestoreResult",
     "Restorer",
     "TargetError",
-    "matches",
     "safe_relpath",
 ]
 
@@ -395,13 +394,18 @@ class Restorer:
             with contextlib.suppress(OSError, NotImplementedError):
                 os.utime(path, ns=(mtime, mtime), follow_symlinks=not symlink)
 
-    def run(self, snap: Snapshot, target: Path, includes: Sequence[str] = ()) -> RestoreResult:
-        """Restore ``snap`` (the entries matching ``includes``) into ``target``, under a shared
+    def run(
+        self, snap: Snapshot, target: Path, includes: Sequence[str] = (), selection: Selection | None = None
+    ) -> RestoreResult:
+        """Restore ``snap`` (the entries matching ``includes``, or ``selection``, which replaces
+        them: :mod:`~coldkeep.repository.restore_select`) into ``target``, under a shared
         repository lock (a prune cannot remove packs under it)."""
         with locked(self.repo.backend, "restore", exclusive=False):
-            return self._run(snap, target, includes)
+            return self._run(snap, target, includes, selection)
 
-    def _run(self, snap: Snapshot, target: Path, includes: Sequence[str]) -> RestoreResult:
+    def _run(
+        self, snap: Snapshot, target: Path, includes: Sequence[str], selection: Selection | None
+    ) -> RestoreResult:
         started = time.monotonic()
         target = Path(os.path.abspath(target))
         try:
@@ -413,13 +417,14 @@ class Restorer:
             ) from None
         dirs_guard = TargetDirs(os.path.realpath(target))
         result = RestoreResult(snapshot_id=snap.id, target=str(target))
-        todo = plan(self.repo.iter_tree(snap), includes)  # every name checked before anything is written
+        todo = plan(self.repo.iter_tree(snap), includes, selection)  # names checked before writing
         dirs, files, links = todo.dirs, todo.files, todo.links
-        if includes and not (dirs or files or links):  # a typo, or another snapshot than meant
+        patterns = selection.describe() if selection else " ".join(f"--include {p!r}" for p in includes)
+        if patterns and not (dirs or files or links):  # a typo, or another snapshot than meant
             raise NotFound(
-                f"nothing in snapshot {snap.short_id} ({', '.join(snap.paths)}) matches --include "
-                + " ".join(repr(p) for p in includes),
-                hint="patterns match whole paths as the snapshot stores them, e.g. 'mnt/data/train/*'",
+                f"nothing in snapshot {snap.short_id} ({', '.join(snap.paths)}) matches {patterns}",
+                hint="patterns match paths relative to the backed-up directory ('train/*') "
+                "or whole stored paths ('mnt/data/train/*')",
             )
         # temporary names are never one of the names this restore creates
         self.names = Names({dirs_guard.path(rel) for rel in todo.names()})

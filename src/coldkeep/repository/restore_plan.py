@@ -29,6 +29,7 @@ from typing import Any
 from coldkeep.errors import IntegrityError, UsageError
 from coldkeep.repository.packer import BlobEntry
 from coldkeep.repository.reads import RUN_BYTES
+from coldkeep.repository.restore_select import Landing, Selection
 from coldkeep.repository.tree import TreeEntry
 
 #: a file to restore: (absolute destination, its tree entry)
@@ -121,15 +122,26 @@ class Plan:
                 yield rel
 
 
-def plan(entries: Iterable[TreeEntry], includes: Sequence[str] = ()) -> Plan:
-    """The entries matching ``includes`` (all without), sorted by type; every name is checked
-    (:func:`safe_relpath`, :class:`~coldkeep.errors.UsageError`) before anything is written."""
+def plan(entries: Iterable[TreeEntry], includes: Sequence[str] = (), selection: Selection | None = None) -> Plan:
+    """The entries matching ``includes`` (all without) or the :class:`Selection`, under the names
+    they land on, sorted by type; every name is checked (:func:`safe_relpath`,
+    :class:`~coldkeep.errors.UsageError`) before anything is written."""
     out = Plan()
+    landing = Landing()
     for entry in entries:
         name = entry["path"]
-        if not matches(name, includes):
+        if selection is None:
+            if not matches(name, includes):
+                continue
+            landed: str | None = name
+        else:
+            if not selection.selected(name):
+                continue
+            landed = selection.land(name)
+        if landed is None:
             continue
-        rel = str(safe_relpath(name))
+        rel = str(safe_relpath(landed))
+        landing.add(rel, name, entry.get("type") == "dir")
         kind = entry.get("type")
         if kind == "dir":
             out.dirs.append((rel, entry))
