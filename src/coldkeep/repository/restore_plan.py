@@ -122,7 +122,9 @@ class Plan:
                 yield rel
 
 
-def plan(entries: Iterable[TreeEntry], includes: Sequence[str] = (), selection: Selection | None = None) -> Plan:
+def plan(
+    entries: Iterable[TreeEntry], includes: Sequence[str] = (), selection: Selection | None = None
+) -> Plan:
     """The entries matching ``includes`` (all without) or the :class:`Selection`, under the names
     they land on, sorted by type; every name is checked (:func:`safe_relpath`,
     :class:`~coldkeep.errors.UsageError`) before anything is written."""
