@@ -47,16 +47,52 @@ class _Path(click.Path):
     is_flag=True,
     help="write no snapshot (exit 1) if a file changes while it is read or cannot be read",
 )
+@click.option(
+    "--exclude",
+    "exclude_patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="leave out matching entries: a base name glob ('*.tmp') or a path glob (repeatable)",
+)
+@click.option(
+    "--exclude-file",
+    "exclude_files",
+    multiple=True,
+    type=_Path(path_type=Path),
+    metavar="FILE",
+    help="patterns, one per line ('#' comments), as --exclude (repeatable)",
+)
+@click.option("--exclude-caches", is_flag=True, help="leave out directories holding a CACHEDIR.TAG")
 @pass_app
-def backup(app: AppContext, paths: tuple[Path, ...], tags: tuple[str, ...], label: str, strict: bool) -> int:
+def backup(
+    app: AppContext,
+    paths: tuple[Path, ...],
+    tags: tuple[str, ...],
+    label: str,
+    strict: bool,
+    exclude_patterns: tuple[str, ...],
+    exclude_files: tuple[Path, ...],
+    exclude_caches: bool,
+) -> int:
     """Back up files and directories into a new snapshot.
 
     A PATH that is a symlink to a directory is backed up as that directory. Exit 6: the snapshot
     was written, but some files changed while they were read (stored as read) or could not be
     read (left out); they are named in warnings and in `changed_files` / `skipped_files`.
+
+    \b
+    --exclude: a pattern without '/' matches base names anywhere ('*.tmp', '__pycache__'); one
+    with '/' matches the absolute path or the path below the backed-up directory; an excluded
+    directory goes with everything below it.  The rules are recorded in the snapshot.
     """
     from coldkeep.repository.backup import Backup
+    from coldkeep.repository.excludes import Excludes, read_exclude_file
     from coldkeep.repository.locks import locked
+
+    patterns = list(exclude_patterns)
+    for file in exclude_files:
+        patterns += read_exclude_file(file)
+    excludes = Excludes(patterns, exclude_caches)
 
     tag_map = parse_tags(tags)
     with (
@@ -65,11 +101,17 @@ def backup(app: AppContext, paths: tuple[Path, ...], tags: tuple[str, ...], labe
         progress(app, "backup") as prog,
     ):
         try:
-            result = Backup(repo, progress=prog).run(list(paths), tags=tag_map, label=label, strict=strict)
+            result = Backup(repo, progress=prog).run(
+                list(paths), tags=tag_map, label=label, strict=strict, excludes=excludes or None
+            )
         except SourceChanged as exc:  # --strict: say what happened to each file, then the error
             for warning in exc.warnings:
                 app.out.warn(warning)
             raise
+    if excludes.excluded:
+        result.notes.append(
+            f"{excludes.excluded} entries left out by the exclusion rules (recorded in the snapshot)"
+        )
     for note in result.notes:
         app.out.info(f"note: {note}")
     for warning in result.warnings:

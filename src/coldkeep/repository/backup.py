@@ -33,6 +33,7 @@ from coldkeep.errors import NotFound, UsageError
 from coldkeep.repository.blobwriter import BlobWriter
 from coldkeep.repository.changes import Report, refusal, what_changed
 from coldkeep.repository.chunker import chunk_buffer, chunk_file, strategy_for
+from coldkeep.repository.excludes import Excludes
 from coldkeep.repository.fileread import WindowBuffers, open_regular, read_hook
 from coldkeep.repository.progress import Progress
 from coldkeep.repository.repository import Repository
@@ -106,6 +107,7 @@ def walk(
     *,
     read_from: Mapping[str, str] | None = None,
     skipped: list[str] | None = None,
+    excludes: Excludes | None = None,
 ) -> Iterator[tuple[str, str, os.stat_result]]:
     """(filesystem path, name in the snapshot, lstat) for every source and everything below it.
 
@@ -114,7 +116,8 @@ def walk(
     of an unchanged tree is most of what a re-backup costs).  ``read_from[source]``, when
     present, is the directory read in the source's place (a top-level symlink followed), named
     as the source.  A directory that cannot be listed or an entry that cannot be stat'ed is a
-    warning, and its path goes to ``skipped``.
+    warning, and its path goes to ``skipped``.  Entries ``excludes`` leaves out are not yielded
+    (nor, for a directory, anything below it).
     """
     base_str = os.fspath(base) if base is not None else None
     for source in sources:
@@ -153,6 +156,10 @@ def walk(
                         skipped.append(child.path)
                     continue
                 cname = prefix + child.name
+                if excludes:
+                    shown = given + child.path[len(src) :]  # as the user named it
+                    if excludes.leaves_out(shown, shown[len(given) + 1 :], stat.S_ISDIR(cst.st_mode)):
+                        continue
                 yield child.path, cname, cst
                 if stat.S_ISDIR(cst.st_mode):
                     subdirs.append((child.path, cname))
@@ -329,6 +336,7 @@ class Backup:
         kind: str = "files",
         on_entry: Callable[[TreeEntry], None] | None = None,
         strict: bool = False,
+        excludes: Excludes | None = None,
     ) -> BackupResult:
         """Back up ``sources`` into a new snapshot (see the module docstring).
 
@@ -416,7 +424,7 @@ class Backup:
 
         try:
             for path, name, st in walk(
-                paths, base_str, warnings, read_from=read_from, skipped=report.skipped
+                paths, base_str, warnings, read_from=read_from, skipped=report.skipped, excludes=excludes
             ):
                 mode = st.st_mode
                 if stat.S_ISREG(mode):
@@ -506,7 +514,7 @@ class Backup:
             paths=paths,
             tags=dict(tags or {}),
             label=label,
-            meta=dict(meta or {}),
+            meta=dict(meta or {}, **({"excludes": excludes.to_json()} if excludes else {})),
             tree=tree_ids,
             summary={
                 "files": files,
