@@ -17,6 +17,7 @@ wins over it, PostgreSQL passwords come from the environment or a passfile
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -144,6 +145,20 @@ class ServiceSection(_Section):
 _PASSWORD_IN_DSN = re.compile(r"(^|\s)password\s*=|://[^/@:\s]+:[^/@\s]*@", re.IGNORECASE)
 
 
+def _parse_dsn(dsn: str) -> None:
+    """``ValueError`` unless libpq parses ``dsn`` (``key=value`` pairs or a ``postgresql://`` URL)."""
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = " ".join(str(exc).split()).removeprefix("invalid connection string ")
+        raise ValueError(
+            f"not a connection string ({reason}); write key=value pairs, e.g. "
+            "'host=/var/run/postgresql port=5432 dbname=iccm user=postgres', or a postgresql:// URL"
+        ) from None
+
+
 class PostgresConfig(ServiceSection):
     dsn: str = "host=/var/run/postgresql port=5432 dbname=iccm user=postgres"
     passfile: str = ""
@@ -176,6 +191,8 @@ class PostgresConfig(ServiceSection):
     def _no_password(cls, v: str) -> str:
         if _PASSWORD_IN_DSN.search(v):
             raise ValueError("the DSN must not contain a password; use PGPASSFILE or [postgres].passfile")
+        if v:
+            _parse_dsn(v)
         return v
 
     @field_validator("receive_slot")
@@ -460,6 +477,11 @@ def check_paths(config: Config) -> list[str]:
 
     pg = config.postgres
     if pg.in_use:
+        need_dir("postgres.data_dir", pg.data_dir)
+        try:
+            pwd.getpwnam(pg.os_user)
+        except KeyError:
+            problems.append(f"postgres.os_user: {pg.os_user}: no such user on this machine")
         if pg.bin_dir:
             need_dir("postgres.bin_dir", pg.bin_dir)
         need_file("postgres.passfile", pg.passfile)

@@ -48,6 +48,15 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
             '[datasets]\nroot = "/nonexistent/datasets"\n',
             "datasets.root: /nonexistent/datasets: no such directory",
         ),
+        ('[postgres]\ndsn = "this is not a dsn"\n', "postgres.dsn: not a connection string"),
+        (
+            '[postgres]\ndata_dir = "/nonexistent/pgdata"\nos_user = "root"\n',
+            "postgres.data_dir: /nonexistent/pgdata: no such directory",
+        ),
+        (
+            '[postgres]\ndata_dir = "/tmp"\nos_user = "no-such-user-ck"\n',
+            "postgres.os_user: no-such-user-ck: no such user",
+        ),
     ],
 )
 def test_config_check_names_the_problem(tmp_path: Path, body: str, needle: str) -> None:
@@ -228,3 +237,34 @@ def test_global_options_work_after_the_subcommand_too(tmp_path: Path) -> None:
     assert quiet.returncode == 0 and quiet.stdout == ""  # … but not with -q after the subcommand
     twice = run("--config", str(tmp_path / "other.toml"), "snapshots", "--config", str(cfg), env=env)
     assert twice.returncode == 2 and "--config" in one_line_error(twice)
+
+
+def test_messages_that_tell_the_truth(tmp_path: Path) -> None:
+    """Short and ambiguous prefixes, `pg verify --all` with nothing to verify, a missing path."""
+    from tests.helpers import Site
+
+    site = Site(tmp_path / "site")
+    site.ok("repo", "init")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    snap = site.json("backup", str(tmp_path / "d"))["snapshot_id"]
+
+    short = site.run("restore", snap[:3], "--target", str(tmp_path / "t"))
+    assert short.returncode == 2 and "too short: give at least 4 characters" in one_line_error(short)
+    # a second document whose name shares the first 6 characters (read as itself by a listing)
+    twin = snap[:6] + ("0" if snap[6] != "0" else "1") + snap[7:]
+    (site.repo_dir / "snapshots" / twin).write_bytes((site.repo_dir / "snapshots" / snap).read_bytes())
+    ambiguous = site.run("restore", snap[:4], "--target", str(tmp_path / "t"))
+    assert ambiguous.returncode == 2
+    line = one_line_error(ambiguous)
+    assert "ambiguous: 2 match" in line and snap[:8] in line and twin[:8] in line
+    (site.repo_dir / "snapshots" / twin).unlink()
+
+    none = site.run("pg", "verify", "--all")
+    assert none.returncode == 5 and "no base backups to verify" in one_line_error(none)
+    short_backup = site.run("pg", "verify", "ab")
+    assert short_backup.returncode == 2 and "too short" in one_line_error(short_backup)
+
+    missing = site.run("backup", str(tmp_path / "nope"))
+    assert missing.returncode == 5
+    assert "does not exist" in one_line_error(missing) and "coldkeep snapshots" not in missing.stderr

@@ -17,7 +17,7 @@ from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
 from coldkeep.cli.params import FiniteRange
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, progress
-from coldkeep.errors import EXIT_INTEGRITY
+from coldkeep.errors import EXIT_INTEGRITY, NotFound
 from coldkeep.units import human_bytes
 
 
@@ -111,6 +111,8 @@ def verify(app: AppContext, backup: str | None, all_backups: bool) -> int:
 
     with open_repo(app) as repo, locked(repo.backend, "pg verify", exclusive=False):
         snaps = list_backups(repo) if all_backups else [find_backup(repo, backup or "latest")]
+        if not snaps:
+            raise NotFound("there are no base backups to verify", hint="take one with `coldkeep pg backup`")
         results = [verify_backup(repo, s) for s in snaps]
 
     def human(console: Console) -> None:

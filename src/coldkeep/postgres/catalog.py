@@ -10,7 +10,7 @@ from coldkeep.errors import NotFound, UsageError
 from coldkeep.postgres import wal
 from coldkeep.postgres.basebackup import backup_json
 from coldkeep.repository.repository import Repository
-from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.snapshot import MIN_PREFIX, Snapshot
 
 STATUS_STATE = "pg-backup-status"
 
@@ -27,11 +27,20 @@ def find_backup(repo: Repository, ref: str) -> Snapshot:
         if not backups:
             raise NotFound("there are no base backups", hint="take one with `coldkeep pg backup`")
         return backups[-1]
+    if len(ref) < MIN_PREFIX:
+        raise UsageError(
+            f"backup id prefix {ref!r} is too short: give at least {MIN_PREFIX} characters",
+            hint="list them with `coldkeep pg backups`, or use `latest`",
+        )
     matches = [b for b in backups if b.id.startswith(ref)]
     if not matches:
         raise NotFound(f"no base backup {ref!r}", hint="list them with `coldkeep pg backups`")
     if len(matches) > 1:
-        raise UsageError(f"backup id prefix {ref!r} is ambiguous", hint="give more characters")
+        shown = ", ".join(b.id[: len(ref) + 4] for b in matches[:5]) + (" …" if len(matches) > 5 else "")
+        raise UsageError(
+            f"backup id prefix {ref!r} is ambiguous: {len(matches)} match ({shown})",
+            hint="give more characters",
+        )
     return matches[0]
 
 

@@ -126,7 +126,11 @@ def walk(
         try:
             st = os.lstat(src)
         except OSError as exc:
-            raise NotFound(f"cannot back up {given}: {exc.strerror}") from None
+            what = "it does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror
+            raise NotFound(
+                f"cannot back up {given}: {what}",
+                hint="check the path (absolute, or relative to the current directory)",
+            ) from None
         name = _name(given, base_str)
         if name:
             yield src, name, st

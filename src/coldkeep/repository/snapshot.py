@@ -121,6 +121,10 @@ def load_snapshot_id(repo: Repository, snapshot_id: str) -> Snapshot:
     return snap
 
 
+#: the fewest characters of a snapshot id accepted as a prefix
+MIN_PREFIX = 4
+
+
 def find_snapshot(repo: Repository, ref: str) -> Snapshot:
     """By full id, unique id prefix, or ``latest``."""
     if ref == "latest":
@@ -128,12 +132,19 @@ def find_snapshot(repo: Repository, ref: str) -> Snapshot:
         if not snaps:
             raise NotFound("the repository has no snapshots")
         return snaps[-1]
-    ids = [i for i in snapshot_ids(repo) if i.startswith(ref)] if len(ref) >= 4 else []
+    if len(ref) < MIN_PREFIX:
+        raise UsageError(
+            f"snapshot id prefix {ref!r} is too short: give at least {MIN_PREFIX} characters",
+            hint="list them with `coldkeep snapshots`, or use `latest`",
+        )
+    ids = sorted(i for i in snapshot_ids(repo) if i.startswith(ref))
     if not ids:
         raise NotFound(f"no snapshot {ref!r}", hint="list them with `coldkeep snapshots`")
     if len(ids) > 1:
+        shown = ", ".join(i[: len(ref) + 4] for i in ids[:5]) + (" …" if len(ids) > 5 else "")
         raise UsageError(
-            f"snapshot id prefix {ref!r} is ambiguous ({len(ids)} match)", hint="give more characters"
+            f"snapshot id prefix {ref!r} is ambiguous: {len(ids)} match ({shown})",
+            hint="give more characters",
         )
     return load_snapshot_id(repo, ids[0])
 
