@@ -268,3 +268,28 @@ def test_messages_that_tell_the_truth(tmp_path: Path) -> None:
     missing = site.run("backup", str(tmp_path / "nope"))
     assert missing.returncode == 5
     assert "does not exist" in one_line_error(missing) and "coldkeep snapshots" not in missing.stderr
+
+
+def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A label, tag, file name or pattern holding ESC[2J must not clear the operator's screen."""
+    from tests.helpers import Site
+
+    evil = "\x1b[2J\x1b]0;owned\x07"
+    site = Site(tmp_path / "site")
+    site.ok("repo", "init")
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / f"name{evil}.txt").write_text("x")
+    site.ok("backup", str(src), "--label", evil, "--tag", f"k={evil}")
+    outputs = [
+        site.run("snapshots"),
+        site.run("forget", "--keep-last", "1", "--dry-run"),
+        site.run("restore", "latest", "--target", str(tmp_path / "t"), "--include", evil),  # exit 5, names it
+        site.run("backup", str(src), "--exclude-file", str(tmp_path / f"no{evil}")),  # exit 2, names it
+    ]
+    assert [p.returncode for p in outputs] == [0, 0, 5, 2]
+    for proc in outputs:
+        assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout, proc.stdout
+        assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr, proc.stderr
+    assert "\\x1b[2J" in outputs[0].stdout  # shown, escaped
+    assert "\\x1b[2J" in outputs[2].stderr

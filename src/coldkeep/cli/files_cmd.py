@@ -310,7 +310,9 @@ def forget(
         if result.left_alone:
             console.print(f"left alone: {len(result.left_alone)} snapshot(s) that services own")
             for a in result.left_alone:
-                console.print(f"  {a.snapshot.short_id}  {a.snapshot.time}  {a.owner.describe()}")
+                console.print(
+                    f"  {a.snapshot.short_id}  {plain(a.snapshot.time)}  {plain(a.owner.describe())}"
+                )
         console.print(
             f"{len(result.removed)} snapshot(s) {'would be ' if dry_run else ''}removed; "
             "run `coldkeep repo prune` to reclaim space"

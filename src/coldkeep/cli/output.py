@@ -41,6 +41,13 @@ def printable(text: str) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def safe_line(text: str) -> str:
+    """``text`` (a message naming a label, a tag, a file name) for one line on a terminal:
+    :func:`printable`, and control characters shown as ``\x1b`` escapes, so that a name cannot
+    clear the screen or forge another line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(text))
+
+
 def plain(value: object) -> str:
     """``value`` as text for a rich table cell or ``print``: never read as markup (``[/]`` in a
     label, a path or a conversation message stays as it is), control characters shown as
@@ -48,8 +55,7 @@ def plain(value: object) -> str:
     are not UTF-8 as in :func:`printable`."""
     from rich.markup import escape
 
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(str(value)))
-    return escape(text)
+    return escape(safe_line(str(value)))
 
 
 def _console(stderr: bool = False) -> Console:
@@ -99,16 +105,16 @@ class Output:
         if not self.quiet and not self.json:
             from rich.markup import escape
 
-            self.err.print(escape(printable(text)))
+            self.err.print(escape(safe_line(text)))
 
     def warn(self, text: str) -> None:
         """``warning: text`` on stderr; ``text`` (a path, say) is plain text, not markup."""
         if not self.json:
             from rich.markup import escape
 
-            self.err.print(f"[yellow]warning:[/yellow] {escape(printable(text))}")
+            self.err.print(f"[yellow]warning:[/yellow] {escape(safe_line(text))}")
         else:
-            sys.stderr.write(f"warning: {printable(text)}\n")
+            sys.stderr.write(f"warning: {safe_line(text)}\n")
 
     def error(self, exc: ColdkeepError) -> None:
         if self.json:
@@ -118,7 +124,7 @@ class Output:
     def failure(self, exc: ColdkeepError) -> None:
         """``error:`` and ``hint:`` lines on stderr only: for a command that already emitted its
         result (which carries the details, e.g. with ``--json``) and then exits non-zero."""
-        sys.stderr.write(f"error: {printable(exc.message)}\n")
+        sys.stderr.write(f"error: {safe_line(exc.message)}\n")
         if exc.hint:
             sys.stderr.write(f"hint: {exc.hint}\n")
         sys.stderr.flush()

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
-from coldkeep.cli.output import plain
+from coldkeep.cli.output import plain, safe_line
 from coldkeep.cli.params import FiniteRange
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, progress
 from coldkeep.errors import EXIT_INTEGRITY, NotFound
@@ -126,7 +126,9 @@ def verify(app: AppContext, backup: str | None, all_backups: bool) -> int:
     app.out.emit([r.to_json() for r in results], human)
     failed = [r for r in results if not r.ok]
     if failed:
-        app.out.err.print(f"error: backup {failed[0].backup_id[:8]}: {failed[0].problems[0]}", markup=False)
+        app.out.err.print(
+            f"error: backup {failed[0].backup_id[:8]}: {safe_line(failed[0].problems[0])}", markup=False
+        )
         return EXIT_INTEGRITY
     return 0
 
@@ -214,7 +216,9 @@ def restore_test(app: AppContext, backup_ref: str) -> int:
     app.out.emit(result.to_json(), human)
     if not result.ok:
         bad = next((c for c in result.checks if not c["ok"]), {"name": "restore", "detail": "no checks ran"})
-        app.out.err.print(f"error: restore test failed: {bad['name']}: {bad['detail']}", markup=False)
+        app.out.err.print(
+            f"error: restore test failed: {bad['name']}: {safe_line(str(bad['detail']))}", markup=False
+        )
         return EXIT_INTEGRITY
     return 0
 

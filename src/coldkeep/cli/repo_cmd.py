@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coldkeep.cli.context import AppContext, pass_app
-from coldkeep.cli.output import plain
+from coldkeep.cli.output import plain, safe_line
 from coldkeep.cli.params import FiniteRange
 from coldkeep.cli.repo_support import lock_wait_option, open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
@@ -46,10 +46,8 @@ def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> i
     def human(console: Console) -> None:
         from rich.markup import escape
 
-        from coldkeep.cli.output import printable
-
         for p in result.problems:
-            console.print(f"[red]{escape(printable(p.line()))}[/red]")  # a path is not markup
+            console.print(f"[red]{escape(safe_line(p.line()))}[/red]")  # a path is not markup
         console.print(
             f"{'no problems' if result.ok else f'{len(result.problems)} problem(s)'}: {result.snapshots} snapshots, "
             f"{result.packs} packs, {result.blobs} blobs, {result.named} named objects"
@@ -206,7 +204,7 @@ def rebuild_index(app: AppContext) -> int:
     app.out.emit(result.to_json(), lambda c: c.print(
         f"indexed {result.blobs} blobs in {result.packs} packs; {len(result.unreadable)} unreadable pack(s)"))  # fmt: skip
     if result.unreadable:
-        app.out.err.print(f"error: {result.unreadable[0]}", markup=False)
+        app.out.err.print(f"error: {safe_line(result.unreadable[0])}", markup=False)
         return EXIT_INTEGRITY
     return 0
 
