@@ -104,6 +104,12 @@ def _check_endpoint_url(url: str) -> str:
     return url
 
 
+#: seconds an S3 endpoint may take to accept a connection / to send the next bytes of an answer;
+#: botocore tries a request twice, so an endpoint that never answers fails in ~2 × read_timeout
+ConnectTimeout = Annotated[float, Field(ge=0.5, le=600, allow_inf_nan=False)]
+ReadTimeout = Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)]
+
+
 class CopyConfig(_Section):
     """A named copy of the repository (``coldkeep repo copy --to NAME``)."""
 
@@ -111,6 +117,8 @@ class CopyConfig(_Section):
     endpoint_url: str = ""
     region: str = ""
     password_file: str = ""
+    connect_timeout: ConnectTimeout = 5.0
+    read_timeout: ReadTimeout = 15.0
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_repo_url(v)))
     _endpoint = field_validator("endpoint_url")(classmethod(lambda cls, v: _check_endpoint_url(v)))
@@ -123,6 +131,8 @@ class RepositoryConfig(_Section):
     password_file: str = ""
     owner: str = "postgres"
     compression_level: Annotated[int, Field(ge=-7, le=22)] = 3
+    connect_timeout: ConnectTimeout = 5.0
+    read_timeout: ReadTimeout = 15.0
     copies: dict[str, CopyConfig] = Field(default_factory=dict)
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_repo_url(v)))

@@ -23,7 +23,11 @@ SYSTEM_CONFIG = "/etc/coldkeep/coldkeep.toml"
 ENV_CONFIG = "COLDKEEP_CONFIG"
 
 #: every key of ``[repository]`` (``coldkeep.config.RepositoryConfig``; a unit test compares them)
-REPOSITORY_KEYS = ("url", "endpoint_url", "region", "password_file", "owner", "compression_level", "copies")
+REPOSITORY_KEYS = ("url", "endpoint_url", "region", "password_file", "owner", "compression_level",
+                   "connect_timeout", "read_timeout", "copies")  # fmt: skip
+
+#: ``connect_timeout`` / ``read_timeout`` of an S3 endpoint, seconds: (default, least, most)
+TIMEOUTS = {"connect_timeout": (5.0, 0.5, 600.0), "read_timeout": (15.0, 1.0, 3600.0)}
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class RepositorySection:
     password_file: str = ""
     owner: str = "postgres"
     compression_level: int = 3
+    connect_timeout: float = TIMEOUTS["connect_timeout"][0]
+    read_timeout: float = TIMEOUTS["read_timeout"][0]
     source: str = ""
 
 
@@ -120,6 +126,13 @@ def parse_repository_section(data: dict[str, Any], source: str) -> RepositorySec
                 raise ConfigError(
                     f"{where}repository.compression_level: must be between -7 and 22 (got {value!r})"
                 )
+        elif key in TIMEOUTS:
+            _, low, high = TIMEOUTS[key]
+            if type(value) not in (int, float) or not low <= value <= high:
+                raise ConfigError(
+                    f"{where}repository.{key}: must be a number of seconds from {low:g} to {high:g} (got {value!r})"
+                )
+            value = float(value)
         elif not isinstance(value, str):
             raise ConfigError(f"{where}repository.{key}: Input should be a valid string (got {value!r})")
         values[key] = value

@@ -26,6 +26,10 @@ class BackendSection(Protocol):
     def endpoint_url(self) -> str: ...
     @property
     def region(self) -> str: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def read_timeout(self) -> float: ...
 
 
 class RepositorySectionLike(BackendSection, Protocol):
@@ -55,6 +59,8 @@ def backend_for(section: BackendSection, *, owner: str = "", create: bool = Fals
         region=section.region,
         owner=_owner(owner),
         create=create,
+        connect_timeout=section.connect_timeout,
+        read_timeout=section.read_timeout,
     )
 
 

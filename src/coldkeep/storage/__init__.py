@@ -29,6 +29,8 @@ def open_backend(
     region: str = "",
     owner: str | None = None,
     create: bool = False,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 15.0,
 ) -> Backend:
     """The backend for a repository URL, wrapped for retries (and faults, in tests).
 
@@ -71,6 +73,8 @@ def open_backend(
             endpoint_url or None,
             region or None,
             create_bucket=create,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         )
     else:
         raise ConfigError(f"repository URL must start with file:// or s3:// (got {url!r})")

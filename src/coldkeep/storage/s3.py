@@ -103,9 +103,9 @@ class S3Backend(Backend):
         *,
         multipart_threshold: int = 64 * MiB,
         part_size: int = 16 * MiB,
-        max_attempts: int = 3,
+        max_attempts: int = 2,
         connect_timeout: float = 5.0,
-        read_timeout: float = 60.0,
+        read_timeout: float = 15.0,
         conditional_put: bool = True,
     ) -> None:
         if not bucket:
@@ -130,10 +130,11 @@ class S3Backend(Backend):
             atomic_create=conditional_put, local=False, atomic_update=conditional_put
         )
         self._lock = threading.Lock()
+        self._timeouts = (connect_timeout, read_timeout, max_attempts)
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},  # tries, the first included
             max_pool_connections=32,
             # path style for custom endpoints (MinIO, moto, Ceph); virtual hosts for AWS
             s3={"addressing_style": "path" if self.endpoint_url else "auto"},
@@ -186,13 +187,20 @@ class S3Backend(Backend):
                 ) from exc
             error = StorageError(detail)
             raise mark_transient(error, code in _TRANSIENT or status >= 500) from exc
-        if isinstance(
-            exc,
-            botocore.exceptions.ConnectionError
-            | botocore.exceptions.HTTPClientError
-            | botocore.exceptions.ConnectTimeoutError
-            | botocore.exceptions.ReadTimeoutError,
-        ):
+        if isinstance(exc, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError):
+            # botocore has tried max_attempts times already, each up to the timeout: not retried
+            # again (an endpoint that accepts connections and never answers must fail in ~30 s)
+            connect, read, attempts = self._timeouts
+            which = (
+                ("connect_timeout", connect)
+                if isinstance(exc, botocore.exceptions.ConnectTimeoutError)
+                else ("read_timeout", read)
+            )
+            raise StorageUnavailable(
+                f"{where}: no answer within {which[1]:g} s ({which[0]}), {attempts} tries",
+                hint=f"check that the endpoint is up; [repository] {which[0]} sets the limit",
+            ) from exc
+        if isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
             raise mark_transient(StorageUnavailable(f"{where} ({type(exc).__name__})")) from exc
         if isinstance(
             exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
