@@ -215,9 +215,12 @@ def test_locks_conflict_and_stale_detection(tmp_path: Path) -> None:
     dead_doc = json.loads(Lock(backend, "backup", exclusive=True)._doc())
     dead_doc["pid"] = dead_pid
     backend.put("locks/1-deadbeefdead", json.dumps(dead_doc).encode())
-    with locked(backend, "prune", exclusive=True) as prune_lock:  # the dead holder does not block
+    assert [lk.pid for lk in remove_stale(backend)] == [dead_pid]  # `repo unlock` removes it
+    backend.put("locks/1-deadbeefdead", json.dumps(dead_doc).encode())
+    with locked(backend, "prune", exclusive=True) as prune_lock:  # the dead holder does not block ...
         assert prune_lock.operation == "prune"
-    assert [lk.pid for lk in remove_stale(backend)] == [dead_pid]
+        assert [lk.pid for lk in list_locks(backend)] == [os.getpid()]  # ... and its document is gone
+    assert list_locks(backend) == []  # nothing piles up until `repo unlock`
     live = Lock(backend, "backup", exclusive=True)
     live.acquire()
     try:

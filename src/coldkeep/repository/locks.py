@@ -270,8 +270,18 @@ class Lock:
     # -- taking and giving back -------------------------------------------------------------------
 
     def _conflict(self) -> LockInfo | None:
+        """The first live lock ``self`` conflicts with; stale locks seen on the way are removed
+        (a dead process's, a previous boot's, another machine's not refreshed for 30 minutes:
+        their holders are gone or count them lost, so nothing piles up until `repo unlock`)."""
         for other in list_locks(self.backend):
-            if other.id == self.id or other.is_stale():
+            if other.id == self.id:
+                continue
+            if other.is_stale():
+                try:
+                    self.backend.delete(LOCK_PREFIX + other.id)
+                    log.info("removed the stale lock of %s", other.describe())
+                except Exception as exc:  # another command may have removed it first; or cannot delete
+                    log.debug("could not remove the stale lock %s: %s", other.id, exc)
                 continue
             if self.exclusive or other.exclusive:
                 return other
