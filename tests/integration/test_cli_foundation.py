@@ -293,3 +293,30 @@ def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
         assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr, proc.stderr
     assert "\\x1b[2J" in outputs[0].stdout  # shown, escaped
     assert "\\x1b[2J" in outputs[2].stderr
+
+
+@pytest.mark.pg
+def test_init_enables_postgres_only_when_a_server_answers(tmp_path: Path, pg_cluster: TempCluster) -> None:
+    """`init` asks nothing and breaks nothing: `doctor` right after it is green without a server."""
+    env = {"COLDKEEP_CACHE_DIR": str(tmp_path / "cache")}
+    none = tmp_path / "none.toml"
+    proc = run("--config", str(none), "--json", "init", "--repo", f"file://{tmp_path}/r1", "--owner", ME,
+               "--pg-dsn", f"host={tmp_path} port=5999 dbname=x user=postgres", env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["postgres_enabled"] is False and "no PostgreSQL server answered" in out["notes"][0]
+    assert "\n[postgres]\nenabled = false\n" in none.read_text()
+    doctor = run("--config", str(none), "--json", "doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout
+    assert not any(c["name"].startswith("postgres") for c in json.loads(doctor.stdout)["checks"])
+
+    live = tmp_path / "live.toml"
+    proc = run("--config", str(live), "--json", "init", "--repo", f"file://{tmp_path}/r2", "--owner", ME,
+               "--pg-dsn", pg_cluster.dsn, "--pg-data-dir", str(pg_cluster.data_dir), env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["postgres_enabled"] is True
+
+    forced = tmp_path / "forced.toml"
+    proc = run("--config", str(forced), "--json", "init", "--repo", f"file://{tmp_path}/r3", "--owner", ME,
+               "--postgres", "--pg-dsn", f"host={tmp_path} port=5999", "--no-repo-init", env=env)  # fmt: skip
+    assert proc.returncode == 0 and json.loads(proc.stdout)["postgres_enabled"] is True
