@@ -320,3 +320,35 @@ def test_init_enables_postgres_only_when_a_server_answers(tmp_path: Path, pg_clu
     proc = run("--config", str(forced), "--json", "init", "--repo", f"file://{tmp_path}/r3", "--owner", ME,
                "--postgres", "--pg-dsn", f"host={tmp_path} port=5999", "--no-repo-init", env=env)  # fmt: skip
     assert proc.returncode == 0 and json.loads(proc.stdout)["postgres_enabled"] is True
+
+
+def test_listings_fit_80_columns_and_show_new_bytes(tmp_path: Path) -> None:
+    from tests.helpers import Site
+
+    site = Site(tmp_path / "site", env={"COLUMNS": "80"})
+    site.ok("repo", "init")
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(200_000))
+    label = "a very long label that goes on and on about the model checkpoint and the dataset version"
+    site.ok(
+        "backup",
+        str(src),
+        "--label",
+        label,
+        "--tag",
+        "kind=dataset",
+        "--tag",
+        "version=v3.0-a-long-tag-value",
+    )
+    site.ok("backup", str(src))  # nothing new: all of it deduplicated
+    table = site.ok("snapshots").stdout
+    lines = table.splitlines()
+    assert lines[0].split() == ["id", "time", "host", "tags", "label", "files", "size", "new"]
+    assert all(len(line) <= 80 for line in lines), table
+    first, second = lines[2], lines[3]
+    assert "…" in first and label not in table  # cut, on one line
+    assert first.split()[-4:-2] == ["200.0", "KB"] and first.split()[-2] not in ("0", "-")  # size, new
+    assert second.split()[-2:] == ["0", "B"]  # the second stored nothing new
+    wide = site.ok("snapshots", "--wide").stdout
+    assert label in wide and str(src) in wide  # everything in full, paths too

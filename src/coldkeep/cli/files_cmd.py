@@ -135,21 +135,29 @@ def backup(
 
 @click.command()
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="only snapshots with this tag")
+@click.option("--wide", is_flag=True, help="every column in full (paths, seconds), however wide")
 @pass_app
-def snapshots(app: AppContext, tags: tuple[str, ...]) -> None:
-    """List snapshots, oldest first."""
+def snapshots(app: AppContext, tags: tuple[str, ...], wide: bool) -> None:
+    """List snapshots, oldest first: logical size and the new bytes each one stored (the rest was
+    deduplicated).  Fits 80 columns (long cells cut with …) unless --wide."""
+    from coldkeep.cli.tables import short_time, show
+
     with open_repo(app) as repo:
         snaps = repo.list_snapshots(parse_tags(tags))
 
     def human(console: Console) -> None:
-        from rich.table import Table
-
-        table = Table("id", "time", "host", "tags", "label", "files", "size")
+        columns = ["id", "time", "host", "tags", "label", "files", "size", "new"] + (
+            ["paths"] if wide else []
+        )
+        rows = []
         for s in snaps:
-            table.add_row(s.short_id, s.time, plain(s.host), plain(" ".join(f"{k}={v}" for k, v in s.tags.items())),
-                          plain(s.label),
-                          str(s.summary.get("files", "")), human_bytes(s.logical_bytes))  # fmt: skip
-        console.print(table)
+            new = s.summary.get("new_stored_bytes")
+            row = [s.short_id, s.time if wide else short_time(s.time), plain(s.host),
+                   plain(" ".join(f"{k}={v}" for k, v in s.tags.items())), plain(s.label),
+                   str(s.summary.get("files", "")), human_bytes(s.logical_bytes),
+                   "-" if new is None else human_bytes(int(new))]  # fmt: skip
+            rows.append(row + ([plain(" ".join(s.paths))] if wide else []))
+        show(console, columns, rows, wide=wide, flexible={"host", "tags", "label", "paths"})
 
     app.out.emit([s.to_json() for s in snaps], human)
 

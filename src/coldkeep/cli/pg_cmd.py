@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
@@ -68,33 +67,32 @@ def backup(app: AppContext, label: str, wal_timeout: float | None) -> None:
 
 
 @pg.command("backups")
+@click.option("--wide", is_flag=True, help="every column in full (LSN range, seconds), however wide")
 @pass_app
-def backups(app: AppContext) -> None:
-    """List base backups with their verified / restore-tested status."""
+def backups(app: AppContext, wide: bool) -> None:
+    """List base backups with their verified / restore-tested status, logical size and the new
+    bytes each stored.  Fits 80 columns (long cells cut with …) unless --wide."""
+    from coldkeep.cli.tables import short_time, show
     from coldkeep.postgres.catalog import listing
 
     with open_repo(app) as repo:
         rows = listing(repo)
 
     def human(console: Console) -> None:
-        table = Table(
-            "id",
-            "stop time",
-            "timeline",
-            "start..stop LSN",
-            "size",
-            "new",
-            "verified",
-            "restore test",
-            "label",
-        )
+        columns = ["id", "stop time", "tl", "size", "new", "verified", "tested", "label"]
+        if wide:
+            columns.insert(3, "start..stop LSN")
+        cells = []
         for r in rows:
-            table.add_row(
-                r["short_id"], str(r["stop_time"]), str(r["timeline"]), f"{r['start_lsn']}..{r['stop_lsn']}",
-                human_bytes(r["logical_bytes"]), human_bytes(r["new_stored_bytes"] or 0),
-                "yes" if r["verified"] else "-", "passed" if r["restore_tested"] else "-", plain(r["label"]),
-            )  # fmt: skip
-        console.print(table)
+            stop = str(r["stop_time"])
+            row = [r["short_id"], stop if wide else short_time(stop), str(r["timeline"]),
+                   human_bytes(r["logical_bytes"]), human_bytes(r["new_stored_bytes"] or 0),
+                   "yes" if r["verified"] else "-", "passed" if r["restore_tested"] else "-",
+                   plain(r["label"])]  # fmt: skip
+            if wide:
+                row.insert(3, f"{r['start_lsn']}..{r['stop_lsn']}")
+            cells.append(row)
+        show(console, columns, cells, wide=wide, flexible={"label"})
 
     app.out.emit(rows, human)
 
