@@ -370,6 +370,29 @@ def test_get_and_restore_from_the_repository_when_the_archive_disk_is_lost(site:
     assert proc.returncode == 3 and batch["file"] in proc.stdout
 
 
+def test_a_damaged_local_archive_file_falls_back_to_the_repository_copy(site: ConvSite) -> None:
+    """A corrupt local batch file is not streamed into the table: its SHA-256 is checked first, the
+    repository's copy is read instead, and the damaged file is named (issue 17)."""
+    site.load(800, seed=15)
+    original = site.rows()
+    site.ok("conversations", "archive", "--purge")
+    batch = site.ledger()[0]
+    path = site.archive_dir / batch["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    got = site.ok("conversations", "get", "--id", str(batch["ids"][0]))
+    assert got["damaged_locally"] == [batch["file"]] and got["fetched_from_repository"] == [batch["file"]]
+    res = site.ok("conversations", "restore", "--month", batch["month"])
+    assert res["damaged_locally"] == [batch["file"]] and res["rows_restored"] > 0
+    assert all(original[i] == site.rows()[i] for i in batch["ids"])
+    human = site.run("conversations", "restore", "--month", batch["month"])
+    assert human.returncode == 0 and f"{batch['file']}: the local archive file is damaged" in human.stderr
+    assert path.read_bytes() == bytes(data)  # left as it is, for verify to report
+    proc = site.run("conversations", "verify")
+    assert proc.returncode == 3 and batch["file"] in proc.stdout
+
+
 def test_get_by_id_and_by_session(site: ConvSite) -> None:
     site.load(600, seed=14)
     original = site.rows()

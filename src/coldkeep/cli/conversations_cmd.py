@@ -203,6 +203,9 @@ def get(app: AppContext, row_id: int | None, session: str | None) -> None:
     from coldkeep.conversations import get_rows
 
     result = get_rows(app.config(), row_id=row_id, session=session)
+    for name in result.get("damaged_locally", []):
+        app.out.warn(f"{name}: the local archive file is damaged (its SHA-256 is not the ledger's); "
+                     "read the repository's copy instead — run `coldkeep conversations verify`")  # fmt: skip
 
     def human(c: Console) -> None:
         table = Table("id", "timestamp", "speaker", "source", "content")
@@ -234,6 +237,9 @@ def restore(app: AppContext, month: str | None, session: str | None, lock_wait: 
     from coldkeep.conversations import restore_rows
 
     result = restore_rows(app.config(), month=month, session=session, lock_wait=lock_wait)
+    for name in result.get("damaged_locally", []):
+        app.out.warn(f"{name}: the local archive file is damaged (its SHA-256 is not the ledger's); "
+                     "read the repository's copy instead — run `coldkeep conversations verify`")  # fmt: skip
     app.out.emit(
         result,
         lambda c: c.print(

@@ -8,6 +8,7 @@ the loss of the archive disk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import tempfile
 import uuid
@@ -36,14 +37,22 @@ class _Files:
         self._repo: Any = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.fetched: list[str] = []
+        self.damaged: list[str] = []  # local files whose SHA-256 is not the ledger's
 
     def path(self, batch: dict[str, Any]) -> Path:
+        """The batch file to read: the local one when its SHA-256 is the ledger's, else the
+        repository's copy (a missing or damaged local file: the damaged one is named in
+        :attr:`damaged` and left as it is, for `conversations verify` to report)."""
         local = self.adir.root / str(batch["file"])
+        state = "missing from"
         if local.is_file():
-            return local
+            if _sha256(local) == batch.get("sha256"):
+                return local
+            state = "damaged (its SHA-256 is not the ledger's) in"
+            self.damaged.append(str(batch["file"]))
         if not batch.get("repo_object"):
             raise ArchiveIntegrityError(
-                f"batch file {batch['file']} is missing from {self.adir.root} and was never stored in the repository"
+                f"batch file {batch['file']} is {state} {self.adir.root} and was never stored in the repository"
             )
         if self._repo is None:
             from coldkeep.repository.setup import open_repository
@@ -53,7 +62,9 @@ class _Files:
             self._tmp = tempfile.TemporaryDirectory(prefix="coldkeep-conv-")
         why = repo_copy_ok(self._repo, batch)
         if why:
-            raise ArchiveIntegrityError(f"batch file {batch['file']} is missing locally and its {why}")
+            raise ArchiveIntegrityError(
+                f"batch file {batch['file']} is {state} {self.adir.root} and its {why}"
+            )
         _meta, data = self._repo.get_named(batch["repo_object"])
         fetched = Path(self._tmp.name) / Path(str(batch["file"])).name
         fetched.write_bytes(data)
@@ -66,6 +77,14 @@ class _Files:
                 self._repo.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _row_out(line: str | bytes, source: str, *, archived: bool, archive_file: str | None) -> dict[str, Any]:
@@ -162,6 +181,7 @@ def get_rows(config: Config, *, row_id: int | None = None, session: str | None =
         "from_table": sum(1 for r in out if r["source"] == "table"),
         "from_archive": sum(1 for r in out if r["source"] == "archive"),
         "fetched_from_repository": files.fetched,
+        "damaged_locally": files.damaged,
     }
 
 
@@ -287,6 +307,7 @@ def restore_rows(
     finally:
         files.close()
     out["fetched_from_repository"] = files.fetched
+    out["damaged_locally"] = files.damaged
     return out
 
 
