@@ -182,6 +182,8 @@ class PostgresConfig(ServiceSection):
     # of pg_basebackup, then the wait for the segments in the repository) before the backup fails
     backup_wal_timeout: Annotated[int, Field(ge=1, le=86400)] = 300
     archive_async: bool = False  # archive_command = wal-push --async (postgres/spool.py)
+    # restore_command of `pg restore` / restore tests: wal-fetch --prefetch N (0: one segment at a time)
+    restore_prefetch: int = Field(default=8, ge=0, le=64)
     archive_async_workers: int = Field(default=0, ge=0, le=64)  # 0: CPUs, at most 4
     # zstd level of base-backup chunks (database pages: level 1 costs ~1/3 less CPU than 3 for
     # ~3 % more bytes; docs/benchmarks.md); WAL segments use at most level 1 anyway

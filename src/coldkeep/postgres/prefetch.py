@@ -21,8 +21,8 @@ Safety, because a wrong segment served to PostgreSQL could end recovery early:
 * the prefetcher never creates the spool directory's parents and gives up silently on any
   error: the foreground fetch is always the fallback.
 
-After recovery the spool holds at most K unused files; :func:`remove_spool` deletes it (the
-restore code calls it, and PostgreSQL itself ignores the directory).
+After recovery the spool holds at most K unused files: the ``recovery_end_command`` that ``pg
+restore`` writes deletes it (PostgreSQL itself ignores the directory).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from coldkeep.repository.snapshot import Snapshot
 RESTORE_THREADS = int(os.environ.get("COLDKEEP_RESTORE_THREADS", "0") or 0)
 TARGET_KINDS = ("time", "xid", "lsn", "name", "immediate", "latest")
 _MANAGED = re.compile(
-    r"^\s*(restore_command|recovery_target\w*|archive_mode|primary_conninfo|primary_slot_name)\s*=",
+    r"^\s*(restore_command|recovery_end_command|recovery_target\w*|archive_mode|primary_conninfo|primary_slot_name)\s*=",
     re.IGNORECASE,
 )
 
@@ -103,11 +103,24 @@ class RestoreReport:
 
 
 def restore_command(config: Config, lineage: str) -> str:
+    """``wal-fetch`` with ``--prefetch [postgres].restore_prefetch`` (8 by default: the next
+    segments are fetched, decompressed and verified into a spool while the server replays)."""
     from coldkeep.postgres import archiving
 
     if not config.source:
         raise UsageError("restore needs a config file (PostgreSQL runs wal-fetch with --config)")
-    return archiving.restore_command(archiving.coldkeep_executable(), os.path.abspath(config.source), lineage)
+    return archiving.restore_command(
+        archiving.coldkeep_executable(),
+        os.path.abspath(config.source),
+        lineage,
+        prefetch=config.postgres.restore_prefetch,
+    )
+
+
+#: ``recovery_end_command``: once recovery ends, the segments still prefetched are not needed
+#: (PostgreSQL runs it in the data directory; a prefetcher still running finds its spool gone
+#: and stops, as it never creates the spool's parents)
+SPOOL_CLEANUP = "rm -rf -- pg_wal/.coldkeep-prefetch"
 
 
 def check_passphrase_source(config: Config, repo: Repository) -> None:
@@ -327,6 +340,7 @@ class PgRestore:
         report.files_s = round(time.monotonic() - started, 3)
         settings = {
             "restore_command": restore_command(self.config, str(backup.meta["wal_lineage"])),
+            **({"recovery_end_command": SPOOL_CLEANUP} if self.config.postgres.restore_prefetch else {}),
             "recovery_target_timeline": timeline,
             "recovery_target_action": "promote",
             "archive_mode": "on" if archive_mode == "on" else "off",
