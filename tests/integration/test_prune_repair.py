@@ -29,6 +29,7 @@ from tests.helpers import (
 from coldkeep.repository.format import INDEX_PREFIX, SNAPSHOT_PREFIX
 from coldkeep.repository.packer import pack_key
 from coldkeep.repository.repository import Repository
+from coldkeep.storage.base import ObjectInfo
 from coldkeep.storage.local import LocalBackend
 
 PACK_ENV = {"COLDKEEP_PACK_TARGET": str(256 * 1024)}  # a dozen packs from ~9 MiB
@@ -179,3 +180,33 @@ def test_repair_a_damaged_key_slot_from_the_copy(tmp_path: Path) -> None:
     repaired = site.json("repo", "repair", "--from", "offsite")
     assert f"keys/{slot.name}" in repaired["replaced"] and repaired["remaining_problems"] == [], repaired
     assert site.restore_digest(snap, tmp_path / "r", data) == tree_digest(data)
+
+
+class _ListsAVanishedObject(LocalBackend):
+    """A listing that still names an object deleted right after it was listed (a streamed WAL
+    state that completed while repair scanned): the race, made deterministic."""
+
+    def __init__(self, root: Path, vanished: str) -> None:
+        super().__init__(root)
+        self.vanished = vanished
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        yield from super().list(prefix)
+        if self.vanished.startswith(prefix):
+            yield ObjectInfo(self.vanished, 10, 0.0)
+
+
+def test_repair_never_brings_back_an_object_deleted_while_it_scanned(pair: Pair) -> None:
+    from coldkeep.repository.repair import repair_from
+
+    stream = "named/wal-stream/00000001/000000010000000000000009.partial"
+    site = pair.site
+    with Repository.open(LocalBackend(site.repo_dir)) as repo:
+        repo.put_named(stream.removeprefix("named/"), b"partial" * 100, {"timeline": 1})
+    site.ok("repo", "copy", "--to", "offsite")  # the copy has it ...
+    (site.repo_dir / stream).unlink()  # ... and the repository's receiver has since deleted it
+    backend = _ListsAVanishedObject(site.repo_dir, stream)
+    with Repository.open(backend) as repo:
+        result = repair_from(repo, LocalBackend(pair.copy.repo_dir))
+    assert stream not in result.replaced and not any(stream in line for line in result.lost)
+    assert not (site.repo_dir / stream).exists()

@@ -164,6 +164,8 @@ def _replace_objects(repo: Repository, source: Backend, prefix: str, result: Rep
     def verify(key: str) -> tuple[str, str | None]:
         try:
             verify_document(repo, key, repo.backend.get(key))
+        except ObjectNotFound:  # deleted since the listing (a streamed WAL state that completed,
+            return key, None  # a record replaced): not damage, and never to be brought back
         except ColdkeepError as exc:
             return key, exc.message
         return key, None
