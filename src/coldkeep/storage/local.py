@@ -210,22 +210,34 @@ class LocalBackend(Backend):
             self._raise(exc, f"cannot write {path}")
         return True
 
+    @contextlib.contextmanager
+    def _dir_lock(self, directory: Path) -> Iterator[None]:
+        """An exclusive ``flock`` of ``directory`` for the block (FileNotFoundError when it
+        does not exist)."""
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except OSError as exc:
+            self._raise(exc, f"cannot open {directory}")
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                self._raise(exc, f"cannot lock {directory}")
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
     def put_if_version(self, key: str, data: Data, version: str | None) -> bool:
         """Compare-and-swap under an exclusive ``flock`` of the object's directory."""
         path = self._path(key)
         try:
             self._ensure_dir(path.parent)
-            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            self._raise(exc, f"cannot open {path.parent}")
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                self._raise(exc, f"cannot lock {path.parent}")
+            self._raise(exc, f"cannot create {path.parent}")
+        with self._dir_lock(path.parent):
             return super().put_if_version(key, data, version)
-        finally:
-            os.close(fd)  # releases the flock
 
     def _sync_existing(self, path: Path) -> None:
         """fsync an object another writer created, then its directory."""
@@ -324,24 +336,12 @@ class LocalBackend(Backend):
         the holder's refresh, as S3 never does)."""
         path = self._path(key)
         try:
-            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
+            with self._dir_lock(path.parent):
+                os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return
         except OSError as exc:
-            self._raise(exc, f"cannot open {path.parent}")
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                self._raise(exc, f"cannot lock {path.parent}")
-            try:
-                os.unlink(path)
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                return
-            except OSError as exc:
-                self._raise(exc, f"cannot delete {path}")
-        finally:
-            os.close(fd)
+            self._raise(exc, f"cannot delete {path}")
         try:
             self._fsync_dir(path.parent)
         except OSError as exc:
