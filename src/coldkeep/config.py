@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coldkeep.errors import ConfigError
+from coldkeep.errors import ConfigError, UsageError
 from coldkeep.lean.config import ENV_CONFIG as ENV_CONFIG  # one lookup order, shared with the lean path
 from coldkeep.lean.config import endpoint_url_problem, find_config_path, repository_url_problem
 
@@ -354,6 +354,31 @@ class ScheduleConfig(_Section):
         return check_cron(v) if v else v
 
 
+class DrillConfig(_Section):
+    """``coldkeep drill``: the recovery time objective a drill is judged against."""
+
+    rto_objective: str = "1h"  # spec: "< 1 hour recovery time objective"
+
+    @field_validator("rto_objective")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        from coldkeep.clock import parse_duration
+
+        try:
+            seconds = parse_duration(v).total_seconds()
+        except UsageError:
+            seconds = 0
+        if seconds <= 0:
+            raise ValueError("must be a positive duration, e.g. 1h or 45m")
+        return v
+
+    @property
+    def rto_objective_s(self) -> float:
+        from coldkeep.clock import parse_duration
+
+        return parse_duration(self.rto_objective).total_seconds()
+
+
 class Config(_Section):
     repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
@@ -364,6 +389,7 @@ class Config(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    drill: DrillConfig = Field(default_factory=DrillConfig)
 
     #: where the file was read from (not a TOML key)
     source: str = Field(default="", exclude=True)

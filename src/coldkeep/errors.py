@@ -36,6 +36,8 @@ EXIT_NOT_FOUND = 5
 #: ``backup`` wrote its snapshot, but some files changed while they were read or could not be read:
 #: not 0 (so cron and CI notice), not 3 (nothing stored is damaged: the snapshot restores)
 EXIT_PARTIAL = 6
+#: ``drill``: every check passed, but the measured or projected recovery time exceeds the objective
+EXIT_OVER_OBJECTIVE = 7
 #: exit code of ``restore_command`` for anything but "segment not archived" (PostgreSQL: > 125).
 RESTORE_COMMAND_FATAL = 126
 

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "forget": "coldkeep.cli.files_cmd:forget",
     "conversations": "coldkeep.cli.conversations_cmd:conversations",
     "pg": "coldkeep.cli.pg_cmd:pg",
+    "drill": "coldkeep.cli.drill_cmd:drill",
 }
 
 
@@ -142,7 +143,7 @@ def cli(ctx: click.Context, config_path: str | None, as_json: bool, quiet: bool,
     \b
     Exit codes: 0 ok, 1 operation failed, 2 usage or config error, 3 integrity failure,
     4 lock held by another process, 5 not found, 6 backup written but some files changed while
-    read or could not be read.  `pg wal-fetch` (restore_command) exits 1
+    read or could not be read, 7 a drill passed but over its recovery time objective.  `pg wal-fetch` (restore_command) exits 1
     only for "segment not archived" and 126 for every other failure.
 
     The global options work after the subcommand too (`coldkeep repo stats --json`).

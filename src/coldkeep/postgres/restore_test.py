@@ -73,11 +73,11 @@ def _restore_test(
         except ColdkeepError as exc:
             result.add("restore", False, exc.message)
             return _finish(repo, result, started)
-        _amcheck(config, cluster, result)
+        amcheck(config, cluster, result)
         _counts(config, backup.meta, cluster, result)
         for i, query in enumerate(config.postgres.check_sql):
             try:
-                rows = cluster.sql(query, _dbname(config))
+                rows = cluster.sql(query, dbname(config))
                 result.add(f"check_sql[{i}]", True, f"{len(rows)} row(s)")
             except Exception as exc:
                 result.add(f"check_sql[{i}]", False, " ".join(str(exc).split())[:200])
@@ -103,13 +103,14 @@ def _finish(repo: Repository, result: RestoreTestResult, started: float) -> Rest
     return result
 
 
-def _dbname(config: Config) -> str:
+def dbname(config: Config) -> str:
     from coldkeep.postgres.pgconn import conninfo
 
     return conninfo(config.postgres.dsn).get("dbname", "postgres")
 
 
-def _amcheck(config: Config, cluster: TempCluster, result: RestoreTestResult) -> None:
+def amcheck(config: Config, cluster: TempCluster, result: RestoreTestResult) -> None:
+    """``pg_amcheck --all --install-missing --heapallindexed`` on ``cluster``, as one check."""
     bin_dir = find_bin_dir(config.postgres.bin_dir)
     proc = cluster.run(
         [
@@ -132,20 +133,25 @@ def _amcheck(config: Config, cluster: TempCluster, result: RestoreTestResult) ->
                "no corruption found" if proc.returncode == 0 else " / ".join(detail[-3:]))  # fmt: skip
 
 
-def _counts(config: Config, meta: dict[str, Any], cluster: TempCluster, result: RestoreTestResult) -> None:
+def count_rows(config: Config, cluster: TempCluster, table: str) -> int:
+    """``count(*)`` of ``table`` in the configured database of ``cluster`` (psycopg errors raise)."""
+    import psycopg
+    from psycopg import sql
+
     from coldkeep.postgres.pgconn import table_ident
 
+    with psycopg.connect(cluster.dsn_for(dbname(config)), autocommit=True) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(table))).fetchone()
+        return int(row[0]) if row else -1
+
+
+def _counts(config: Config, meta: dict[str, Any], cluster: TempCluster, result: RestoreTestResult) -> None:
     start = meta.get("row_counts_start", {})
     stop = meta.get("row_counts_stop", {})
     for table in config.postgres.count_tables:
         lo, hi = start.get(table), stop.get(table)
         try:
-            import psycopg
-            from psycopg import sql
-
-            with psycopg.connect(cluster.dsn_for(_dbname(config)), autocommit=True) as conn:
-                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(table))).fetchone()
-                count = int(row[0]) if row else -1
+            count = count_rows(config, cluster, table)
         except Exception as exc:
             if lo is None and hi is None:
                 result.add(f"rows {table}", True, "table absent at backup time and now")
