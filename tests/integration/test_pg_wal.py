@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +31,7 @@ from tests.walsite import (
 from coldkeep.errors import RESTORE_COMMAND_FATAL
 from coldkeep.postgres import wal
 from coldkeep.postgres.cluster import TempCluster, running_as_root
-from coldkeep.postgres.prefetch import SPOOL_DIR, remove_spool
+from coldkeep.postgres.prefetch import LOCK_NAME, SPOOL_DIR, remove_spool
 
 pytestmark = pytest.mark.pg
 
@@ -408,3 +410,62 @@ def test_fetch_prefetches_the_next_segments(registered: WalSite, tmp_path: Path)
     assert site.run("pg", "wal-fetch", "--prefetch", "2", after_last, str(dest)).returncode == 1
     remove_spool(pg_wal)
     assert not spool_root.exists()
+
+
+def _prefetchers(spool_root: Path) -> set[int]:
+    """Pids of the processes that hold a spool's ``.prefetcher`` lock file open."""
+    locks = {str(p) for p in spool_root.glob(f"*/{LOCK_NAME}")}
+    pids = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) in locks:
+                pids.add(int(fd.parts[2]))
+        except OSError:
+            continue
+    return pids
+
+
+def test_one_long_lived_prefetcher_keeps_ahead_survives_a_kill_and_stops_with_recovery(
+    registered: WalSite, tmp_path: Path
+) -> None:
+    """Issue 18: one prefetcher per spool opens the repository once and follows the requests; a
+    prefetcher killed mid-fetch is replaced by the next fetch; removing the spool (what
+    recovery_end_command does) stops it; every served segment is byte-exact."""
+    site = registered
+    names = generate_wal(site.cluster, segments=6, rows=2000)
+    sources = {}
+    for name in names:
+        sources[name] = site.wal_file(name).read_bytes()
+        site.ok("pg", "wal-push", str(site.wal_file(name)))
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    dest = pg_wal / "RECOVERYXLOG"
+    spool_root = pg_wal / SPOOL_DIR
+
+    def spooled() -> list[str]:
+        return sorted(
+            p.name[:24] for d in spool_root.iterdir() for p in d.iterdir() if not p.name.startswith(".")
+        )
+
+    def fetch(name: str) -> None:
+        site.ok("pg", "wal-fetch", "--prefetch", "2", name, str(dest))
+        assert dest.read_bytes() == sources[name]
+
+    fetch(names[0])
+    wait_for(lambda: spooled() == names[1:3])
+    (first,) = _prefetchers(spool_root)
+    fetch(names[1])  # a spool hit: the same prefetcher moves one further
+    wait_for(lambda: spooled() == names[2:4])
+    assert _prefetchers(spool_root) == {first}
+
+    os.kill(first, signal.SIGKILL)  # killed (perhaps mid-fetch): leaves at most a claim and a temp file
+    wait_for(lambda: not _prefetchers(spool_root))
+    fetch(names[2])
+    fetch(names[3])
+    wait_for(lambda: spooled() == names[4:6])
+    (second,) = _prefetchers(spool_root)
+    assert second != first
+    fetch(names[4])
+    fetch(names[5])
+    shutil.rmtree(spool_root)  # recovery ended: recovery_end_command removes the spool
+    wait_for(lambda: not _prefetchers(spool_root) and not spool_root.exists())

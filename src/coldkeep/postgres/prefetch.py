@@ -2,10 +2,12 @@
 
 PostgreSQL's startup process runs ``restore_command`` for one segment at a time and replays it
 before asking for the next, so every fetch (interpreter start, repository read, decompress,
-verify) adds to the recovery time.  With ``--prefetch K``, a fetch of segment N that had to go to
-the repository also starts a detached background process that fetches N+1 … N+K (same timeline)
-into a *spool* next to the destination, ``pg_wal/.coldkeep-prefetch/<tag>/``; a later request for
-a spooled segment is then a rename.
+verify) adds to the recovery time.  With ``--prefetch K``, every fetch records the segment asked
+for in a *spool* next to the destination, ``pg_wal/.coldkeep-prefetch/<tag>/`` (``.wanted``), and
+makes sure the spool's one long-lived :class:`Prefetcher` runs: a detached process that opens the
+repository once and keeps the K segments after the newest request fetched, verified and
+decompressed in the spool, two at a time, as recovery moves on (as pgBackRest's asynchronous
+archive-get does).  A request for a spooled segment is then a re-hash and a rename.
 
 Safety, because a wrong segment served to PostgreSQL could end recovery early:
 
@@ -40,6 +42,16 @@ from coldkeep.postgres import wal
 SPOOL_DIR = ".coldkeep-prefetch"
 #: a claim older than this belongs to a prefetcher that died
 CLAIM_TTL_S = 120.0
+#: the newest request: "<segment> <segment size> <window>", rewritten by every wal-fetch
+WANTED_NAME = ".wanted"
+#: flock'ed by the one running prefetcher of a spool
+LOCK_NAME = ".prefetcher"
+#: a prefetcher with no new request for this long stops (recovery paused or over)
+IDLE_S = 30.0
+#: how often a prefetcher with nothing to do looks for a new request
+POLL_S = 0.01
+#: a segment that was not archived is asked for again after this long
+NOT_ARCHIVED_RETRY_S = 1.0
 
 
 def _digest(data: bytes) -> str:
@@ -126,6 +138,8 @@ class Spool:
         for entry in self._entries():
             path = self.root / entry
             try:
+                if entry in (WANTED_NAME, LOCK_NAME):
+                    continue
                 if entry.startswith("."):
                     if now - path.stat().st_mtime > CLAIM_TTL_S:
                         path.unlink()
@@ -133,6 +147,35 @@ class Spool:
                     path.unlink()
             except OSError:
                 continue
+
+    def want(self, name: str, seg_size: int, count: int) -> None:
+        """Record that PostgreSQL asked for segment ``name`` (the prefetcher keeps the ``count``
+        after it spooled); a rename, so the prefetcher never reads half a line."""
+        write_atomic(self.root / WANTED_NAME, f"{name} {seg_size} {count}".encode(), sync=False)
+
+    def wanted(self) -> tuple[str, int, int] | None:
+        try:
+            name, seg_size, count = (self.root / WANTED_NAME).read_text().split()
+            wal.parse_name(name)
+            return name, int(seg_size), max(1, min(int(count), 64))
+        except (OSError, ValueError):
+            return None
+
+    def prefetcher_running(self) -> bool:
+        """A prefetcher holds this spool's lock."""
+        import fcntl
+
+        try:
+            fd = os.open(self.root / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # also releases the shared lock taken just now
+        return False
 
     def has(self, name: str) -> bool:
         return any(e.startswith(name + ".") for e in self._entries())
@@ -211,47 +254,109 @@ def spawn(work: Callable[[], None]) -> None:
 
 
 def refill(spool: Spool, config_path: str, name: str, seg_size: int, count: int, lineage: str | None) -> None:
-    """Fetch the segments after ``name`` that are neither spooled nor being fetched into the
-    spool, from a detached process (best effort: any failure there only means the next fetch
-    goes to the repository itself).  Refills only when at most half of the window is covered,
-    so one prefetcher process fetches several segments and its start-up cost is shared."""
+    """Tell the spool's prefetcher that PostgreSQL asked for ``name`` (it keeps the ``count``
+    segments after it spooled), starting one when none runs (best effort: any failure only means
+    the next fetch goes to the repository itself)."""
     try:
-        spool.clean(name)
-        ahead = next_segments(name, seg_size, count)
-        names = [n for n in ahead if not spool.pending(n)]
-        if not names or len(ahead) - len(names) > count // 2:
-            return
         spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spool.clean(name)
+        spool.want(name, seg_size, count)
+        if spool.prefetcher_running():
+            return
     except Exception:
         return
+    spawn(lambda: Prefetcher(spool, config_path, lineage).run())
 
-    def work() -> None:
+
+class Prefetcher:
+    """The one long-lived prefetcher of a spool: opens the repository once and keeps the segments
+    after the newest one PostgreSQL asked for (:meth:`Spool.wanted`) spooled, two at a time, as
+    recovery moves on (across timeline switches: it follows the timeline of the request).
+
+    It runs while it holds the spool's ``.prefetcher`` lock, and stops when the spool directory
+    is gone (``recovery_end_command`` removes it once recovery ends), when no new request came
+    for :data:`IDLE_S` seconds (recovery paused or over), or on any error.  A segment that is not
+    archived is tried again after :data:`NOT_ARCHIVED_RETRY_S` (the archive may still grow)."""
+
+    def __init__(self, spool: Spool, config_path: str, lineage: str | None) -> None:
+        self.spool = spool
+        self.config_path = config_path
+        self.lineage = lineage
+        self.not_archived: dict[str, float] = {}
+
+    def run(self) -> None:
+        import fcntl
+
+        fd = os.open(self.spool.root / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return  # another prefetcher has this spool
+        try:
+            with contextlib.suppress(OSError):  # the spool removed under it: recovery is over
+                self._loop()
+        finally:
+            os.close(fd)
+
+    def _loop(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         from coldkeep.lean.config import load_repository_section
         from coldkeep.postgres.archive import NotArchived, read_archived
         from coldkeep.repository.setup import open_repository_section
 
-        with open_repository_section(load_repository_section(config_path)) as repo:
+        with (
+            open_repository_section(load_repository_section(self.config_path)) as repo,
+            ThreadPoolExecutor(2) as pool,
+        ):
 
-            def fetch(segment: str) -> bytes | None:
+            def fetch(segment: str) -> bool:
+                """Spool ``segment`` (verified); ``False`` when it is not archived."""
+                claim = self.spool._claim(segment)
+                if claim is None:
+                    return True  # being fetched by someone else
                 try:
-                    return read_archived(repo, segment, prefix=lineage)[2]
-                except NotArchived:
-                    return None
+                    try:
+                        data = read_archived(repo, segment, prefix=self.lineage)[2]
+                    except NotArchived:
+                        self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
+                        return False
+                    now_wanted = self.spool.wanted()
+                    if now_wanted is not None and segment <= now_wanted[0]:
+                        return True  # asked for meanwhile: served already (or fetched by the asker)
+                    write_atomic(self.spool.root / f"{segment}.{_digest(data)}", data, sync=False)
+                    return True
+                finally:
+                    with contextlib.suppress(OSError):
+                        claim.unlink()
 
-            if len(names) < 2:
-                spool.fill(names, fetch)
-                return
-            # two threads, interleaved (zstd and BLAKE3 release the GIL): the next segment is
-            # ready sooner, and a thread stops at the first segment that is not archived
-            import threading
+            last: tuple[str, int, int] | None = None
+            idle_since = time.monotonic()
+            while self.spool.root.is_dir():
+                wanted = self.spool.wanted()
+                now = time.monotonic()
+                if wanted != last:
+                    last, idle_since = wanted, now
+                elif now - idle_since > IDLE_S:
+                    return
+                todo = self._todo(wanted, now) if wanted else []
+                if not todo:
+                    time.sleep(POLL_S)
+                    continue
+                for ok in pool.map(fetch, todo[:2]):  # in order: the first is needed first
+                    if not ok:
+                        break
 
-            threads = [threading.Thread(target=spool.fill, args=(names[i::2], fetch)) for i in range(2)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-
-    spawn(work)
+    def _todo(self, wanted: tuple[str, int, int], now: float) -> list[str]:
+        name, seg_size, count = wanted
+        todo = []
+        for segment in next_segments(name, seg_size, count):
+            if self.not_archived.get(segment, 0.0) > now:
+                break  # not archived a moment ago: nothing after it either
+            if not self.spool.pending(segment):
+                todo.append(segment)
+        return todo
 
 
 def serve_spooled(config_path: str, name: str, dest: str, lineage: str | None, count: int) -> bool:
@@ -263,6 +368,10 @@ def serve_spooled(config_path: str, name: str, dest: str, lineage: str | None, c
     if wal.parse_name(name).kind != "segment":
         return False
     spool = Spool.for_dest(dest, config_path, lineage)
+    before = spool.wanted()
+    if before is not None:  # the request first: a prefetcher never spools what is taken now again
+        with contextlib.suppress(OSError):
+            spool.want(name, before[1], count)
     spool.wait(name)  # being prefetched right now: wait rather than fetch it twice
     seg_size = spool.take(name, dest)
     if seg_size is None:
