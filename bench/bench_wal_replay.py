@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=24)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prefetch", type=int, nargs="*", default=[0, 2, 4])
+    parser.add_argument("--executable", action="append", default=[], metavar="LABEL=PATH",
+                        help="compare coldkeep builds (another checkout's venv/bin/coldkeep), runs interleaved")  # fmt: skip
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="coldkeep-benchreplay-"))
@@ -89,16 +91,17 @@ def main() -> None:
         config.write_text(f'[repository]\nurl = "file://{repo_dir}"\nowner = "{PG_USER}"\n')
         config.chmod(0o644)
 
-        results: list[tuple[int, list[float]]] = []
-        for prefetch in args.prefetch:
-            times = []
-            for run in range(args.runs):
-                base = work / f"restore-{prefetch}-{run}"
+        builds = [tuple(item.split("=", 1)) for item in args.executable] or [("", coldkeep)]
+        variants = [(label, path, prefetch) for prefetch in args.prefetch for label, path in builds]
+        timings: dict[tuple[str, str, int], list[float]] = {v: [] for v in variants}
+        for run in range(args.runs):  # interleaved: every variant sees the same machine
+            for label, executable, prefetch in variants:
+                base = work / f"restore-{label or 'x'}-{prefetch}-{run}"
                 base.mkdir()
                 subprocess.run(["cp", "-a", str(backup), str(base / "data")], check=True)
                 chown_to(base, PG_USER)
                 target = TempCluster(base, bin_dir=source.bin_dir, port=free_port())
-                command = archiving.restore_command(coldkeep, str(config), "wal", prefetch)
+                command = archiving.restore_command(executable, str(config), "wal", prefetch)
                 with open(target.data_dir / "postgresql.auto.conf", "a") as fh:
                     fh.write(f"restore_command = '{command}'\narchive_mode = off\n")
                 (target.data_dir / "recovery.signal").touch()
@@ -112,17 +115,18 @@ def main() -> None:
                     raise
                 while target.sql("SELECT pg_is_in_recovery()")[0][0]:
                     time.sleep(0.05)
-                times.append(time.monotonic() - started)
+                timings[(label, executable, prefetch)].append(time.monotonic() - started)
                 assert target.sql("SELECT count(*) FROM t")[0][0] == rows
                 target.remove()
-            results.append((prefetch, times))
+        results = [(label, prefetch, timings[(label, path, prefetch)]) for label, path, prefetch in variants]
         print(f"{pushed} WAL files archived ({args.segments} written segments of md5-text rows), "
               f"{args.runs} recoveries per variant\n")  # fmt: skip
         print("| restore_command | n | recovery s median | min-max | segments/s |")
         print("|---|---|---|---|---|")
-        for prefetch, times in results:
+        for build, prefetch, times in results:
             med = statistics.median(times)
             label = f"wal-fetch --prefetch {prefetch}" if prefetch else "wal-fetch"
+            label = f"{build}: {label}" if build else label
             print(
                 f"| {label} | {len(times)} | {med:.2f} | {min(times):.2f}-{max(times):.2f} | {pushed / med:.1f} |"
             )
