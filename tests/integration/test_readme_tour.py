@@ -99,6 +99,8 @@ TOUR: dict[str, Run | str] = {
         sub={"2026-11-26T09:30:00+00:00": "recovery_time"}, after=("check_and_stop_restored",)
     ),
     "coldkeep pg expire --dry-run": Run(),
+    "coldkeep drill --scenario database": Run(),
+    "coldkeep drill --from-copy offsite": Run(),
     "coldkeep conversations init-schema": Run(),
     "coldkeep conversations archive --dry-run": Run(),
     "coldkeep conversations archive --purge": Run(),
@@ -342,19 +344,22 @@ class Tour:
         assert isinstance(moment, dt.datetime)
         self.values["recovery_time"] = moment.isoformat()
         time.sleep(1.1)
-        self.cluster.sql("DELETE FROM conversations WHERE speaker = 'user' AND content = 'recent'", "iccm")
+        self.cluster.sql("INSERT INTO conversations (timestamp, speaker, content) SELECT now(), 'user', 'later'"
+                         " FROM generate_series(1, 7)", "iccm")  # fmt: skip
         proc = self.coldkeep("pg", "check")
         assert proc.returncode == 0, proc.stderr
 
     def check_and_stop_restored(self, proc: Done) -> None:
-        """The server `--start` left running has the rows deleted after the recovery time."""
+        """The server `--start` left running has none of the rows written after the recovery time."""
         assert re.search(r"reached LSN [0-9A-F]+/[0-9A-F]+ on timeline 2 \(", proc.stdout), proc.stdout
         restored = self.path("/var/lib/postgresql/15/restored")
         server = TempCluster(run_dir(restored), bin_dir=self.cluster.bin_dir, data_dir=restored,
                              port=port_of(restored))  # fmt: skip
         try:
-            count = server.sql("SELECT count(*) FROM conversations WHERE content = 'recent'", "iccm")[0][0]
-            assert count == 50, count
+            counts = server.sql(
+                "SELECT count(*), count(*) FILTER (WHERE content = 'later') FROM conversations", "iccm"
+            )
+            assert counts[0] == (650, 0), counts
         finally:
             server.stop(mode="fast")
 
