@@ -218,7 +218,7 @@ def main() -> None:
         ck("repo", "check", "--read-data", expect=3, show=False)
         pack.write_bytes(saved)
         ck("repo", "check", "--read-data", show=False)
-        print("  corruption detected, and the repaired pack checks clean")
+        print("  corruption detected (exit 3); with its original bytes put back the pack checks clean")
 
         step("retention: `forget` removes generic snapshots only (datasets are Tier-1), then prune")
         logs = RUN / "training-logs"

@@ -33,7 +33,7 @@ def test_labels_and_tags_with_brackets_list(site: Site, tmp_path: Path) -> None:
     data.mkdir()
     (data / "f").write_text("x")
     site.ok("backup", "--label", "[/]", "--tag", "note=[/x] [bold]", str(data))
-    proc = site.run("snapshots")
+    proc = site.run("snapshots", "--wide")  # 80 columns cut the tag (with an ellipsis)
     assert proc.returncode == 0, proc.stderr
     assert "[/]" in proc.stdout and "[/x] [bold]" in proc.stdout
 

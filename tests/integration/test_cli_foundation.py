@@ -65,6 +65,7 @@ def test_config_check_names_the_problem(tmp_path: Path, body: str, needle: str) 
     proc = run("--config", str(cfg), "config", "check")
     assert proc.returncode == 2, proc.stderr
     assert needle in one_line_error(proc)
+    assert "run `coldkeep config check`" not in proc.stderr  # not back to the command just run
 
 
 def test_sections_not_in_use_are_not_checked_against_disk(tmp_path: Path) -> None:

@@ -73,3 +73,32 @@ def test_two_sources_landing_on_one_name_is_refused_before_writing(tmp_path: Pat
         "/" + str(tmp_path / "a").lstrip("/"),
     )
     assert (target / "run" / "model.bin").read_bytes() == b"a" * 1000
+
+
+def test_latest_with_a_tag_is_the_newest_snapshot_having_it(tmp_path: Path) -> None:
+    """The README's `restore latest --tag kind=dataset …` after other backups: `latest` alone is
+    the newest snapshot of any kind (here the logs), `latest --tag` the newest dataset one."""
+    data, logs = tmp_path / "datasets", tmp_path / "logs"
+    make_tree(data / "train", seed=5)
+    logs.mkdir()
+    (logs / "run.log").write_text("epoch 1\n")
+    site = Site(tmp_path / "site")
+    site.ok("repo", "init")
+    site.ok("backup", str(data), "--tag", "kind=dataset")
+    site.ok("backup", str(logs))
+
+    out = tmp_path / "out"
+    site.ok("restore", "latest", "--tag", "kind=dataset", "--target", str(out), "--relative")
+    assert tree_digest(out) == tree_digest(data)
+
+    plain_latest = site.run("restore", "latest", "--target", str(tmp_path / "x"), "--include", "train/*")
+    assert plain_latest.returncode == 5  # the logs snapshot has no train/
+
+    none = site.run("restore", "latest", "--tag", "kind=model", "--target", str(tmp_path / "y"))
+    assert none.returncode == 5
+    assert "kind=model" in _one_line_error(none.stderr)
+
+    first = site.snapshot_ids()[0]
+    both = site.run("restore", first, "--tag", "kind=dataset", "--target", str(tmp_path / "z"))
+    assert both.returncode == 2
+    assert "--tag" in _one_line_error(both.stderr)

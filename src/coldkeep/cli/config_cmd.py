@@ -20,7 +20,12 @@ def config() -> None:
 @pass_app
 def check(app: AppContext) -> None:
     """Validate the config file and the paths that the sections in use need (exit 2 on a problem)."""
-    cfg = app.config()
+    try:
+        cfg = app.config()
+    except ConfigError as exc:
+        if exc.hint == ConfigError.hint:  # "run `coldkeep config check`…": this is that command
+            exc.hint = "fix the key named (or the line, for broken TOML), then run this again"
+        raise
     problems = config_mod.check_paths(cfg)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

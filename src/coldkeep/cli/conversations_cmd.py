@@ -208,19 +208,19 @@ def get(app: AppContext, row_id: int | None, session: str | None) -> None:
                      "read the repository's copy instead — run `coldkeep conversations verify`")  # fmt: skip
 
     def human(c: Console) -> None:
-        table = Table("id", "timestamp", "speaker", "source", "content")
-        table.columns[4].overflow = "ellipsis"
-        table.columns[4].no_wrap = True
-        table.columns[4].ratio = 1
+        from coldkeep.cli.tables import show
+
+        rows = []
         for r in result["rows"]:
             content = " ".join(str(r.get("content") or "").split())
             source = r["source"] if r["source"] == "table" else f"archive {r['archive_file']}"
             if r["source"] == "table" and r["archived"]:
                 source += " (archived)"
-            table.add_row(
-                str(r["id"]), str(r.get("timestamp")), plain(r.get("speaker")), plain(source), plain(content)
-            )
-        c.print(table)
+            rows.append([str(r["id"]), str(r.get("timestamp"))[:19], plain(r.get("speaker") or ""),
+                         plain(source), plain(content)])  # fmt: skip
+        # id and time whole; speaker, source and content share the rest of the line
+        show(c, ["id", "timestamp", "speaker", "source", "content"], rows, wide=False,
+             flexible={"speaker", "source", "content"})  # fmt: skip
         c.print(f"{result['from_table']} row(s) from the table, {result['from_archive']} from the archive")
 
     app.out.emit(result, human)

@@ -25,6 +25,9 @@ from coldkeep.units import human_bytes
 if TYPE_CHECKING:  # rich is imported when a table is rendered, not for `backup --json`
     from rich.console import Console
 
+    from coldkeep.repository.repository import Repository
+    from coldkeep.repository.snapshot import Snapshot
+
 
 class _Path(click.Path):
     """``click.Path`` that refuses an empty string, which ``Path("")`` would read as the current
@@ -166,6 +169,13 @@ def snapshots(app: AppContext, tags: tuple[str, ...], wide: bool) -> None:
 @click.argument("snapshot")
 @click.option("--target", required=True, type=_Path(path_type=Path), help="directory to restore into")
 @click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="with `latest`: the newest snapshot having this tag (repeatable)",
+)
+@click.option(
     "--include",
     "includes",
     multiple=True,
@@ -192,12 +202,16 @@ def restore(
     app: AppContext,
     snapshot: str,
     target: Path,
+    tags: tuple[str, ...],
     includes: tuple[str, ...],
     excludes: tuple[str, ...],
     relative: bool,
     strip_components: int,
 ) -> int:
     """Restore a snapshot (id, prefix or `latest`) into DIR, verifying every byte.
+
+    `latest` is the newest snapshot of any kind; `latest --tag kind=dataset` the newest with
+    that tag.
 
     \b
     Paths land as TARGET/<full source path> (a backup of /mnt/data: TARGET/mnt/data/...);
@@ -214,7 +228,7 @@ def restore(
         locked(repo.backend, "restore", exclusive=False),
         progress(app, "restore") as prog,
     ):
-        snap = repo.find_snapshot(snapshot)
+        snap = _pick_snapshot(repo, snapshot, parse_tags(tags))
         selection = Selection(includes, excludes, relative, strip_components, roots=tuple(snap.paths))
         result = Restorer(repo, progress=prog).run(snap, target, selection=selection)
     for warning in result.warnings:  # restored, but not as the snapshot has it
@@ -238,6 +252,25 @@ def restore(
         app.out.failure(RestoreTargetError(f"not restored: {errors[0]}{more}", target=plain(result.target)))
         return EXIT_FAILED
     return 0
+
+
+def _pick_snapshot(repo: Repository, ref: str, tags: dict[str, str]) -> Snapshot:
+    """``ref`` (id, prefix, ``latest``); with ``tags``, ``latest`` is the newest snapshot having
+    every one of them (exit 5 when none has), and any other ``ref`` is a usage error."""
+    from coldkeep.errors import NotFound, UsageError
+
+    if not tags:
+        return repo.find_snapshot(ref)
+    if ref != "latest":
+        raise UsageError(f"--tag selects among snapshots for `latest`, not for {ref!r}",
+                         hint="give `latest --tag KEY=VALUE`, or the snapshot id alone")  # fmt: skip
+    snaps = repo.list_snapshots(tags)
+    if not snaps:
+        wanted = " ".join(f"{k}={v}" for k, v in tags.items())
+        raise NotFound(
+            f"no snapshot has the tag(s) {plain(wanted)}", hint="list them with `coldkeep snapshots`"
+        )
+    return snaps[-1]
 
 
 @click.command()

@@ -57,8 +57,8 @@ def init(
         problem = _server_problem(pg_dsn)
         postgres = problem is None
         if problem is not None:
-            notes.append(f"[postgres] written with enabled = false: {problem}; enable it once a server runs, "
-                         "or rerun init with --postgres")  # fmt: skip
+            notes.append(f"[postgres] written with enabled = false: {problem}; once a server runs, set its dsn "
+                         f"and data_dir and enabled = true in {target}")  # fmt: skip
     template = (Path(config_mod.__file__).parent / "templates" / "coldkeep.toml").read_text(encoding="utf-8")
     text = template.format(
         repo_url=repo_url,

@@ -176,6 +176,8 @@ def restore(
             restorer.start(report, port=port)
     data = report.to_json()
 
+    from coldkeep.postgres.restore import describe_reached
+
     def human(console: Console) -> None:
         console.print(f"restored backup {backup.short_id} into {plain(report.data_dir)}: {report.files} files, "
                       f"{human_bytes(report.bytes)} in {report.files_s} s; target: {report.target}")  # fmt: skip
@@ -183,7 +185,7 @@ def restore(
             console.print(f"the previous directory was moved aside to {plain(report.moved_aside)}")
         if report.started:
             console.print(f"running on {plain(report.socket_dir)} port {report.port}; recovery took {report.replay_s} s "
-                          f"({report.wal_segments_replayed} WAL segments); reached {report.reached}")  # fmt: skip
+                          f"({report.wal_segments_replayed} WAL segments); reached {describe_reached(report.reached)}")  # fmt: skip
         else:
             console.print(
                 "start it as the PostgreSQL OS user: pg_ctl -D DIR start (recovery runs, then promotes)"
@@ -247,6 +249,6 @@ def expire(app: AppContext, dry_run: bool, prune: bool, lock_wait: float) -> Non
                 f"{d.id[:8]} {d.stop_time} {'keep' if d.keep else '[red]expire[/red]'}: {', '.join(d.reasons)}"
             )
         console.print(f"WAL: {len(decided.wal_delete)} segment(s) {'would be ' if dry_run else ''}deleted; "
-                      f"kept from {decided.wal_keep_from or '-'}")  # fmt: skip
+                      "kept from " + (", ".join(f"{seg} (lineage {lineage})" for lineage, seg in decided.wal_keep_from.items()) or "-"))  # fmt: skip
 
     app.out.emit(data, human)

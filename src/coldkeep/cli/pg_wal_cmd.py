@@ -65,13 +65,14 @@ def setup(
             console.print(f"replication slot {result.slot['name']}: {'exists' if result.slot['exists'] else 'missing'}",
                           markup=False)  # fmt: skip
         restart = [s.name for s in result.settings if s.changes and s.apply and s.context == "postmaster"]
+        held = [s.name for s in result.settings if s.changes and not s.apply]
         if not result.applied:
             console.print("nothing changed (shown only); apply with --apply"
                           + (f"; that needs a restart for {', '.join(restart)}" if restart else ""), markup=False)  # fmt: skip
-        elif restart:
-            console.print(f"applied; RESTART PostgreSQL for {', '.join(restart)}", markup=False)
-        else:
-            console.print("applied; no restart needed", markup=False)
+            return
+        done = f"applied except {', '.join(held)} (see the warning)" if held else "applied"
+        restart_note = f"RESTART PostgreSQL for {', '.join(restart)}" if restart else "no restart needed"
+        console.print(f"{done}; {restart_note}", markup=False)
 
     app.out.emit(result.to_json(), human)
     return 0

@@ -43,7 +43,7 @@ from coldkeep.config import Config, RepositoryConfig, parse_size
 from coldkeep.errors import ColdkeepError, PostgresError, UsageError
 from coldkeep.postgres import catalog
 from coldkeep.postgres.cluster import TempCluster, chown_to
-from coldkeep.postgres.restore import PgRestore, Target
+from coldkeep.postgres.restore import PgRestore, Target, describe_reached
 from coldkeep.postgres.restore_test import RestoreTestResult, amcheck, count_rows, dbname
 from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository
@@ -137,7 +137,10 @@ def _database(
             try:
                 mark = _mark(config, repo)
                 result.add(
-                    "mark", True, f"restore point {mark.restore_point} archived; counts {mark.counts_before}"
+                    "mark",
+                    True,
+                    f"restore point {mark.restore_point} archived; rows "
+                    + (", ".join(f"{table} {n}" for table, n in mark.counts_before.items()) or "-"),
                 )
             except ColdkeepError as exc:
                 result.add(
@@ -157,7 +160,9 @@ def _database(
             )
             cluster = restorer.start(report, timeout=3600)
             result.steps["replay"] = report.replay_s or 0.0
-            result.add("recovery", True, f"promoted in {report.replay_s} s; {report.reached}")
+            result.add(
+                "recovery", True, f"promoted in {report.replay_s} s; {describe_reached(report.reached)}"
+            )
         except ColdkeepError as exc:
             result.add("restore", False, exc.message)
             return
@@ -184,7 +189,9 @@ def _database(
 
 def copy_repository(config: Config, copy_name: str) -> RepositoryConfig:
     """``[repository]`` as it would read on a replacement machine whose repository is the copy
-    ``copy_name`` (:class:`~coldkeep.errors.NotFound`, exit 5, naming the known copies)."""
+    ``copy_name`` (:class:`~coldkeep.errors.NotFound`, exit 5, naming the known copies).  The
+    copy's ``password_file``, else the repository's: ``repo copy`` copies the key slots, so the
+    repository's passphrase opens its copy."""
     from coldkeep.repository.setup import copy_section
 
     copy = copy_section(config, copy_name)
@@ -193,7 +200,7 @@ def copy_repository(config: Config, copy_name: str) -> RepositoryConfig:
             "url": copy.url,
             "endpoint_url": copy.endpoint_url,
             "region": copy.region,
-            "password_file": copy.password_file,
+            "password_file": copy.password_file or config.repository.password_file,
             "connect_timeout": copy.connect_timeout,
             "read_timeout": copy.read_timeout,
             "copies": {},

@@ -298,9 +298,7 @@ def setup(
                 raise PostgresError(f"a {row[0]} replication slot named {slot_name!r} already exists")
             sync = setting("synchronous_standby_names", slot_name, apply=bool(receiving))
             if not receiving:
-                sync.note = (
-                    f"not applied: no receiver named {slot_name} is streaming (commits would wait forever)"
-                )
+                sync.note = f"no receiver named {slot_name} is streaming (commits would wait forever)"
                 warnings.append(
                     f"synchronous_standby_names is left alone until a WAL receiver named {slot_name!r} streams "
                     "(start `coldkeep pg receive-wal --synchronous`, then rerun this command); "

@@ -417,6 +417,15 @@ class PgRestore:
         return cluster
 
 
+def describe_reached(reached: dict[str, Any]) -> str:
+    """``RestoreReport.reached`` for people: ``LSN 0/401EAA0 on timeline 2 (redo done at 0/401EA28)``."""
+    if not reached:
+        return "-"
+    stop = str(reached.get("recovery_stop") or "").split(" system usage:", 1)[0].strip()
+    text = f"LSN {reached.get('lsn')} on timeline {reached.get('timeline')}"
+    return f"{text} ({stop})" if stop else text
+
+
 def last_error(log: str) -> str:
     lines = [line for line in log.splitlines() if "FATAL" in line or "ERROR" in line or "PANIC" in line]
     return lines[-1].strip() if lines else "no error in the server log"

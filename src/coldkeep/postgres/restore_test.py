@@ -21,7 +21,7 @@ from coldkeep.config import Config
 from coldkeep.errors import ColdkeepError
 from coldkeep.postgres import catalog
 from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir
-from coldkeep.postgres.restore import PgRestore, Target
+from coldkeep.postgres.restore import PgRestore, Target, describe_reached
 from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository
 
@@ -69,7 +69,11 @@ def _restore_test(
             )
             cluster = restorer.start(report, timeout=1800)
             result.replay_s = report.replay_s or 0.0
-            result.add("recovery", True, f"consistent and promoted in {report.replay_s} s; {report.reached}")
+            result.add(
+                "recovery",
+                True,
+                f"consistent and promoted in {report.replay_s} s; {describe_reached(report.reached)}",
+            )
         except ColdkeepError as exc:
             result.add("restore", False, exc.message)
             return _finish(repo, result, started)
