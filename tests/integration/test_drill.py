@@ -109,3 +109,4 @@ def test_drill_from_the_copy_alone_after_losing_the_repository(pgenv: Env) -> No
     assert "mark" not in result["steps"]  # a restore point made now would not be in the copy
     rows = next(c for c in result["checks"] if c["name"] == "rows marks")
     assert rows["ok"] and rows["detail"].startswith("400 rows")  # everything the copy holds
+    assert "no live server to compare with" in rows["detail"]
