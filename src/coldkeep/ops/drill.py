@@ -4,9 +4,10 @@ The database drill does what a replacement machine would do after losing the dat
 never touching the live server's files or its archive:
 
 1. **Mark** (when the live server answers): count the rows of ``[postgres] count_tables``, create a
-   restore point ``coldkeep-drill-<time>``, count again, switch WAL and wait until the segment
-   holding the restore point is in the repository.  The counts taken just before and just after
-   the restore point bracket what the restored copy must hold at it, whatever the write load.
+   restore point ``coldkeep-drill-<time>``, switch WAL, wait until the segment holding the restore
+   point is in the repository and every transaction running at the restore point has ended, and
+   count again.  The counts before and after bracket what the restored copy must hold at the
+   restore point under insert load.
    Without a live server (the total-loss case, ``--from-copy``) the drill recovers everything the
    archive holds and checks the counts against the backup's own.
 2. **Files**: restore the newest base backup into a scratch directory (the same restore path as
@@ -231,7 +232,7 @@ def _toml_string(value: str) -> str:
 
 
 def _mark(config: Config, repo: Repository) -> _Mark:
-    """Counts, a restore point, counts again; then wait until the restore point is archived."""
+    """Counts, a restore point, a wait until it is archived, counts again."""
     from coldkeep.postgres import archive, pgconn, wal
     from coldkeep.postgres.pgconn import table_ident
 
@@ -256,7 +257,6 @@ def _mark(config: Config, repo: Repository) -> _Mark:
                            (name,)).fetchone()  # fmt: skip
         assert row is not None
         lsn, at, size = str(row[0]), row[1], int(row[2])
-        after = counts()
         conn.execute("SELECT txid_current()")  # a switch needs WAL after the restore point
         conn.execute("SELECT pg_switch_wal()")
         segment = str(conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (lsn,)).fetchone()[0])  # type: ignore[index]
@@ -267,7 +267,33 @@ def _mark(config: Config, repo: Repository) -> _Mark:
             if time.monotonic() > deadline:
                 raise PostgresError(f"the restore point's segment {segment} was not archived in time")
             time.sleep(0.2)
+        # the upper bound once every transaction running at the restore point has ended and the
+        # archive has its segment (a count right after the restore point missed, now and then,
+        # a commit whose WAL came before it but which was not yet visible)
+        _settle(conn)
+        after = counts()
     return _Mark(name, at, before, after, size)
+
+
+def _settle(conn: Any, timeout: float = 30.0) -> None:
+    """Wait until every transaction that was running when the restore point was made has ended.
+    A commit's WAL record comes before it becomes visible, so a count taken at once could miss a
+    transaction that the restored copy (replaying to the restore point) does hold; once these
+    have ended, a count sees every commit before the restore point (and perhaps a few after:
+    an upper bound, as it should be)."""
+    row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+    running = [x for x in str(row[0]).split(":")[2].split(",") if x] if row else []
+    deadline = time.monotonic() + timeout
+    while running and time.monotonic() < deadline:
+        # committed in the commit log is not yet visible: wait until a new snapshot sees each
+        rows = conn.execute(
+            "SELECT x::text FROM unnest(%s::text[]::xid8[]) AS x "
+            "WHERE pg_xact_status(x) IS DISTINCT FROM 'aborted' AND NOT pg_visible_in_snapshot(x, pg_current_snapshot())",
+            (running,),
+        ).fetchall()
+        running = [str(r[0]) for r in rows]
+        if running:
+            time.sleep(0.01)
 
 
 def _counts(
