@@ -107,9 +107,9 @@ def verified_record(repo: Repository) -> dict[str, Any]:
     return checkpoints if isinstance(checkpoints, dict) else {}
 
 
-def record_verified(repo: Repository, name: str, snapshot_id: str, against: str) -> None:
+def record_verified(repo: Repository, name: str, snapshot_id: str, against: str, **extra: Any) -> None:
     """Remember that ``snapshot_id``, the stored copy of ``name``, verified (``against``: what it
-    was compared with, ``hot`` or ``stored``)."""
+    was compared with: ``hot``, ``stored`` or ``recovered``; ``extra``: e.g. the load check)."""
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any]:
         doc = doc or {"checkpoints": {}}
@@ -117,6 +117,7 @@ def record_verified(repo: Repository, name: str, snapshot_id: str, against: str)
             "snapshot": snapshot_id,
             "time": clock.isoformat(clock.now()),
             "against": against,
+            **extra,
         }
         return doc
 

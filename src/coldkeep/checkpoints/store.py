@@ -77,15 +77,12 @@ def store(repo: Repository, name: CheckpointName, path: str) -> Snapshot:
     """One strict snapshot of the checkpoint directory ``path`` (its paths relative to it)."""
     from coldkeep.repository.backup import Backup
 
+    st = os.stat(path)
+    meta = {"dir": {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}}
     result = Backup(repo).run(
-        [Path(path)],
-        base=Path(path),
-        tags=tags_for(name),
-        label=name.name,
-        parent=None,
-        kind=KIND,
-        strict=True,
-    )
+        [Path(path)], base=Path(path), tags=tags_for(name), label=name.name, meta=meta, parent=None,
+        kind=KIND, strict=True,
+    )  # fmt: skip
     return result.snapshot
 
 

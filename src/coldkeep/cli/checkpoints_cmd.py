@@ -124,3 +124,160 @@ def archive(app: AppContext, dry_run: bool) -> int:
         return _outcome(
             app, run(svc, dry_run=dry_run), "checkpoints archive" + (" (dry run)" if dry_run else "")
         )
+
+
+def _at(text: str | None) -> Any:
+    if text is None:
+        return None
+    from coldkeep import clock
+
+    return clock.parse_timestamp(text, require_offset=False)
+
+
+def _load_check_line(c: Console, check: dict[str, Any] | None) -> None:
+    if check is None:
+        return
+    verdict = "[green]passed[/green]" if check["ok"] else f"[red]FAILED[/red] (exit {check['exit_code']})"
+    c.print(f"load check {verdict} in {check['duration_s']:.1f} s")
+    if not check["ok"] and check["output"]:
+        c.print(plain(check["output"].strip()))
+
+
+@checkpoints.command()
+@click.argument("name")
+@click.option("--to", "to", default=None, metavar="DIR", help="restore into DIR (default: its hot path)")
+@click.option(
+    "--at", "at", default=None, metavar="TIME", help="with cet-d-PHASE-TYPE: the one in place at TIME"
+)
+@_json_flag
+@pass_app
+def recover(app: AppContext, name: str, to: str | None, at: str | None) -> int:
+    """Restore a checkpoint by name, verify every file, run the load check, print the time taken.
+
+    \b
+    NAME: cet-d-phase3/best-20251015_092000 (exact), cet-d-phase3-best (the newest best of phase
+    3), cet-d-phase4-production --at TIME (what was in production then), or a snapshot id.
+    """
+    from coldkeep.checkpoints.recover import recover as run
+
+    with _service(app) as svc:
+        result = run(svc, name, to=to, at=_at(at))
+    data = result.to_json()
+
+    def human(c: Console) -> None:
+        c.print(
+            f"{data['action']} {plain(data['name'])} (snapshot {data['snapshot'][:8]}) at {plain(data['target'])}: "
+            f"{data['files']} files, {human_bytes(data['bytes'])}, verified, in {data['duration_s']:.1f} s"
+        )
+        _load_check_line(c, data["load_check"])
+
+    app.out.emit(data, human)
+    return result.exit_code
+
+
+@checkpoints.command()
+@click.argument("name")
+@click.option("--deep", is_flag=True, help="also read every tensor and report NaN/Inf by name")
+@_json_flag
+@pass_app
+def verify(app: AppContext, name: str, deep: bool) -> int:
+    """Verify a stored checkpoint: every byte (against the hot copy too), safetensors structure."""
+    from coldkeep.checkpoints.recover import verify as run
+
+    with _service(app) as svc:
+        result = run(svc, name, deep=deep)
+    data = result.to_json()
+
+    def human(c: Console) -> None:
+        against = f" against {plain(data['against'])}" if data["against"] else ""
+        verdict = "[green]ok[/green]" if data["ok"] else f"[red]{len(data['problems'])} problem(s)[/red]"
+        c.print(f"{plain(data['name'])} (snapshot {data['snapshot'][:8]}){against}: {data['files']} files, "
+                f"{human_bytes(data['bytes'])}, {data['tensors']} tensors: {verdict}")  # fmt: skip
+        for problem in data["problems"]:
+            c.print(f"  {plain(problem)}")
+        for note in data["notes"]:
+            c.print(f"  note: {plain(note)}")
+        _load_check_line(c, data["load_check"])
+
+    app.out.emit(data, human)
+    if data["problems"]:
+        from coldkeep.errors import CheckpointDamaged
+
+        app.out.failure(CheckpointDamaged(f"{data['name']}: {data['problems'][0]}"))
+    return result.exit_code
+
+
+def _event_line(c: Console, e: dict[str, Any]) -> None:
+    demoted = f"; {e['demote_from']} -> {e['demote_to']}" if e.get("demote_from") else ""
+    reason = f" ({e['reason']})" if e.get("reason") else ""
+    c.print(plain(f"{e['time']} {e['action']} by {e['who']}: {e['from']} -> {e['to']}{demoted}{reason}"
+                  + ("" if e.get("state") == "done" else f" [{e.get('state')}]")))  # fmt: skip
+
+
+@checkpoints.command()
+@click.argument("name")
+@click.option("--reason", default="", metavar="TEXT", help="why (kept in the history)")
+@_json_flag
+@pass_app
+def promote(app: AppContext, name: str, reason: str) -> None:
+    """Make NAME the production checkpoint of its phase (production-{now}, hard links); the
+    current production becomes rollback-{now}."""
+    from coldkeep.checkpoints.promote import promote as run
+
+    with _service(app) as svc:
+        event = run(svc, name, reason)
+    app.out.emit(event, lambda c: _event_line(c, event))
+
+
+@checkpoints.command()
+@click.argument("phase")
+@click.option("--reason", default="", metavar="TEXT", help="why (kept in the history)")
+@_json_flag
+@pass_app
+def rollback(app: AppContext, phase: str, reason: str) -> None:
+    """Make the most recently demoted production of PHASE the production again."""
+    from coldkeep.checkpoints.promote import rollback as run
+
+    with _service(app) as svc:
+        event = run(svc, phase, reason)
+    app.out.emit(event, lambda c: _event_line(c, event))
+
+
+@checkpoints.command()
+@click.option("--phase", default=None, help="only this phase")
+@_json_flag
+@pass_app
+def history(app: AppContext, phase: str | None) -> None:
+    """Every promotion and rollback: who, when, from, to, reason."""
+    from coldkeep.checkpoints.promote import history as run
+
+    with _service(app) as svc:
+        events = run(svc, phase.removeprefix("cet-d-") if phase else None)
+
+    def human(c: Console) -> None:
+        for e in events:
+            _event_line(c, e)
+        if not events:
+            c.print("no promotions yet")
+
+    app.out.emit({"events": events}, human)
+
+
+@checkpoints.command()
+@click.argument("name")
+@click.option(
+    "--format", "fmt", type=click.Choice(["tar.zst", "tar.gz"]), default="tar.zst", show_default=True
+)
+@click.option("--to", "to", default=".", metavar="DIR", help="write the archive and its .sha256 here")
+@_json_flag
+@pass_app
+def export(app: AppContext, name: str, fmt: str, to: str) -> None:
+    """A standalone archive of a stored checkpoint, and a .sha256 for `sha256sum -c`."""
+    from coldkeep.checkpoints.export import export as run
+
+    with _service(app) as svc:
+        result = run(svc, name, fmt=fmt, to=to)
+    data = result.to_json()
+    app.out.emit(data, lambda c: c.print(
+        f"{plain(data['archive'])}: {data['files']} files, {human_bytes(data['bytes'])}; checksum in "
+        f"{plain(data['checksum_file'])}"))  # fmt: skip
