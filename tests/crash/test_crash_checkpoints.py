@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from tests.ckptfiles import checkpoint_site, models, write_checkpoint
 from tests.crash.test_crash_repository import Point, check_ok, count_calls, kill, kill_points, run_points
-from tests.helpers import Site, tree_digest, write_config
+from tests.helpers import Site, spread, tree_digest, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +106,86 @@ def test_kill_archive(base: Base, tmp_path: Path) -> None:
                 site.ok("restore", stored[name], "--target", str(restored))
                 assert tree_digest(restored) == base.digests[name]
                 shutil.rmtree(restored)
+        check_ok(site, read_data=True)
+        shutil.rmtree(root)
+        return killed
+
+    run_points(tmp_path, base.points, scenario)
+
+
+# ------------------------------------------------------------------------------------------------
+# promote / rollback
+
+PROMOTE = ["checkpoints", "promote", "cet-d-phase4/best-20251015_092000", "--reason", "crash test"]
+STAGES = ["promote-recorded", "promote-built", "promote-demoted", "promote-renamed"]
+
+
+@dataclass
+class PromoteBase:
+    root: Path
+    first: dict[str, str]
+    best: dict[str, str]
+    points: list[Point]
+
+
+@pytest.fixture(scope="module")
+def promote_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromoteBase]:
+    top = tmp_path_factory.mktemp("crash-promote")
+    site = checkpoint_site(top / "base")
+    phase = models(site) / "cet-d-phase4"
+    first = write_checkpoint(
+        phase / "production-20251001_000000", seed=1, shards=3, per_shard=8, shape=(48, 48)
+    )
+    best = write_checkpoint(phase / "best-20251015_092000", seed=2, shards=3, per_shard=8, shape=(48, 48))
+    count, seconds = count_calls(clone(site.root, top / "count"), *PROMOTE)
+    points = [Point(f"kill:any:{n}", fault=f"kill:any:{n}") for n in spread(count, 10)]
+    points += [Point(f"random-{i}", delay=round(seconds * f, 3)) for i, f in enumerate((0.3, 0.6))]
+    points += [Point(f"stage {s}:1") for s in STAGES]
+    yield PromoteBase(site.root, tree_digest(first), tree_digest(best), points)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _productions(site: Site) -> list[str]:
+    return sorted(p.name for p in (models(site) / "cet-d-phase4").glob("production-*"))
+
+
+def test_kill_promote_and_rollback(promote_base: PromoteBase, tmp_path: Path) -> None:
+    base = promote_base
+
+    def scenario(root: Path, point: Point) -> bool:
+        site = clone(base.root, root)
+        if not point.label.startswith("stage "):
+            killed = kill(site, point, *PROMOTE)
+        else:
+            proc = site.run(*PROMOTE, env={"COLDKEEP_CKPT_KILL_AT": point.label.removeprefix("stage ")})
+            killed = proc.returncode == -9
+            assert killed, proc.stderr
+        assert len(_productions(site)) <= 1, f"{point.label}: two productions {_productions(site)}"
+        events = site.json("checkpoints", "history")["events"]  # finishes a pending promotion
+        if not events and not killed:  # a random kill that came too late
+            raise AssertionError(f"{point.label}: promote finished but recorded nothing")
+        if not events:  # killed before the event was recorded: nothing happened, promote again
+            assert _productions(site) == ["production-20251001_000000"]
+            site.ok(*PROMOTE)
+            events = site.json("checkpoints", "history")["events"]
+        assert [(e["action"], e["state"]) for e in events] == [("promote", "done")], events
+        phase = models(site) / "cet-d-phase4"
+        assert _productions(site) == ["production-20251101_120000"]
+        assert tree_digest(phase / "production-20251101_120000") == base.best
+        assert tree_digest(phase / "rollback-20251101_120000") == base.first
+        assert not list(phase.glob(".coldkeep-*"))
+        # and a rollback killed at the same step is finished by the next command too
+        if point.label.startswith("stage "):
+            stage = point.label.removeprefix("stage ")
+            env = {"COLDKEEP_CKPT_KILL_AT": stage, "COLDKEEP_NOW": "2025-11-02T00:00:00Z"}
+            proc = site.run("checkpoints", "rollback", "phase4", env=env)
+            assert proc.returncode == -9 and len(_productions(site)) <= 1, proc.stderr
+            events = site.json("checkpoints", "history", "--phase", "phase4")["events"]
+            assert [e["action"] for e in events] in (["promote", "rollback"], ["promote"])
+            if len(events) == 1:
+                site.ok("checkpoints", "rollback", "phase4", env={"COLDKEEP_NOW": "2025-11-02T00:00:00Z"})
+            assert _productions(site) == ["production-20251102_000000"]
+            assert tree_digest(phase / "production-20251102_000000") == base.first
         check_ok(site, read_data=True)
         shutil.rmtree(root)
         return killed
