@@ -35,6 +35,7 @@ def layout(site: Site) -> dict[str, Path]:
     (root / "cet-d-phase1" / "notes.txt").write_text("hello")
     os.symlink(made["old"], root / "cet-d-phase1" / "checkpoint-20250901_000000")  # a symlinked "checkpoint"
     write_checkpoint(root / "cet-d-phase 2" / "checkpoint-20251001_000000", seed=7)
+    (root / "hf-cache").mkdir()  # not a phase directory
     return made
 
 
@@ -62,6 +63,7 @@ def test_list_shows_every_checkpoint_with_reasons_and_leaves_odd_names_alone(tmp
         "notes.txt",
         "checkpoint-20250901_000000",
         "cet-d-phase 2",
+        "hf-cache",
     }
     assert "a symlink" in unrecognised["checkpoint-20250901_000000"]
     only = site.json("checkpoints", "list", "--phase", "phase4", "--type", "production", env=NOW)

@@ -116,3 +116,19 @@ def test_export_passes_sha256sum(tmp_path: Path) -> None:
         flag = "--zstd" if fmt == "tar.zst" else "--gzip"
         subprocess.run(["tar", flag, "-xf", str(archive), "-C", str(target)], check=True)  # the real tar
         assert tree_digest(target / "cet-d-phase3" / "best-20251015_092000") == want
+
+
+def test_rollback_right_after_a_promotion_with_the_default_settle_time(tmp_path: Path) -> None:
+    """The new production's hard links are minutes old (not settled): rolling back must not need
+    to store it again; the history knows its stored copy."""
+    site = checkpoint_site(tmp_path / "s")
+    phase = models(site) / "cet-d-phase1"
+    first = write_checkpoint(phase / "production-20251001_000000", seed=1)
+    write_checkpoint(phase / "best-20251015_092000", seed=2)
+    want = tree_digest(first)
+    site.ok("checkpoints", "promote", "cet-d-phase1-best", env=at("2025-11-01T12:00:00Z"))
+    site.config.write_text(site.config.read_text().replace("settle_seconds = 0", "settle_seconds = 120"))
+    assert site.json("checkpoints", "list")["checkpoints"][0]["complete"] is False  # links just made
+    site.ok("checkpoints", "rollback", "cet-d-phase1", "--reason", "bad eval", env=at("2025-11-01T12:05:00Z"))
+    assert productions(site, "cet-d-phase1") == ["production-20251101_120500"]
+    assert tree_digest(phase / "production-20251101_120500") == want

@@ -60,7 +60,11 @@ def scan_hot(root: str, phase_glob: str, *, now: float, settle_seconds: float) -
     except FileNotFoundError:
         return scan
     for phase_entry in phases:
+        if is_own_temp(phase_entry.name):
+            scan.leftovers.append(phase_entry.path)
+            continue
         if not fnmatch.fnmatchcase(phase_entry.name, phase_glob):
+            scan.unrecognised.append((phase_entry.path, f"not a phase directory (phase_glob {phase_glob!r})"))
             continue
         if phase_entry.is_symlink() or not phase_entry.is_dir(follow_symlinks=False):
             scan.unrecognised.append((phase_entry.path, "not a directory (a symlink or a file)"))

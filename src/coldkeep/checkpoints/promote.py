@@ -75,9 +75,15 @@ def _hot(svc: Service, name: str) -> str:
 
 
 def _snapshot_of(svc: Service, name: CheckpointName) -> str:
-    """The stored copy of ``name``, made now (strict) when only the hot copy exists."""
+    """The stored copy of ``name``: the one the history records for it (a production made by a
+    promotion, just linked, so not settled yet), else the newest stored, else one made now
+    (strict; the checkpoint must be complete)."""
     from coldkeep.checkpoints.store import store
 
+    events = (svc.repo.get_state(HISTORY_STATE) or {}).get("events", [])
+    made = [e for e in events if e.get("to") == name.name and e.get("state") == "done"]
+    if made:
+        return str(made[-1]["snapshot"])
     snaps = stored_checkpoints(svc.repo).get(name.name)
     if snaps:
         return snaps[-1].id
@@ -226,16 +232,12 @@ def _change(svc: Service, action: str, source: CheckpointName, snapshot: str, re
 
 def promote(svc: Service, ref: str, reason: str = "") -> dict[str, Any]:
     """``checkpoints promote NAME [--reason]``."""
-    from coldkeep.checkpoints.recover import resolve
+    from coldkeep.checkpoints.recover import resolve_name
 
     with svc.exclusive("promote"):
         finish_pending(svc)
-        parsed = parse_name(ref) if "/" in ref else None
-        if isinstance(parsed, CheckpointName) and os.path.isdir(_hot(svc, parsed.name)):
-            name = parsed
-        else:
-            name = resolve(svc, ref)[0]
-        return _change(svc, "promote", name, _snapshot_of(svc, name), reason)
+        name, snap = resolve_name(svc, ref)
+        return _change(svc, "promote", name, snap.id if snap else _snapshot_of(svc, name), reason)
 
 
 def rollback(svc: Service, phase: str, reason: str = "") -> dict[str, Any]:

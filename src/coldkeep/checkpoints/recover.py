@@ -36,7 +36,6 @@ from coldkeep.checkpoints.inventory import KIND, record_verified, stored_checkpo
 from coldkeep.checkpoints.naming import (
     OWN_PREFIX,
     CheckpointName,
-    Latest,
     SnapshotRef,
     Unrecognised,
     parse_ref,
@@ -60,45 +59,55 @@ if TYPE_CHECKING:
 READ_PIECE = 4 * 1024 * 1024
 
 
-def resolve(svc: Service, ref: str, at: datetime | None = None) -> tuple[CheckpointName, Snapshot]:
-    """The checkpoint ``ref`` names and its stored copy (see the module docstring)."""
+def resolve_name(
+    svc: Service, ref: str, at: datetime | None = None
+) -> tuple[CheckpointName, Snapshot | None]:
+    """The checkpoint ``ref`` names, hot or stored, and its stored copy when ``ref`` pins one
+    (a snapshot id, or ``--at`` answered by the promotion history)."""
     parsed = parse_ref(ref)
     if isinstance(parsed, Unrecognised):
         raise UsageError(
             f"{ref!r}: {parsed.reason}", hint="e.g. cet-d-phase3/best-20251015_092000 or cet-d-phase3-best"
         )
-    stored = stored_checkpoints(svc.repo)
     if isinstance(parsed, SnapshotRef):
         snap = svc.repo.find_snapshot(parsed.id)
         name = parse_ref(snap.tags.get("name", ""))
         if snap.kind != KIND or not isinstance(name, CheckpointName):
             raise CheckpointNotFound(f"{ref} (snapshot {snap.short_id} is not a checkpoint)")
         return name, snap
-    if isinstance(parsed, Latest):
-        if at is not None and parsed.type == "production":
-            from coldkeep.checkpoints.promote import production_at
+    if isinstance(parsed, CheckpointName):
+        return parsed, None
+    if at is not None and parsed.type == "production":
+        from coldkeep.checkpoints.promote import production_at
 
-            event = production_at(svc.repo, parsed.phase, at)
-            if event is not None:
-                name = parse_ref(event["to"])
-                if isinstance(name, CheckpointName):
-                    return name, svc.repo.find_snapshot(event["snapshot"])
-        hot = [e.name for e in svc.scan().checkpoints]
-        fitting = [
-            n for n in {*stored_names(stored), *hot}
-            if n.phase == parsed.phase and n.type == parsed.type and (at is None or n.time <= at)
-        ]  # fmt: skip
-        if not fitting:
-            when = f" at {at.isoformat()}" if at else ""
-            raise CheckpointNotFound(f"of type {parsed.type} in phase {parsed.phase}{when}")
-        parsed = max(fitting, key=lambda n: n.time)
-    snaps = stored.get(parsed.name)
+        event = production_at(svc.repo, parsed.phase, at)
+        if event is not None:
+            name = parse_ref(event["to"])
+            if isinstance(name, CheckpointName):
+                return name, svc.repo.find_snapshot(event["snapshot"])
+    hot = [e.name for e in svc.scan().checkpoints]
+    fitting = [
+        n for n in {*stored_names(stored_checkpoints(svc.repo)), *hot}
+        if n.phase == parsed.phase and n.type == parsed.type and (at is None or n.time <= at)
+    ]  # fmt: skip
+    if not fitting:
+        when = f" at {at.isoformat()}" if at else ""
+        raise CheckpointNotFound(f"of type {parsed.type} in phase {parsed.phase}{when}")
+    return max(fitting, key=lambda n: n.time), None
+
+
+def resolve(svc: Service, ref: str, at: datetime | None = None) -> tuple[CheckpointName, Snapshot]:
+    """The checkpoint ``ref`` names and its stored copy (see the module docstring)."""
+    name, snap = resolve_name(svc, ref, at)
+    if snap is not None:
+        return name, snap
+    snaps = stored_checkpoints(svc.repo).get(name.name)
     if not snaps:
-        hot_path = os.path.join(svc.root, parsed.phase_dir, parsed.dirname)
+        hot_path = os.path.join(svc.root, name.phase_dir, name.dirname)
         where = f" (it is on the hot disk at {hot_path})" if os.path.isdir(hot_path) else ""
-        raise CheckpointNotFound(f"{parsed.name} in the repository{where}",
+        raise CheckpointNotFound(f"{name.name} in the repository{where}",
                                  hint="store it with `coldkeep checkpoints backup`")  # fmt: skip
-    return parsed, snaps[-1]
+    return name, snaps[-1]
 
 
 @dataclass

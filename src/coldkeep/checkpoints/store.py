@@ -56,6 +56,9 @@ class Outcome:
     items: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     exit_code: int = EXIT_OK
+    #: hot checkpoints seen, and how many of them the repository held before this run
+    hot: int = 0
+    already_stored: int = 0
 
     def add(self, name: str, action: str, reason: str, **extra: Any) -> None:
         self.items.append({"name": name, "action": action, "reason": reason, **extra})
@@ -66,7 +69,8 @@ class Outcome:
         self.exit_code = EXIT_INTEGRITY if EXIT_INTEGRITY in (exc.exit_code, self.exit_code) else EXIT_FAILED
 
     def to_json(self) -> dict[str, Any]:
-        return {"checkpoints": self.items, "problems": self.problems, "exit_code": self.exit_code}
+        return {"checkpoints": self.items, "problems": self.problems, "exit_code": self.exit_code,
+                "hot": self.hot, "already_stored": self.already_stored}  # fmt: skip
 
 
 def tags_for(name: CheckpointName) -> dict[str, str]:
@@ -93,9 +97,11 @@ def backup(svc: Service) -> Outcome:
     repo = svc.repo
     with locked(repo.backend, "checkpoints backup", exclusive=False):
         stored = stored_checkpoints(repo)
+        out.hot = len(scan.checkpoints)
         for entry in scan.checkpoints:
             key = entry.name.name
             if key in stored:
+                out.already_stored += 1
                 continue
             if not entry.assessment.complete:
                 out.add(key, "skipped", f"incomplete: {entry.assessment.reason()}")
@@ -215,6 +221,8 @@ def archive(svc: Service, *, dry_run: bool = False) -> Outcome:
             scan = svc.scan()
         decisions = decisions_for(scan, svc.cfg, svc.now())
         stored = stored_checkpoints(svc.repo)
+        out.hot = len(scan.checkpoints)
+        out.already_stored = sum(1 for e in scan.checkpoints if e.name.name in stored)
         for entry in scan.checkpoints:
             key = entry.name.name
             decision = decisions[key]

@@ -52,7 +52,9 @@ def _outcome(app: AppContext, result: Any, title: str) -> int:
         table = Table("checkpoint", "action", "reason", title=title)
         for item in data["checkpoints"]:
             table.add_row(plain(item["name"]), item["action"], plain(item["reason"]))
-        c.print(table if data["checkpoints"] else "no checkpoints")
+        if data["checkpoints"]:
+            c.print(table)
+        c.print(f"{data['hot']} hot checkpoint(s), {data['already_stored']} already in the repository")
 
     app.out.emit(data, human)
     for problem in data["problems"]:
@@ -94,11 +96,21 @@ def list_(app: AppContext, phase: str | None, type_: str | None) -> None:
                 f"[yellow]unrecognised[/yellow] {plain(item['path'])}: {plain(item['reason'])} (left alone)"
             )
         for path in data["leftovers"]:
-            c.print(
-                f"[yellow]interrupted[/yellow] {plain(path)} (the next `checkpoints archive` finishes it)"
-            )
+            c.print(f"[yellow]interrupted[/yellow] {plain(path)} ({_finisher(path)})")
 
     app.out.emit(data, human)
+
+
+def _finisher(path: str) -> str:
+    """Which command finishes what an interrupted run left at ``path``."""
+    base = path.rsplit("/", 1)[-1]
+    if base.startswith(".coldkeep-archiving-"):
+        return "the next `checkpoints archive` finishes it"
+    if base.startswith(".coldkeep-promote-"):
+        return "the next `checkpoints promote`, `rollback` or `history` finishes it"
+    if base.startswith(".coldkeep-recover-"):
+        return "the next `checkpoints recover` of that checkpoint removes it"
+    return "left by an interrupted coldkeep run; safe to remove when none runs"
 
 
 @checkpoints.command()
