@@ -99,7 +99,10 @@ def export(svc: Service, ref: str, *, fmt: str = "tar.zst", to: str = ".") -> Ex
                 stream = gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=6, mtime=0)
             with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 top = tarfile.TarInfo(prefix)
-                top.type, top.mode = tarfile.DIRTYPE, 0o755
+                found = snap.meta.get("dir")
+                dir_meta: dict[str, Any] = found if isinstance(found, dict) else {}
+                top.type, top.mode = tarfile.DIRTYPE, int(dir_meta.get("mode", 0o755))
+                top.uid, top.gid = int(dir_meta.get("uid", 0)), int(dir_meta.get("gid", 0))
                 tar.addfile(top)
                 for entry in entries:
                     if entry.get("type") in ("dir", "symlink"):

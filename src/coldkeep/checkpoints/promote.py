@@ -44,16 +44,23 @@ from coldkeep.checkpoints.inventory import stored_checkpoints
 from coldkeep.checkpoints.naming import OWN_PREFIX, CheckpointName, parse_name, stamp_of
 from coldkeep.checkpoints.service import Service, kill_point, remove_tree
 from coldkeep.durable import fsync_dir
-from coldkeep.errors import CheckpointError, CheckpointNotFound, UsageError
+from coldkeep.errors import CheckpointBusy, CheckpointError, CheckpointNotFound, UsageError
 
 HISTORY_STATE = "checkpoints-history"
 BUILD = OWN_PREFIX + "promote-"
 
 
 def history(svc: Service, phase: str | None = None) -> list[dict[str, Any]]:
-    """Every promotion and rollback (of ``phase``), oldest first; pending ones finished first."""
-    finish_pending(svc)
+    """Every promotion and rollback (of ``phase``), oldest first.  Pending ones (a run was killed)
+    are finished first, unless another run holds the root (then they are shown as pending)."""
     events = (svc.repo.get_state(HISTORY_STATE) or {}).get("events", [])
+    if any(e.get("state") == "pending" for e in events):
+        try:
+            with svc.exclusive("history"):
+                finish_pending(svc)
+        except CheckpointBusy:
+            pass
+        events = (svc.repo.get_state(HISTORY_STATE) or {}).get("events", [])
     return [e for e in events if phase is None or e.get("phase") == phase]
 
 

@@ -5,9 +5,9 @@ type and phase; with ``at``, the newest named at or before it — for ``producti
 promotion history says was in production then), or a snapshot id.
 
 *Recover* restores the stored copy into a fresh directory beside its destination (the hot path by
-default, or ``--to DIR``), every chunk and every file's SHA-256 checked as it is written, then
-hashes the files on disk once more against the snapshot, gives the directory its recorded mode
-(and owner, as root), and renames it into place.  An existing destination is never overwritten:
+default, or ``--to DIR``), every chunk and every file's size and SHA-256 checked before the file
+takes its name (``Restorer``, durable: files and directories fsynced), gives the directory its
+recorded mode (and owner, as root), and renames it into place.  An existing destination is never overwritten:
 identical (verified against the stored copy), there is nothing to do; different, it is refused.
 
 *Verify* reads every stored byte (against the hot copy too, when there is one), checks every
@@ -21,7 +21,6 @@ is recorded with the verification (``state/checkpoints-verified``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import subprocess
@@ -55,8 +54,6 @@ from coldkeep.errors import (
 if TYPE_CHECKING:
     from coldkeep.repository.snapshot import Snapshot
     from coldkeep.repository.tree import TreeEntry
-
-READ_PIECE = 4 * 1024 * 1024
 
 
 def resolve_name(
@@ -147,24 +144,6 @@ def load_check(svc: Service, path: str) -> LoadCheck | None:
     return LoadCheck(argv, proc.returncode == 0, proc.returncode, round(time.monotonic() - started, 3), text)
 
 
-def _hash_files(directory: str, entries: list[TreeEntry]) -> list[str]:
-    """Every file of ``entries`` on disk under ``directory`` against its size and SHA-256."""
-    problems = []
-    for entry in entries:
-        if entry.get("type") != "file":
-            continue
-        path = os.path.join(directory, entry["path"])
-        sha = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as f:
-            while piece := f.read(READ_PIECE):
-                sha.update(piece)
-                size += len(piece)
-        if size != entry.get("size") or sha.hexdigest() != entry.get("sha256"):
-            problems.append(f"{entry['path']}: restored file differs from the stored copy")
-    return problems
-
-
 @dataclass
 class Recovered:
     name: str
@@ -228,9 +207,6 @@ def recover(svc: Service, ref: str, *, to: str | None = None, at: datetime | Non
                     raise error(
                         f"{name.name}: {len(restored.errors)} file(s) could not be restored: {restored.errors[0]}"
                     )
-                problems = _hash_files(tmp, list(svc.repo.iter_tree(snap)))
-                if problems:
-                    raise CheckpointDamaged(f"{name.name}: {problems[0]}")
                 _apply_dir_meta(tmp, snap)
                 if os.path.isdir(target):
                     os.rmdir(target)  # empty (checked above)

@@ -238,6 +238,9 @@ def archive(svc: Service, *, dry_run: bool = False) -> Outcome:
             except ColdkeepError as exc:
                 out.fail(key, "kept", exc)
                 continue
+            except OSError as exc:  # the hot disk refused a rename or a delete: the next run finishes
+                out.fail(key, "failed", ColdkeepError(f"{key}: {exc.strerror or exc}: {exc.filename or ''}"))
+                continue
             svc.log(f"archived {key} (snapshot {snap.short_id}, verified against the hot copy)")
             out.add(key, "archived", decision.reason, due=due, snapshot=snap.id)
     return out

@@ -146,6 +146,16 @@ def _at(text: str | None) -> Any:
     return clock.parse_timestamp(text, require_offset=False)
 
 
+def _load_check_failed(app: AppContext, name: str, check: dict[str, Any] | None) -> None:
+    """The ``error:``/``hint:`` lines of a failed load check (the result was emitted already)."""
+    if check is not None and not check["ok"]:
+        from coldkeep.errors import CheckpointError
+
+        why = "timed out" if check["exit_code"] is None else f"exited {check['exit_code']}"
+        app.out.failure(CheckpointError(f"{name}: the load check {why}",
+                                        hint="see its output above (or in load_check.output with --json)"))  # fmt: skip
+
+
 def _load_check_line(c: Console, check: dict[str, Any] | None) -> None:
     if check is None:
         return
@@ -184,6 +194,7 @@ def recover(app: AppContext, name: str, to: str | None, at: str | None) -> int:
         _load_check_line(c, data["load_check"])
 
     app.out.emit(data, human)
+    _load_check_failed(app, data["name"], data["load_check"])
     return result.exit_code
 
 
@@ -216,6 +227,8 @@ def verify(app: AppContext, name: str, deep: bool) -> int:
         from coldkeep.errors import CheckpointDamaged
 
         app.out.failure(CheckpointDamaged(f"{data['name']}: {data['problems'][0]}"))
+    else:
+        _load_check_failed(app, data["name"], data["load_check"])
     return result.exit_code
 
 
