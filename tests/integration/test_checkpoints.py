@@ -186,3 +186,31 @@ def test_odd_names_and_no_root(tmp_path: Path) -> None:
     proc = site.run("checkpoints", "list", "--type", "weird")
     assert proc.returncode == 2
     one_line_error(proc)
+
+
+def test_many_tensors_orbax_and_no_index_end_to_end(tmp_path: Path) -> None:
+    """A 3,000-tensor shard and a checkpoint without an index archive and recover byte-exact; an
+    Orbax save in progress is listed incomplete and never touched."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    site = checkpoint_site(tmp_path / "s")
+    phase = models(site) / "cet-d-phase7"
+    many = phase / "checkpoint-20251001_000000"
+    many.mkdir(parents=True)
+    rng = np.random.default_rng(30)
+    save_file({f"block.{i}.w": rng.standard_normal((i % 5 + 1, 4)).astype(np.float16) for i in range(3000)},
+              str(many / "model.safetensors"))  # fmt: skip
+    plain = write_checkpoint(phase / "checkpoint-20251002_000000", seed=3, shards=1, index=False)
+    orbax = write_checkpoint(phase / "checkpoint-20251003_000000", seed=4)
+    (orbax / "params.orbax-checkpoint-tmp-1730000000").mkdir()
+    write_checkpoint(phase / "checkpoint-20251031_000000", seed=5)  # the newest: stays hot
+    want = {p.name: tree_digest(p) for p in (many, plain, orbax)}
+    result = {i["name"].split("/")[1]: i for i in site.json("checkpoints", "archive", env=NOW)["checkpoints"]}
+    assert result[many.name]["action"] == result[plain.name]["action"] == "archived"
+    assert result[orbax.name]["action"] == "keep" and "Orbax save in progress" in result[orbax.name]["reason"]
+    assert tree_digest(orbax) == want[orbax.name]
+    for ckpt in (many, plain):
+        site.ok("checkpoints", "recover", f"cet-d-phase7/{ckpt.name}")
+        assert tree_digest(ckpt) == want[ckpt.name]
+    assert site.json("checkpoints", "verify", f"cet-d-phase7/{many.name}")["tensors"] == 3000
