@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 from tests.ckptfiles import checkpoint_site, models, write_checkpoint
-from tests.helpers import Site, flip_byte, one_line_error, toml_str, tree_digest
+from tests.helpers import Site, flip_byte, need, one_line_error, toml_str, tree_digest
 
 from coldkeep.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND
 
@@ -172,3 +172,25 @@ def test_verify_names_structural_problems_and_damage(tmp_path: Path) -> None:
     proc = site.run("checkpoints", "recover", "cet-d-phase6-checkpoint")
     assert proc.returncode == EXIT_INTEGRITY, proc.stderr
     assert not good.exists() and not list(good.parent.glob(".coldkeep-*"))  # nothing corrupt left behind
+
+
+def test_recover_keeps_owner_and_modes(tmp_path: Path) -> None:
+    """Run as root for the training user's checkpoints: what comes back has their owner and modes."""
+    import os
+
+    need(os.geteuid() == 0, "root (to give files another owner)")
+    site = checkpoint_site(tmp_path / "s")
+    ckpt = write_checkpoint(models(site) / "cet-d-phase8" / "best-20250101_000000", seed=6)
+    write_checkpoint(models(site) / "cet-d-phase8" / "checkpoint-20251031_000000", seed=7)
+    for path in [ckpt, *ckpt.iterdir()]:
+        os.chown(path, 65534, 65534)
+    os.chmod(ckpt, 0o750)
+    os.chmod(ckpt / "optimizer.bin", 0o600)
+    site.ok("checkpoints", "archive", env={"COLDKEEP_NOW": "2025-11-01T00:00:00Z"})
+    assert not ckpt.exists()
+    site.ok("checkpoints", "recover", "cet-d-phase8/best-20250101_000000")
+    st = ckpt.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o750)
+    opt = (ckpt / "optimizer.bin").stat()
+    assert (opt.st_uid, opt.st_gid, opt.st_mode & 0o7777) == (65534, 65534, 0o600)
+    assert all(p.stat().st_uid == 65534 for p in ckpt.iterdir())
