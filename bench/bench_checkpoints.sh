@@ -135,13 +135,15 @@ done
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 get = lambda tool, step: next((r for r in rows if r["tool"] == tool and r["step"] == step), None)
-print("| tool | step | wall s | CPU s | peak RSS MiB | stored MB |\n|---|---|---|---|---|---|")
+print("| tool | step | wall s | CPU s | others' CPU s | peak RSS MiB | stored MB |\n|---|---|---|---|---|---|---|")
 for r in rows:
     stored = f"{r['stored_bytes'] / 1e6:.0f}" if r.get("stored_bytes") else ""
-    print(f"| {r['tool']} | {r['step']} | {r['wall_s']:.2f} | {r['cpu_s']:.1f} | {r['max_rss_mb']:.0f} | {stored} |")
+    print(f"| {r['tool']} | {r['step']} | {r['wall_s']:.2f} | {r['cpu_s']:.1f} | {r.get('background_cpu_s', 0):.0f} "
+          f"| {r['max_rss_mb']:.0f} | {stored} |")
 spec, ck = get("spec", "archive"), get("coldkeep", "archive")
 if spec and ck:
-    print(f"\narchive: coldkeep {spec['wall_s'] / ck['wall_s']:.1f}x faster than the spec's script (target >= 10x)")
+    print(f"\narchive: coldkeep {spec['wall_s'] / ck['wall_s']:.1f}x faster than the spec's script (target >= 10x); "
+          f"CPU {spec['cpu_s'] / ck['cpu_s']:.1f}x less")
 borg = get("borg", "archive")
 if borg and ck:
     print(f"stored: coldkeep {ck['stored_bytes'] / borg['stored_bytes']:.3f} x borg's (target <= 1)")
