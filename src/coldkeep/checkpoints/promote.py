@@ -128,6 +128,7 @@ def _link_tree(source: str, dest: str) -> None:
 
 def _build(svc: Service, event: dict[str, Any], build: str) -> None:
     """Step 2: the new production under its build name."""
+    from coldkeep.checkpoints.store import apply_dir_meta
     from coldkeep.repository.restore import Restorer
 
     if os.path.lexists(build):
@@ -141,6 +142,7 @@ def _build(svc: Service, event: dict[str, Any], build: str) -> None:
         if result.errors:
             remove_tree(build)
             raise CheckpointError(f"{event['from']}: cannot restore it to promote it: {result.errors[0]}")
+        apply_dir_meta(build, snap)
     fsync_dir(os.path.dirname(build))
 
 

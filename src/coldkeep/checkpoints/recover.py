@@ -40,6 +40,7 @@ from coldkeep.checkpoints.naming import (
     parse_ref,
 )
 from coldkeep.checkpoints.service import Service, remove_tree
+from coldkeep.checkpoints.store import apply_dir_meta
 from coldkeep.checkpoints.tensors import MAX_HEADER, check_layout, header_length
 from coldkeep.durable import fsync_dir
 from coldkeep.errors import (
@@ -207,7 +208,7 @@ def recover(svc: Service, ref: str, *, to: str | None = None, at: datetime | Non
                     raise error(
                         f"{name.name}: {len(restored.errors)} file(s) could not be restored: {restored.errors[0]}"
                     )
-                _apply_dir_meta(tmp, snap)
+                apply_dir_meta(tmp, snap)
                 if os.path.isdir(target):
                     os.rmdir(target)  # empty (checked above)
                 os.rename(tmp, target)
@@ -229,17 +230,6 @@ def _lc(check: LoadCheck | None) -> dict[str, Any] | None:
         if check is None
         else {"ok": check.ok, "exit_code": check.exit_code, "duration_s": check.duration_s}
     )
-
-
-def _apply_dir_meta(path: str, snap: Snapshot) -> None:
-    """The checkpoint directory's own mode (and owner, as root), as recorded at backup."""
-    meta = snap.meta.get("dir") if isinstance(snap.meta.get("dir"), dict) else None
-    if not meta:
-        return
-    if os.geteuid() == 0 and "uid" in meta and "gid" in meta:
-        os.chown(path, int(meta["uid"]), int(meta["gid"]))
-    if "mode" in meta:
-        os.chmod(path, int(meta["mode"]) & 0o7777)
 
 
 @dataclass

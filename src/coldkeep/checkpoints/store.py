@@ -90,6 +90,16 @@ def store(repo: Repository, name: CheckpointName, path: str) -> Snapshot:
     return result.snapshot
 
 
+def apply_dir_meta(path: str, snap: Snapshot) -> None:
+    """Give a checkpoint directory restored from ``snap`` its recorded mode (and owner, as root)."""
+    found = snap.meta.get("dir")
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
+    if os.geteuid() == 0 and "uid" in meta and "gid" in meta:
+        os.chown(path, int(meta["uid"]), int(meta["gid"]))
+    if "mode" in meta:
+        os.chmod(path, int(meta["mode"]) & 0o7777)
+
+
 def backup(svc: Service) -> Outcome:
     """``checkpoints backup`` (see the module docstring)."""
     out = Outcome()
@@ -117,15 +127,15 @@ def backup(svc: Service) -> Outcome:
     return out
 
 
-def _file_stats(root: str) -> dict[str, tuple[int, int, int]]:
-    """``relative path -> (size, mtime_ns, inode)`` of every regular file below ``root``."""
-    stats: dict[str, tuple[int, int, int]] = {}
+def _file_stats(root: str) -> dict[str, tuple[int, int, int, int]]:
+    """``relative path -> (size, mtime_ns, ctime_ns, inode)`` of every regular file below ``root``."""
+    stats: dict[str, tuple[int, int, int, int]] = {}
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             full = os.path.join(dirpath, name)
             st = os.lstat(full)
             if stat.S_ISREG(st.st_mode):
-                stats[os.path.relpath(full, root)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+                stats[os.path.relpath(full, root)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     return stats
 
 
