@@ -239,6 +239,11 @@ class CheckpointsConfig(ServiceSection):
     phase_glob: str = "cet-d-*"
     archive_root: str = "/mnt/hdd/model_archives"
     hot_retention_days: HotRetention = Field(default_factory=HotRetention)
+    # a checkpoint is complete only when nothing in it changed for this long (mtime and ctime)
+    settle_seconds: NonNegativeInt = 120
+    # run after `checkpoints recover` / `verify` when set; `{path}` is the checkpoint directory
+    load_check_command: str = ""
+    load_check_timeout: PositiveInt = 600
 
 
 class DatasetsConfig(ServiceSection):

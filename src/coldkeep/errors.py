@@ -258,3 +258,29 @@ class PostgresBinariesNotFound(PostgresError):
 class PostgresUnreachable(PostgresError):
     template = "cannot connect to PostgreSQL: {detail}"
     hint = "check [postgres].dsn and that the server runs (`coldkeep doctor`)"
+
+
+# --- model checkpoints --------------------------------------------------------------------------
+
+
+class CheckpointError(ColdkeepError):
+    hint = "see `coldkeep checkpoints list` for every checkpoint, where it is and why"
+
+
+class CheckpointNotFound(CheckpointError):
+    exit_code = EXIT_NOT_FOUND
+    template = "no checkpoint {detail}"
+    hint = "list them with `coldkeep checkpoints list` (names look like cet-d-phase3/best-20251015_092000)"
+
+
+class CheckpointDamaged(CheckpointError):
+    """A stored checkpoint failed verification: its hot copy is kept, nothing is restored from it."""
+
+    exit_code = EXIT_INTEGRITY
+    hint = "the hot copy was left in place; run `coldkeep repo check --read-data` (and `repo repair --from COPY`)"
+
+
+class CheckpointBusy(CheckpointError):
+    exit_code = EXIT_LOCKED
+    template = "another coldkeep checkpoints run holds {detail}"
+    hint = "wait for it to finish, then run the command again"

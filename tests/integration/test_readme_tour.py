@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from tests.ckptfiles import write_checkpoint
 from tests.helpers import COLDKEEP, base_env
 
 from coldkeep.postgres.cluster import TempCluster, chown_to
@@ -87,6 +88,17 @@ TOUR: dict[str, Run | str] = {
     "coldkeep repo key list": Run(),
     "coldkeep repo key remove 1ecb37496b4843aa": Run(sub={"1ecb37496b4843aa": "bob_slot"}),
     "coldkeep repo stats --json": Run(),
+    "coldkeep checkpoints list --phase phase3 --json": Run(),
+    "coldkeep checkpoints backup": Run(),
+    "coldkeep checkpoints archive --dry-run": Run(),
+    "coldkeep checkpoints archive": Run(),
+    "coldkeep checkpoints recover cet-d-phase3-best": Run(),
+    "coldkeep checkpoints recover cet-d-phase4-production --at 2025-10-21T09:00:00Z --to /tmp/prod-then": Run(),
+    "coldkeep checkpoints verify cet-d-phase3/best-20251015_092000 --deep": Run(),
+    'coldkeep checkpoints promote cet-d-phase4/best-20251015_092000 --reason "eval +2.1%"': Run(),
+    'coldkeep checkpoints rollback phase4 --reason "regression in prod"': Run(),
+    "coldkeep checkpoints history --phase phase4": Run(),
+    "coldkeep checkpoints export cet-d-phase3-best --format tar.zst --to /mnt/projects/ICCM/repro": Run(),
     "coldkeep pg setup --apply": Run(after=("restart_server",)),
     "coldkeep pg check": Run(),
     "coldkeep pg receive-wal --synchronous": "a service that streams until stopped (tests/integration/test_pg_receive.py runs it)",
@@ -263,6 +275,10 @@ class Tour:
             (app / "metadata.json").write_text(json.dumps({"name": f"app{i:02d}"}))
             (app / "main.py").write_text(f"print({i})\n" * 200)
         (apps / "train" / "app00" / "scratch.tmp").write_text("left out by --exclude '*.tmp'\n")
+        models = self.path("/mnt/nvme/models")
+        for seed, name in enumerate(("cet-d-phase3/checkpoint-20251010_000000", "cet-d-phase3/best-20251015_092000",
+                                     "cet-d-phase4/production-20251001_000000", "cet-d-phase4/best-20251015_092000")):  # fmt: skip
+            write_checkpoint(models / name, seed=seed)
         run7 = self.path("/mnt/checkpoints/run-7")
         run7.mkdir(parents=True)
         (run7 / "model.safetensors").write_bytes(os.urandom(300_000))
@@ -318,7 +334,8 @@ class Tour:
 
     def edit_config(self, _proc: Done) -> None:
         """What the comment under `repo init` says: [postgres] of this server, [conversations]
-        enabled, an offsite copy (a second local repository here)."""
+        and [checkpoints] enabled (settle_seconds 0: the sample checkpoints were just written),
+        an offsite copy (a second local repository here)."""
         config = self.work / "coldkeep.toml"
         text = config.read_text(encoding="utf-8")
         text = set_keys(text, "postgres", {
@@ -328,6 +345,9 @@ class Tour:
         })  # fmt: skip
         text = set_keys(text, "conversations", {
             "enabled": "true", "archive_dir": json.dumps(str(self.path("/mnt/hdd/conversation_archives"))),
+        })  # fmt: skip
+        text = set_keys(text, "checkpoints", {
+            "enabled": "true", "root": json.dumps(str(self.path("/mnt/nvme/models"))), "settle_seconds": "0",
         })  # fmt: skip
         text += f'\n[repository.copies.offsite]\nurl = "file://{self.path("/mnt/offsite")}"\n'
         config.write_text(text, encoding="utf-8")
