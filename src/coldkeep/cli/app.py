@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "restore": "coldkeep.cli.files_cmd:restore",
     "forget": "coldkeep.cli.files_cmd:forget",
     "conversations": "coldkeep.cli.conversations_cmd:conversations",
+    "datasets": "coldkeep.cli.datasets_cmd:datasets",
     "pg": "coldkeep.cli.pg_cmd:pg",
 }
 

@@ -329,6 +329,7 @@ class Backup:
         kind: str = "files",
         on_entry: Callable[[TreeEntry], None] | None = None,
         strict: bool = False,
+        complete: Callable[[list[TreeEntry]], Mapping[str, Any]] | None = None,
     ) -> BackupResult:
         """Back up ``sources`` into a new snapshot (see the module docstring).
 
@@ -339,6 +340,11 @@ class Backup:
         (``result.partial``: exit code 6 for the CLI).  With ``strict=True`` such a backup writes
         no snapshot and raises :class:`~coldkeep.errors.SourceChanged` naming the files (what was
         stored is indexed, so a retry reuses it; `repo prune` removes it otherwise).
+
+        ``complete`` (a service's last word) is called with the final entries, every file's
+        ``sha256`` known, just before the snapshot document is written: what it returns is added
+        to the snapshot's ``meta``; an exception it raises writes no snapshot (as above, what was
+        stored stays indexed for a retry).
         """
         started = time.monotonic()
         if not sources:
@@ -499,6 +505,7 @@ class Backup:
         files = sum(1 for e in final if e["type"] == "file")
         logical = sum(int(e["size"]) for e in final if e["type"] == "file")  # the bytes stored
         duration = round(time.monotonic() - started, 3)
+        meta = {**(meta or {}), **(complete(final) if complete is not None else {})}
         snap = Snapshot(
             id="",
             time=clock.isoformat(clock.now()),
@@ -506,7 +513,7 @@ class Backup:
             paths=paths,
             tags=dict(tags or {}),
             label=label,
-            meta=dict(meta or {}),
+            meta=meta,
             tree=tree_ids,
             summary={
                 "files": files,
