@@ -7,6 +7,10 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
+from tests.helpers import Site, flip_byte
+
 
 def make_dataset(
     root: Path, *, train: int = 4, holdout: int = 2, files_per_app: int = 3, seed: int = 0
@@ -34,3 +38,21 @@ def make_dataset(
 def app_files(root: Path) -> list[Path]:
     """Every file of the dataset, sorted."""
     return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def damage_files(
+    site: Site, names: list[str], cache: Path, monkeypatch: pytest.MonkeyPatch, *, kind: str = "dataset"
+) -> None:
+    """Flip a byte inside the stored chunk of each file of ``names`` (the newest snapshot of ``kind``)."""
+    from coldkeep.repository.packer import pack_key
+    from coldkeep.repository.repository import Repository
+    from coldkeep.storage.local import LocalBackend
+
+    monkeypatch.setenv("COLDKEEP_CACHE_DIR", str(cache))
+    with Repository.open(LocalBackend(site.repo_dir)) as repo:
+        version = repo.list_snapshots(kind=kind)[-1]
+        entries = {e["path"]: e for e in repo.iter_tree(version)}
+        for name in names:
+            chunk = bytes.fromhex(entries[name]["chunks"][0])
+            blob = repo.cache.get_many([chunk])[chunk]
+            flip_byte(site.repo_dir / pack_key(blob.pack), blob.offset + blob.length // 2)

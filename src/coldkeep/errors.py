@@ -280,3 +280,10 @@ class VersionConflict(ColdkeepError):
             "existing_content_sha256": self.existing,
             "found_content_sha256": self.found,
         }
+
+
+class PackageExists(ColdkeepError):
+    """A reproducibility package name already recorded (names are immutable)."""
+
+    template = "reproducibility package {detail} is recorded already; nothing written"
+    hint = "choose another --name (`coldkeep repro list` shows the recorded ones)"

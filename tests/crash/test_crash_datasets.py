@@ -46,9 +46,15 @@ def test_kill_during_dataset_snapshot(tmp_path: Path) -> None:
     calls = read_counts(counts)["any"]
     assert calls >= POINTS, calls
 
-    def one(item: tuple[int, int]) -> str:
-        i, n = item
-        fault = f"kill:any:{n}:after" if i % 2 else f"kill:any:{n}"
+    # spread over the run, every other one after its call, and the last calls after they are done
+    # (the snapshot document, then the lock's release): the version is then recorded whole
+    faults = [
+        f"kill:any:{n}:after" if i % 2 else f"kill:any:{n}" for i, n in enumerate(spread(calls, POINTS))
+    ]
+    faults += [f"kill:any:{n}:after" for n in (calls - 2, calls - 1)]
+
+    def one(item: tuple[int, str]) -> tuple[str, bool]:
+        i, fault = item
         try:
             site = base.clone(tmp_path / f"point-{i:02d}")
             proc = site.run(*args, env={"COLDKEEP_FAULTS": fault})
@@ -65,10 +71,13 @@ def test_kill_during_dataset_snapshot(tmp_path: Path) -> None:
             assert versions(site) == ["v1", "v2"]
             assert len(site.json("snapshots")) == 2  # one snapshot per version
             site.ok("datasets", "verify", "v2", "--against", str(data))
-            return ""
+            return "", "v2" in listed
         except BaseException:
-            return f"--- {fault}\n{traceback.format_exc()}"
+            return f"--- {fault}\n{traceback.format_exc()}", False
 
     with ThreadPoolExecutor(2) as pool:
-        failures = [f for f in pool.map(one, enumerate(spread(calls, POINTS))) if f]
+        results = list(pool.map(one, enumerate(faults)))
+    failures = [f for f, _ in results if f]
     assert not failures, "\n".join(failures)
+    recorded = [whole for _, whole in results]
+    assert any(recorded) and not all(recorded), recorded  # both cases happened

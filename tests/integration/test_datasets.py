@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.datasetsite import app_files, make_dataset
-from tests.helpers import Site, flip_byte, need, one_line_error, tree_digest
+from tests.datasetsite import app_files, damage_files, make_dataset
+from tests.helpers import Site, need, one_line_error, tree_digest
 
 
 @pytest.fixture
@@ -170,22 +170,6 @@ def test_verify_names_every_failing_file_and_restore_is_exact(site: Site, data: 
     assert site.run("datasets", "show", "v9").returncode == 5
 
 
-def damage_files(site: Site, names: list[str], cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flip a byte inside the stored chunk of each file of ``names`` (the newest dataset version)."""
-    from coldkeep.repository.packer import pack_key
-    from coldkeep.repository.repository import Repository
-    from coldkeep.storage.local import LocalBackend
-
-    monkeypatch.setenv("COLDKEEP_CACHE_DIR", str(cache))
-    with Repository.open(LocalBackend(site.repo_dir)) as repo:
-        version = repo.list_snapshots(kind="dataset")[-1]
-        entries = {e["path"]: e for e in repo.iter_tree(version)}
-        for name in names:
-            chunk = bytes.fromhex(entries[name]["chunks"][0])
-            blob = repo.cache.get_many([chunk])[chunk]
-            flip_byte(site.repo_dir / pack_key(blob.pack), blob.offset + blob.length // 2)
-
-
 def test_damaged_blob_verify_names_files_export_and_restore_refuse(
     site: Site, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,3 +274,22 @@ def test_bad_input_is_one_line(site: Site, data: Path, tmp_path: Path) -> None:
     assert missing.returncode == 2 and "not a directory" in one_line_error(missing)
     none = site.run("datasets", "status", "--root", str(data))
     assert none.returncode == 5 and "no dataset version" in one_line_error(none)
+
+
+def test_a_file_changing_while_read_fails_the_snapshot(site: Site, data: Path) -> None:
+    """Strict: a file appended to by another process while the snapshot reads it (inotify, the
+    moment it is opened) fails the snapshot, names the file, records nothing (exit 1)."""
+    from tests.changer import change_on_open, finish
+
+    block = os.urandom(1024 * 1024)
+    path = data / "train" / "app-train-00" / "shard.bin"
+    with path.open("wb") as f:
+        for _ in range(128):  # 128 MiB of one repeated MiB: long to read, cheap to store
+            f.write(block)
+    changer = change_on_open(path, "append", 1024 * 1024)
+    proc = site.run("datasets", "snapshot", "--version", "v1", "--root", str(data), timeout=600)
+    finish(changer)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert f"changed while being read: {path}" in one_line_error(proc)
+    assert site.snapshot_ids() == []
+    assert snap(site, data, "v1")["created"] is True  # quiet again: recorded

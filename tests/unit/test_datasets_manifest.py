@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from tests.helpers import need
 
-from coldkeep.datasets.export import GZIP_BLOCK, ParallelGzip, _Hashing
+from coldkeep.datasets.export import GZIP_BLOCK, HashingFile, ParallelGzip
 from coldkeep.datasets.manifest import (
     apps_of,
     build_manifest,
@@ -111,7 +111,7 @@ def test_diff_files_and_apps() -> None:
 
 def _gzip(data: bytes, threads: int, piece: int) -> bytes:
     buf = io.BytesIO()
-    stream = ParallelGzip(_Hashing(buf), 6, threads)
+    stream = ParallelGzip(HashingFile(buf), 6, threads)
     for i in range(0, len(data), piece):
         stream.write(data[i : i + piece])
     stream.close()

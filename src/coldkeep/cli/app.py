@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "conversations": "coldkeep.cli.conversations_cmd:conversations",
     "datasets": "coldkeep.cli.datasets_cmd:datasets",
     "pg": "coldkeep.cli.pg_cmd:pg",
+    "repro": "coldkeep.cli.repro_cmd:repro",
 }
 
 

@@ -120,7 +120,7 @@ class VersionRestore:
                 "bytes": self.bytes, "duration_s": self.duration_s}  # fmt: skip
 
 
-def _empty_target(target: str) -> None:
+def require_empty(target: str) -> None:
     if os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target)):
         raise UsageError(
             f"{target} exists and is not an empty directory: a dataset restores into a new or empty one",
@@ -138,7 +138,7 @@ def restore_version(
     """Restore ``version`` byte-exact into ``target`` (new or empty), its manifest checked first
     and the result counted against it; :class:`IntegrityError` names what failed."""
     path = os.path.abspath(target)
-    _empty_target(path)
+    require_empty(path)
     with locked(repo.backend, "dataset restore", exclusive=False):
         entries = version.entries(repo)
         problems = manifest_problems(version, entries)

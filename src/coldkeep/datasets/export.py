@@ -56,7 +56,7 @@ DEFAULT_LEVEL = {"tar.gz": 6, "tar.zst": 3}
 RESERVED = ("manifest.json", "SHA256SUMS")
 
 
-class _Hashing:
+class HashingFile:
     """The output file: every byte written is hashed (the ``.sha256``) and counted."""
 
     def __init__(self, f: BinaryIO) -> None:
@@ -83,7 +83,7 @@ class ParallelGzip:
 
     HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"  # no name, mtime 0, OS unix
 
-    def __init__(self, out: _Hashing, level: int, threads: int) -> None:
+    def __init__(self, out: HashingFile, level: int, threads: int) -> None:
         self.out = out
         self.level = level
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="coldkeep-gzip")
@@ -131,7 +131,7 @@ class ParallelGzip:
 class _Zstd:
     """libzstd's multi-threaded stream (one compressor, used by this thread only)."""
 
-    def __init__(self, out: _Hashing, level: int, threads: int) -> None:
+    def __init__(self, out: HashingFile, level: int, threads: int) -> None:
         import zstandard
 
         cctx = zstandard.ZstdCompressor(level=level, threads=max(1, threads), write_checksum=True)
@@ -222,7 +222,7 @@ def export_version(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             with open(fd, "wb", buffering=COPY_BUFFER) as f:
-                out = _Hashing(f)
+                out = HashingFile(f)
                 level_ = DEFAULT_LEVEL[fmt] if level is None else level
                 stream = (
                     ParallelGzip(out, level_, workers) if fmt == "tar.gz" else _Zstd(out, level_, workers)
