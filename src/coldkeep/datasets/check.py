@@ -98,6 +98,10 @@ def verify_version(
     repo: Repository, version: DatasetVersion, against: str | Path | None = None
 ) -> VersionCheck:
     """Verify ``version`` (see the module docstring); never raises for what it finds."""
+    if against is not None and not os.path.isdir(against):
+        raise UsageError(
+            f"--against {against}: not a directory", hint="name the live or restored dataset tree"
+        )
     with locked(repo.backend, "dataset verify", exclusive=False):
         result = repo.verify_snapshot(version.snapshot, against)
         check = VersionCheck(version.name, version.snapshot.id, result.against, result.files, result.bytes)

@@ -15,7 +15,9 @@ directory) and the tree; beside the archive a ``.sha256`` file that ``sha256sum 
   the number of threads.
 * **Every core**: gzip is written as pigz does, blocks of :data:`GZIP_BLOCK` deflated on a thread
   pool (each primed with the 32 KiB before it, so the ratio stays close to one stream), ended by a
-  sync flush, and joined into one gzip member; zstd uses libzstd's own threads.
+  sync flush, and joined into one gzip member; the deflate is zlib-ng's (``zlib-ng`` on PyPI: the
+  ratio of zlib's level 6 at twice its speed, the GIL released like zlib's); zstd uses libzstd's
+  own threads.
 * **Atomic**: the archive is written under a temporary name, fsynced and renamed; the ``.sha256``
   after it.
 """
@@ -28,12 +30,13 @@ import json
 import os
 import struct
 import tarfile
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO
+
+from zlib_ng import zlib_ng
 
 from coldkeep.datasets.check import manifest_problems
 from coldkeep.datasets.manifest import checksum_list, ordered
@@ -73,8 +76,10 @@ class HashingFile:
 
 def _deflate(block: bytes, prime: bytes, level: int) -> bytes:
     """``block`` as raw deflate ending in a sync flush (byte-aligned, not final)."""
-    c = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, *([prime] if prime else []))
-    return c.compress(block) + c.flush(zlib.Z_SYNC_FLUSH)
+    c = zlib_ng.compressobj(
+        level, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_DEFAULT_STRATEGY, *([prime] if prime else [])
+    )
+    return c.compress(block) + c.flush(zlib_ng.Z_SYNC_FLUSH)
 
 
 class ParallelGzip:
@@ -103,7 +108,7 @@ class ParallelGzip:
         return len(data)
 
     def _submit(self, block: bytes) -> None:
-        self.crc = zlib.crc32(block, self.crc)
+        self.crc = zlib_ng.crc32(block, self.crc)
         self.size += len(block)
         self.window.append(self.pool.submit(_deflate, block, self.tail, self.level))
         self.tail = block[-WINDOW:]

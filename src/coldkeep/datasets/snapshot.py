@@ -124,7 +124,11 @@ def scan(version: DatasetVersion, entries: Sequence[TreeEntry], root: str, *, th
         if stat.S_ISDIR(mode):
             live.append({"path": name, "type": "dir"})
         elif stat.S_ISLNK(mode):
-            live.append({"path": name, "type": "symlink", "target": os.readlink(path)})
+            try:
+                live.append({"path": name, "type": "symlink", "target": os.readlink(path)})
+            except OSError as exc:  # gone since the walk saw it
+                warnings.append(f"{path}: cannot read the link ({exc.strerror or exc})")
+                known = False
         elif stat.S_ISREG(mode):
             entry: TreeEntry = {"path": name, "type": "file", "size": st.st_size}
             old = recorded.get(name)
