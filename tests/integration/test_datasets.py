@@ -293,3 +293,15 @@ def test_a_file_changing_while_read_fails_the_snapshot(site: Site, data: Path) -
     assert f"changed while being read: {path}" in one_line_error(proc)
     assert site.snapshot_ids() == []
     assert snap(site, data, "v1")["created"] is True  # quiet again: recorded
+
+
+def test_export_refuses_a_tree_with_its_own_manifest(site: Site, data: Path, tmp_path: Path) -> None:
+    (data / "manifest.json").write_text("{}")
+    snap(site, data, "v1")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = site.run("datasets", "export", "v1", "--to", str(out))
+    assert proc.returncode == 2 and "top-level manifest.json" in one_line_error(proc)
+    assert list(out.iterdir()) == []
+    missing = site.run("datasets", "export", "v1", "--to", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "does not exist" in one_line_error(missing)

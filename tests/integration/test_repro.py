@@ -282,3 +282,24 @@ def test_damaged_blob_named_by_verify(lab: Lab, tmp_path: Path, monkeypatch: pyt
     assert all(name in one_line_error(proc) for name in damaged)
     restore = lab.site.run("repro", "restore", "pkg", "--to", str(tmp_path / "r"))
     assert restore.returncode == 3
+
+
+def test_bad_input_is_one_line(lab: Lab, tmp_path: Path) -> None:
+    def create(*args: str) -> subprocess.CompletedProcess[str]:
+        return lab.site.run(
+            "repro", "create", "--name", "p", "--python", sys.executable, "--out", str(lab.out), *args
+        )
+
+    model = str(lab.root / "models" / "cet-d-phase1-final")
+    cases = [
+        (["--dataset", "v9", "--models", model, "--code", str(lab.code)], 5, "no dataset version 'v9'"),
+        (["--dataset", "v3.0", "--models", str(tmp_path / "none"), "--code", str(lab.code)], 5, "no such model directory"),
+        (["--dataset", "v3.0", "--models", model, "--code", str(tmp_path)], 2, "failed"),
+        (["--dataset", "v3.0", "--models", model, "--code", f"{lab.code}@no-such-rev"], 2, "no-such-rev"),
+        (["--dataset", "v3.0", "--models", model, "--code", str(lab.code), "--training-logs", "/nonexistent/*.log"], 5, "no file matches"),
+    ]  # fmt: skip
+    for args, code, needle in cases:
+        proc = create(*args)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert needle in one_line_error(proc), (args, proc.stderr)
+    assert lab.site.json("repro", "list") == [] and list(lab.out.iterdir()) == []
