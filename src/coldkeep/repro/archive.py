@@ -9,6 +9,7 @@ number of threads).  The archive is written under a temporary name, fsynced and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -154,10 +155,19 @@ def safe_extract(archive: Path, dest: Path) -> int:
     return files
 
 
-def _open_tar(archive: Path) -> tarfile.TarFile:
-    if archive.name.endswith(".zst"):
-        import zstandard
+@contextlib.contextmanager
+def _open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
+    """``archive`` as a tar stream (``.zst`` through zstandard, anything else through tarfile's
+    own decompression)."""
+    with archive.open("rb") as raw:
+        if archive.name.endswith(".zst"):
+            import zstandard
 
-        stream = zstandard.ZstdDecompressor().stream_reader(archive.open("rb"), closefd=True)
-        return tarfile.open(fileobj=stream, mode="r|")
-    return tarfile.open(archive, mode="r|*")
+            with (
+                zstandard.ZstdDecompressor().stream_reader(raw, closefd=False) as stream,
+                tarfile.open(fileobj=stream, mode="r|") as tar,
+            ):
+                yield tar
+        else:
+            with tarfile.open(fileobj=raw, mode="r|*") as tar:
+                yield tar

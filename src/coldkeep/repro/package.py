@@ -24,6 +24,7 @@ or not at all, and a rerun completes it.  Names are immutable: a recorded name i
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ from typing import Any
 from coldkeep import __version__, clock
 from coldkeep.datasets.export import export_version
 from coldkeep.datasets.manifest import check_version
-from coldkeep.datasets.versions import find_version
+from coldkeep.datasets.versions import DatasetVersion, find_version
 from coldkeep.durable import write_atomic
 from coldkeep.errors import NotFound, PackageExists, UsageError
 from coldkeep.repository.backup import Backup
@@ -192,7 +193,7 @@ def create_package(repo: Repository, req: PackageRequest) -> PackageResult:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(repo: Repository, req: PackageRequest, out: Path, pkg: Path, version: Any, models: list[ModelSource],
+def _build(repo: Repository, req: PackageRequest, out: Path, pkg: Path, version: DatasetVersion, models: list[ModelSource],
            code: environment.GitSource, python: str, software: str) -> PackageResult:  # fmt: skip
     now = clock.now()
     created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -225,8 +226,6 @@ def _build(repo: Repository, req: PackageRequest, out: Path, pkg: Path, version:
     crate["@graph"].append({"@id": CHECKSUMS, "@type": "File", "name": CHECKSUMS, "encodingFormat": "text/plain",
                             "description": "sha256sum list of every other file of the package"})  # fmt: skip
     crate["@graph"][1]["hasPart"].append({"@id": CHECKSUMS})
-    import json
-
     (pkg / METADATA).write_text(json.dumps(crate, indent=2) + "\n", encoding="utf-8")
     sums, files = checksums(pkg, skip=CHECKSUMS)
     (pkg / CHECKSUMS).write_bytes(sums)
