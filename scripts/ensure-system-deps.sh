@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install the system packages coldkeep's tests and demo need, only when they are missing.
-# PostgreSQL 15 server binaries, zstd, tar, coreutils (sha256sum), util-linux (runuser), locales.
+# PostgreSQL 15 server binaries, zstd, tar, gzip, coreutils (sha256sum), util-linux (runuser), git
+# (the reproducibility package's code), locales.
 set -euo pipefail
 missing=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql-15)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v tar >/dev/null 2>&1 || missing+=(tar)
 command -v sha256sum >/dev/null 2>&1 || missing+=(coreutils)
+command -v gzip >/dev/null 2>&1 || missing+=(gzip)
+command -v git >/dev/null 2>&1 || missing+=(git)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -250,6 +250,17 @@ class DatasetsConfig(ServiceSection):
     root: str = "/mnt/projects/ICCM/datasets/applications"
     splits: list[str] = Field(default_factory=lambda: ["train", "holdout"])
     version: str = "v3.0"
+    # `datasets export`: where the archives go, their name ({prefix}_{version}_{date}) and format
+    export_dir: str = "/mnt/hdd/dataset_snapshots"
+    export_prefix: str = "iccm_dataset"
+    export_format: Literal["tar.gz", "tar.zst"] = "tar.gz"
+
+    @field_validator("export_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", v):
+            raise ValueError(f"1-64 letters, digits, '.', '_', '+' or '-' (it starts a file name; got {v!r})")
+        return v
 
 
 class ConversationsConfig(ServiceSection):

@@ -284,3 +284,34 @@ class CheckpointBusy(CheckpointError):
     exit_code = EXIT_LOCKED
     template = "another coldkeep checkpoints run holds {detail}"
     hint = "wait for it to finish, then run the command again"
+
+
+# --- datasets and reproducibility packages ------------------------------------------------------
+
+
+class VersionConflict(ColdkeepError):
+    """A version name already recorded with another content (versions are immutable)."""
+
+    template = (
+        "dataset version {version} exists with content {existing}; the tree at {root} has content "
+        "{found}: versions are immutable, nothing recorded"
+    )
+    hint = "snapshot it under a new version name (e.g. --version {version}.1), or `coldkeep datasets diff` to compare"
+
+    def __init__(self, *, version: str, existing: str, found: str, root: str) -> None:
+        super().__init__(version=version, existing=existing, found=found, root=root)
+        self.hint = type(self).hint.format(version=version)
+        self.existing, self.found = existing, found
+
+    def to_json(self) -> dict[str, Any]:
+        return super().to_json() | {
+            "existing_content_sha256": self.existing,
+            "found_content_sha256": self.found,
+        }
+
+
+class PackageExists(ColdkeepError):
+    """A reproducibility package name already recorded (names are immutable)."""
+
+    template = "reproducibility package {detail} is recorded already; nothing written"
+    hint = "choose another --name (`coldkeep repro list` shows the recorded ones)"

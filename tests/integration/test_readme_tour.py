@@ -99,6 +99,26 @@ TOUR: dict[str, Run | str] = {
     'coldkeep checkpoints rollback phase4 --reason "regression in prod"': Run(),
     "coldkeep checkpoints history --phase phase4": Run(),
     "coldkeep checkpoints export cet-d-phase3-best --format tar.zst --to /mnt/projects/ICCM/repro": Run(),
+    'coldkeep datasets snapshot --version v3.0 --label "before phase 1"': Run(after=("change_dataset",)),
+    "coldkeep datasets snapshot --version v3.1 --if-changed": Run(),
+    "coldkeep datasets status": Run(),
+    "coldkeep datasets list": Run(),
+    "coldkeep datasets show v3.0 --checksums": Run(),
+    "coldkeep datasets diff v3.0 v3.1": Run(),
+    "coldkeep datasets restore v3.0 --to /tmp/v3.0": Run(),
+    "coldkeep datasets verify v3.0 --against /tmp/v3.0": Run(),
+    "coldkeep datasets export v3.0 --format tar.zst --to /mnt/hdd/dataset_snapshots": Run(
+        after=("check_export",)
+    ),
+    (
+        "coldkeep repro create --name iccm_reproducibility_package_v1.0 --dataset v3.0 --models "
+        "/mnt/nvme/models/cet-d-phase3/best-20251015_092000 --code /mnt/projects/ICCM/code@v1.0 --results "
+        "/mnt/projects/ICCM/validation/results --training-logs '/mnt/projects/ICCM/training/*/training.log' "
+        "--python /usr/bin/python3 --out /mnt/hdd/reproducibility_package"
+    ): Run(),
+    "coldkeep repro list": Run(),
+    "coldkeep repro verify iccm_reproducibility_package_v1.0": Run(),
+    "coldkeep repro restore iccm_reproducibility_package_v1.0 --to /tmp/repro": Run(),
     "coldkeep pg setup --apply": Run(after=("restart_server",)),
     "coldkeep pg check": Run(),
     "coldkeep pg receive-wal --synchronous": "a service that streams until stopped (tests/integration/test_pg_receive.py runs it)",
@@ -139,6 +159,9 @@ PATHS: dict[str, str] = {
     "~/": "home/alice/",
     "/var/lib/postgresql/": "var/lib/postgresql/",
 }
+
+#: paths of this machine the README names as they are (the interpreter `repro create --python` asks)
+SYSTEM_PATHS = ("/usr/bin/python3",)
 
 #: a session of archived January 2025 rows (the README's `5b3c0e2e-…`)
 SESSION = "5b3c0e2e-0000-4000-8000-000000000001"
@@ -194,6 +217,8 @@ def map_arg(arg: str, root: Path, previous: str) -> str:
             return f"{root}/{local}{arg[len(readme) :]}"
         if arg.startswith(readme.lstrip("/")) and readme.startswith("/mnt/"):  # a stored path
             return f"{root}/{local}{arg[len(readme) - 1 :]}".lstrip("/")
+    if arg in SYSTEM_PATHS:
+        return arg
     assert not arg.startswith(("/", "~")), f"{arg}: a README path with no entry in PATHS"
     return arg
 
@@ -279,6 +304,20 @@ class Tour:
         for seed, name in enumerate(("cet-d-phase3/checkpoint-20251010_000000", "cet-d-phase3/best-20251015_092000",
                                      "cet-d-phase4/production-20251001_000000", "cet-d-phase4/best-20251015_092000")):  # fmt: skip
             write_checkpoint(models / name, seed=seed)
+        for out in ("/mnt/hdd/dataset_snapshots", "/mnt/hdd/reproducibility_package"):  # exports go there
+            self.path(out).mkdir(parents=True)
+        code = self.path("/mnt/projects/ICCM/code")
+        code.mkdir(parents=True)
+        (code / "train.py").write_text("print('train')\n")
+        git = ["git", "-C", str(code), "-c", "user.name=lab", "-c", "user.email=lab@example.org"]
+        for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "v1.0"], ["tag", "v1.0"]):
+            subprocess.run([*git, *step], check=True, capture_output=True)
+        results = self.path("/mnt/projects/ICCM/validation/results")
+        results.mkdir(parents=True)
+        (results / "metrics.json").write_text(json.dumps({"accuracy": 0.91}))
+        log = self.path("/mnt/projects/ICCM/training/phase3/training.log")
+        log.parent.mkdir(parents=True)
+        log.write_text("epoch 1 loss 0.5\n")
         run7 = self.path("/mnt/checkpoints/run-7")
         run7.mkdir(parents=True)
         (run7 / "model.safetensors").write_bytes(os.urandom(300_000))
@@ -333,9 +372,9 @@ class Tour:
         assert len(rows) == 20 and all(" archive " in row for row in rows), proc.stdout
 
     def edit_config(self, _proc: Done) -> None:
-        """What the comment under `repo init` says: [postgres] of this server, [conversations]
-        and [checkpoints] enabled (settle_seconds 0: the sample checkpoints were just written),
-        an offsite copy (a second local repository here)."""
+        """What the comment under `repo init` says: [postgres] of this server, [conversations],
+        [datasets] and [checkpoints] enabled (settle_seconds 0: the sample checkpoints were just
+        written), an offsite copy (a second local repository here)."""
         config = self.work / "coldkeep.toml"
         text = config.read_text(encoding="utf-8")
         text = set_keys(text, "postgres", {
@@ -346,11 +385,29 @@ class Tour:
         text = set_keys(text, "conversations", {
             "enabled": "true", "archive_dir": json.dumps(str(self.path("/mnt/hdd/conversation_archives"))),
         })  # fmt: skip
+        text = set_keys(text, "datasets", {
+            "enabled": "true", "root": json.dumps(str(self.path("/mnt/projects/ICCM/datasets/applications"))),
+            "export_dir": json.dumps(str(self.path("/mnt/hdd/dataset_snapshots"))),
+        })  # fmt: skip
         text = set_keys(text, "checkpoints", {
             "enabled": "true", "root": json.dumps(str(self.path("/mnt/nvme/models"))), "settle_seconds": "0",
         })  # fmt: skip
         text += f'\n[repository.copies.offsite]\nurl = "file://{self.path("/mnt/offsite")}"\n'
         config.write_text(text, encoding="utf-8")
+
+    def change_dataset(self, _proc: Done) -> None:
+        """The data changes before the next training run, so `--if-changed` records v3.1."""
+        app = self.path("/mnt/projects/ICCM/datasets/applications/train/app01")
+        (app / "metadata.json").write_text(json.dumps({"name": "app01", "curated": True}))
+
+    def check_export(self, _proc: Done) -> None:
+        """The export and its .sha256, which `sha256sum -c` accepts."""
+        out = self.path("/mnt/hdd/dataset_snapshots")
+        (archive,) = out.glob("iccm_dataset_v3.0_*.tar.zst")
+        check = subprocess.run(
+            ["sha256sum", "-c", archive.name + ".sha256"], cwd=out, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
 
     def restart_server(self, _proc: Done) -> None:
         """`pg setup --apply` says archive_mode needs a restart."""

@@ -33,7 +33,9 @@ COMMANDS: dict[str, str] = {
     "forget": "coldkeep.cli.files_cmd:forget",
     "conversations": "coldkeep.cli.conversations_cmd:conversations",
     "checkpoints": "coldkeep.cli.checkpoints_cmd:checkpoints",
+    "datasets": "coldkeep.cli.datasets_cmd:datasets",
     "pg": "coldkeep.cli.pg_cmd:pg",
+    "repro": "coldkeep.cli.repro_cmd:repro",
     "drill": "coldkeep.cli.drill_cmd:drill",
 }
 

@@ -341,6 +341,7 @@ class Backup:
         on_entry: Callable[[TreeEntry], None] | None = None,
         strict: bool = False,
         excludes: Excludes | None = None,
+        complete: Callable[[list[TreeEntry]], Mapping[str, Any]] | None = None,
     ) -> BackupResult:
         """Back up ``sources`` into a new snapshot (see the module docstring).
 
@@ -351,6 +352,11 @@ class Backup:
         (``result.partial``: exit code 6 for the CLI).  With ``strict=True`` such a backup writes
         no snapshot and raises :class:`~coldkeep.errors.SourceChanged` naming the files (what was
         stored is indexed, so a retry reuses it; `repo prune` removes it otherwise).
+
+        ``complete`` (a service's last word) is called with the final entries, every file's
+        ``sha256`` known, just before the snapshot document is written: what it returns is added
+        to the snapshot's ``meta``; an exception it raises writes no snapshot (as above, what was
+        stored stays indexed for a retry).
         """
         started = time.monotonic()
         if not sources:
@@ -511,6 +517,7 @@ class Backup:
         files = sum(1 for e in final if e["type"] == "file")
         logical = sum(int(e["size"]) for e in final if e["type"] == "file")  # the bytes stored
         duration = round(time.monotonic() - started, 3)
+        meta = {**(meta or {}), **(complete(final) if complete is not None else {})}
         snap = Snapshot(
             id="",
             time=clock.isoformat(clock.now()),
@@ -518,7 +525,7 @@ class Backup:
             paths=paths,
             tags=dict(tags or {}),
             label=label,
-            meta=dict(meta or {}, **({"excludes": excludes.to_json()} if excludes else {})),
+            meta=dict(meta, **({"excludes": excludes.to_json()} if excludes else {})),
             tree=tree_ids,
             summary={
                 "files": files,

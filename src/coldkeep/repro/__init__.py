@@ -1,0 +1,1 @@
+"""The reproducibility package (``coldkeep repro …``)."""
