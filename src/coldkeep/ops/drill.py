@@ -40,7 +40,7 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.config import Config, RepositoryConfig, parse_size
-from coldkeep.errors import ColdkeepError, PostgresError, UsageError
+from coldkeep.errors import ColdkeepError, PostgresError, PostgresUnreachable, UsageError
 from coldkeep.postgres import catalog
 from coldkeep.postgres.cluster import TempCluster, chown_to
 from coldkeep.postgres.restore import PgRestore, Target
@@ -139,10 +139,12 @@ def _database(
                 result.add(
                     "mark", True, f"restore point {mark.restore_point} archived; counts {mark.counts_before}"
                 )
-            except ColdkeepError as exc:
+            except PostgresUnreachable as exc:  # the disaster itself: no live server to mark
                 result.add(
                     "mark", True, f"live server not used ({exc.message}); recovering the whole archive"
                 )
+            except ColdkeepError as exc:  # it answered, but its restore point never reached the archive
+                result.add("mark", False, f"{exc.message}; recovering the whole archive instead")
             result.steps["mark"] = round(time.monotonic() - t, 3)
         backup = catalog.find_backup(repo, "latest")
         result.backup_id = backup.id
@@ -224,42 +226,54 @@ def _toml_string(value: str) -> str:
 
 
 def _mark(config: Config, repo: Repository) -> _Mark:
-    """Counts, a restore point, counts again; then wait until the restore point is archived."""
-    from coldkeep.postgres import archive, pgconn, wal
-    from coldkeep.postgres.pgconn import table_ident
+    """Counts, a restore point, counts again; then wait until the restore point is archived.
+    :class:`PostgresUnreachable` when there is no live server; :class:`PostgresError` when it
+    answered but could not be marked (a server in recovery) or the restore point was not
+    archived in time (``archive_command`` failing)."""
+    import psycopg
+
+    from coldkeep.postgres import pgconn
 
     name = "coldkeep-drill-" + clock.now().strftime("%Y%m%dT%H%M%S%f")
     with pgconn.connect(config.postgres) as conn:
-        from psycopg import sql
+        try:
+            return _marked(config, repo, conn, name)
+        except psycopg.Error as exc:  # a server in recovery cannot make a restore point
+            raise PostgresError(f"cannot mark the live server: {' '.join(str(exc).split())[:200]}") from None
 
-        def counts() -> dict[str, int]:
-            out: dict[str, int] = {}
-            for table in config.postgres.count_tables:
-                try:
-                    row = conn.execute(
-                        sql.SQL("SELECT count(*) FROM {}").format(table_ident(table))
-                    ).fetchone()
-                except Exception:
-                    continue  # absent here: absent in the copy too (checked there)
-                out[table] = int(row[0]) if row else 0
-            return out
 
-        before = counts()
-        row = conn.execute("SELECT pg_create_restore_point(%s), now(), pg_database_size(current_database())",
-                           (name,)).fetchone()  # fmt: skip
-        assert row is not None
-        lsn, at, size = str(row[0]), row[1], int(row[2])
-        after = counts()
-        conn.execute("SELECT txid_current()")  # a switch needs WAL after the restore point
-        conn.execute("SELECT pg_switch_wal()")
-        segment = str(conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (lsn,)).fetchone()[0])  # type: ignore[index]
-        lineage = archive.find_lineage(repo)
-        key = wal.archive_key(segment, str(lineage["prefix"]))
-        deadline = time.monotonic() + max(60.0, 2.0 * config.postgres.archive_timeout)
-        while not any(n == key for n, _ in repo.list_named(key)):
-            if time.monotonic() > deadline:
-                raise PostgresError(f"the restore point's segment {segment} was not archived in time")
-            time.sleep(0.2)
+def _marked(config: Config, repo: Repository, conn: Any, name: str) -> _Mark:
+    from psycopg import sql
+
+    from coldkeep.postgres import archive, wal
+    from coldkeep.postgres.pgconn import table_ident
+
+    def counts() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for table in config.postgres.count_tables:
+            try:
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(table))).fetchone()
+            except Exception:
+                continue  # absent here: absent in the copy too (checked there)
+            out[table] = int(row[0]) if row else 0
+        return out
+
+    before = counts()
+    row = conn.execute("SELECT pg_create_restore_point(%s), now(), pg_database_size(current_database())",
+                       (name,)).fetchone()  # fmt: skip
+    assert row is not None
+    lsn, at, size = str(row[0]), row[1], int(row[2])
+    after = counts()
+    conn.execute("SELECT txid_current()")  # a switch needs WAL after the restore point
+    conn.execute("SELECT pg_switch_wal()")
+    segment = str(conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (lsn,)).fetchone()[0])
+    lineage = archive.find_lineage(repo)
+    key = wal.archive_key(segment, str(lineage["prefix"]))
+    deadline = time.monotonic() + max(60.0, 2.0 * config.postgres.archive_timeout)
+    while not any(n == key for n, _ in repo.list_named(key)):
+        if time.monotonic() > deadline:
+            raise PostgresError(f"the restore point's segment {segment} was not archived in time")
+        time.sleep(0.2)
     return _Mark(name, at, before, after, size)
 
 
