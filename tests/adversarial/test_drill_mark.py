@@ -10,6 +10,7 @@ answer at all (the disaster itself) may be left out silently.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -35,3 +36,20 @@ def test_a_restore_point_never_archived_fails_the_drill(pgenv: Env) -> None:
     mark = next(c for c in result["checks"] if c["name"] == "mark")
     assert not mark["ok"] and "not archived" in mark["detail"], mark
     assert result["verdict"] == "failed" and not result["ok"]
+
+
+def test_a_live_server_that_refuses_the_restore_point_fails_the_mark_in_one_line(pgenv: Env) -> None:
+    """pg_create_restore_point refused (a server in recovery; here a role without the right to
+    it) was a psycopg error no one caught: 'internal error', exit 1, no drill recorded."""
+    env = pgenv
+    env.cluster.sql("INSERT INTO marks (label) SELECT 'seed' FROM generate_series(1, 50)")
+    env.ck("pg", "backup")
+    env.cluster.sql("CREATE ROLE drill_reader LOGIN; GRANT SELECT ON marks TO drill_reader")
+    text = env.config.read_text()
+    env.config.write_text(
+        text.replace(f'dsn = "{env.cluster.dsn}"', f'dsn = "{env.cluster.dsn} user=drill_reader"')
+    )
+    proc = env.ck("--json", "drill", "--scenario", "database", expect=3, timeout=600)
+    assert "internal error" not in proc.stderr, proc.stderr
+    mark = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "mark")
+    assert not mark["ok"] and "pg_create_restore_point" in mark["detail"], mark
