@@ -126,7 +126,14 @@ def _database(
     scratch: Path | None,
     live: bool,
 ) -> None:
-    base = Path(tempfile.mkdtemp(prefix="coldkeep-drill-", dir=str(scratch) if scratch else None))
+    try:
+        base = Path(tempfile.mkdtemp(prefix="coldkeep-drill-", dir=str(scratch) if scratch else None))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot make the drill's scratch directory in {scratch or tempfile.gettempdir()}: "
+            f"{exc.strerror or exc}",
+            hint="--scratch names an existing, writable directory with room for the database",
+        ) from None
     chown_to(base, config.postgres.os_user)
     cluster: TempCluster | None = None
     try:
