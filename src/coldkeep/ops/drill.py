@@ -42,7 +42,7 @@ from coldkeep import clock
 from coldkeep.config import Config, RepositoryConfig, parse_size
 from coldkeep.errors import ColdkeepError, PostgresError, PostgresUnreachable, UsageError
 from coldkeep.postgres import catalog
-from coldkeep.postgres.cluster import TempCluster, chown_to
+from coldkeep.postgres.cluster import TempCluster, chown_to, run, running_as_root
 from coldkeep.postgres.restore import PgRestore, Target
 from coldkeep.postgres.restore_test import RestoreTestResult, amcheck, count_rows, dbname
 from coldkeep.repository.locks import locked
@@ -137,6 +137,7 @@ def _database(
     chown_to(base, config.postgres.os_user)
     cluster: TempCluster | None = None
     try:
+        _check_reachable(base, config.postgres.os_user)
         drill_config = _config_for(config, copy_name, base) if copy_name else config
         mark = None
         if live:
@@ -189,6 +190,20 @@ def _database(
         if cluster is not None:
             cluster.stop(mode="immediate")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _check_reachable(base: Path, os_user: str) -> None:
+    """:class:`UsageError` unless ``os_user`` (who runs the scratch server) can enter ``base``:
+    a scratch directory below one only root may enter failed only after the whole database was
+    restored, as a "restore" check failing with pg_ctl's "Permission denied"."""
+    if not running_as_root():
+        return  # the scratch server runs as this user, who made the directory
+    proc = run(["test", "-x", str(base)], os_user=os_user, timeout=30)
+    if proc.returncode != 0:
+        raise UsageError(
+            f"the scratch directory {base.parent} cannot be entered by {os_user}, who runs the scratch server",
+            hint="--scratch names a directory the [postgres] os_user can enter (every parent too)",
+        )
 
 
 def copy_repository(config: Config, copy_name: str) -> RepositoryConfig:
