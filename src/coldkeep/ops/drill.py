@@ -28,6 +28,8 @@ The result is recorded in the repository (``state/drill-history``, the newest 10
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
@@ -42,10 +44,10 @@ from coldkeep import clock
 from coldkeep.config import Config, RepositoryConfig, parse_size
 from coldkeep.errors import ColdkeepError, PostgresError, PostgresUnreachable, UsageError
 from coldkeep.postgres import catalog
-from coldkeep.postgres.cluster import TempCluster, chown_to, run, running_as_root
+from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, run, running_as_root
 from coldkeep.postgres.restore import PgRestore, Target
 from coldkeep.postgres.restore_test import RestoreTestResult, amcheck, count_rows, dbname
-from coldkeep.repository.locks import locked
+from coldkeep.repository.locks import locked, machine_identity
 from coldkeep.repository.repository import Repository
 
 #: MB/s that restores 1 TB in one hour (the spec's RTO at the spec's scale)
@@ -53,6 +55,11 @@ ONE_TB_IN_AN_HOUR_MB_S = 1e6 / 3600
 HISTORY_STATE = "drill-history"
 HISTORY_KEEP = 100
 SCENARIOS = ("database",)
+#: in a drill's scratch directory: the drill's pid and machine, for a later drill to clean up after
+#: one that was killed
+OWNER_FILE = "drill-owner.json"
+
+log = logging.getLogger("coldkeep.drill")
 
 
 @dataclass
@@ -126,6 +133,7 @@ def _database(
     scratch: Path | None,
     live: bool,
 ) -> None:
+    _remove_dead_drills(Path(scratch or tempfile.gettempdir()), config)
     try:
         base = Path(tempfile.mkdtemp(prefix="coldkeep-drill-", dir=str(scratch) if scratch else None))
     except OSError as exc:
@@ -135,6 +143,7 @@ def _database(
             hint="--scratch names an existing, writable directory with room for the database",
         ) from None
     chown_to(base, config.postgres.os_user)
+    (base / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "machine": list(machine_identity())}))
     cluster: TempCluster | None = None
     try:
         _check_reachable(base, config.postgres.os_user)
@@ -190,6 +199,38 @@ def _database(
         if cluster is not None:
             cluster.stop(mode="immediate")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _remove_dead_drills(parent: Path, config: Config) -> None:
+    """Stop the scratch server of a drill on this machine whose process is gone (killed: nothing
+    else stops that server, nor removes its copy of the database), and remove its directory.
+    Only directories holding a drill's :data:`OWNER_FILE` naming this machine (an earlier boot's
+    drill is gone whatever its pid)."""
+    for owner in parent.glob(f"coldkeep-drill-*/{OWNER_FILE}"):
+        try:
+            doc = json.loads(owner.read_text())
+            pid, machine = int(doc["pid"]), tuple(doc["machine"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        here = machine_identity()
+        if machine[:1] != here[:1] or (machine == here and (pid == os.getpid() or _pid_alive(pid))):
+            continue  # another machine's (shared scratch), or a drill still running here
+        base = owner.parent
+        if (base / "data" / "postmaster.pid").exists():
+            TempCluster(base / "data.run", bin_dir=find_bin_dir(config.postgres.bin_dir),
+                        os_user=config.postgres.os_user, data_dir=base / "data").stop(mode="immediate")  # fmt: skip
+        shutil.rmtree(base, ignore_errors=True)
+        log.warning("removed the scratch copy of a drill that was killed (pid %d): %s", pid, base)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_reachable(base: Path, os_user: str) -> None:
