@@ -174,7 +174,7 @@ def _database(
             result.add(
                 "restore files", True, f"{report.files} files, {report.bytes} bytes in {report.files_s} s"
             )
-            cluster = restorer.start(report, timeout=3600)
+            cluster = restorer.start(report, timeout=3600, scratch=True)
             result.steps["replay"] = report.replay_s or 0.0
             result.add("recovery", True, f"promoted in {report.replay_s} s; {report.reached}")
         except ColdkeepError as exc:
