@@ -58,6 +58,9 @@ SCENARIOS = ("database",)
 #: in a drill's scratch directory: the drill's pid and machine, for a later drill to clean up after
 #: one that was killed
 OWNER_FILE = "drill-owner.json"
+#: seconds the mark waits for transactions in progress at the restore point to end before its
+#: upper count (a transaction running longer most likely commits after it)
+INFLIGHT_WAIT_S = 30.0
 
 log = logging.getLogger("coldkeep.drill")
 
@@ -326,6 +329,7 @@ def _marked(config: Config, repo: Repository, conn: Any, name: str) -> _Mark:
                        (name,)).fetchone()  # fmt: skip
     assert row is not None
     lsn, at, size = str(row[0]), row[1], int(row[2])
+    _wait_for_inflight(conn)
     after = counts()
     conn.execute("SELECT txid_current()")  # a switch needs WAL after the restore point
     conn.execute("SELECT pg_switch_wal()")
@@ -338,6 +342,24 @@ def _marked(config: Config, repo: Repository, conn: Any, name: str) -> _Mark:
             raise PostgresError(f"the restore point's segment {segment} was not archived in time")
         time.sleep(0.2)
     return _Mark(name, at, before, after, size)
+
+
+def _wait_for_inflight(conn: Any) -> None:
+    """Wait (at most :data:`INFLIGHT_WAIT_S`) for the transactions in progress just after the
+    restore point to end.  A commit is written to WAL before the transaction becomes visible
+    (after its flush, or a synchronous standby's answer): one written before the restore point
+    but not yet visible is in the recovered copy, yet was missing from a count made at once, and
+    the copy held one row more than the live server's upper count (a failed drill under load)."""
+    running = "SELECT backend_xid::text FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+    inflight = [r[0] for r in conn.execute(running + " AND pid <> pg_backend_pid()").fetchall()]
+    deadline = time.monotonic() + INFLIGHT_WAIT_S
+    while inflight and time.monotonic() < deadline:
+        time.sleep(0.05)
+        # (not txid_status, nor a snapshot's xip: the commit log says "committed", and the newest
+        # transaction is above every snapshot's xmax, while it is still invisible)
+        inflight = [
+            r[0] for r in conn.execute(running + " AND backend_xid::text = ANY(%s)", (inflight,)).fetchall()
+        ]
 
 
 def _counts(
