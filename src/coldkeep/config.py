@@ -573,4 +573,6 @@ def redacted(config: Config) -> dict[str, Any]:
 
 _SECRET_KEY = re.compile(r"password|secret|token|passphrase", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]+:)[^/@\s]*@")
-_DSN_PASSWORD = re.compile(r"(password\s*=\s*)\S+", re.IGNORECASE)
+#: a libpq ``password=`` value: quoted (spaces and escaped quotes inside; to the end when the
+#: quote is never closed) or up to the next space
+_DSN_PASSWORD = re.compile(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*(?:'|$)|\S+)", re.IGNORECASE)

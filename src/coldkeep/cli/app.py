@@ -195,6 +195,7 @@ def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _state.json, _state.quiet, _state.verbose = False, False, 0
     _early_flags(args)  # the group callback replaces these with the parsed values
+    early_json = _state.json
     _setup_logging(_state.verbose)
     try:
         result = cli.main(args=args, prog_name="coldkeep", standalone_mode=False)
@@ -205,6 +206,9 @@ def run(argv: list[str] | None = None) -> int:
         sys.stderr.write("aborted\n")
         return 130
     except click.ClickException as exc:
+        # a command line that did not parse may not have reached its --json (after the
+        # subcommand, it is read with the subcommand's options): as _early_flags saw it
+        _state.json = _state.json or early_json
         _state.error(
             UsageError(exc.format_message(), hint="see `coldkeep --help` or `coldkeep COMMAND --help`")
         )

@@ -72,8 +72,17 @@ def drill(app: AppContext, scenario: str, copy_name: str | None, no_live: bool, 
     app.out.emit(result.to_json(), human)
     if not result.ok:
         bad = next(ch for ch in result.checks if not ch["ok"]) if result.checks else None
+        hint = (
+            "[postgres] dsn must name the primary, as a user that may create restore points, and its WAL "
+            "must reach the repository (`coldkeep pg check`)"
+            if bad and bad["name"] == "mark"
+            else "each check above names what failed; `coldkeep repo check --read-data` tells damaged "
+            "data from a problem of this machine"
+        )
         app.out.failure(
-            IntegrityError(f"drill failed: {bad['name']}: {bad['detail']}" if bad else "drill failed")
+            IntegrityError(
+                f"drill failed: {bad['name']}: {bad['detail']}" if bad else "drill failed", hint=hint
+            )
         )
         return EXIT_INTEGRITY
     if result.verdict == "over-objective":

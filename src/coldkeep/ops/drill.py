@@ -29,6 +29,8 @@ The result is recorded in the repository (``state/drill-history``, the newest 10
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
@@ -41,12 +43,12 @@ from typing import Any
 
 from coldkeep import clock
 from coldkeep.config import Config, RepositoryConfig, parse_size
-from coldkeep.errors import ColdkeepError, PostgresError, UsageError
+from coldkeep.errors import ColdkeepError, PostgresError, PostgresUnreachable, UsageError
 from coldkeep.postgres import catalog
-from coldkeep.postgres.cluster import TempCluster, chown_to
+from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, run, running_as_root
 from coldkeep.postgres.restore import PgRestore, Target, describe_reached
 from coldkeep.postgres.restore_test import RestoreTestResult, amcheck, count_rows, dbname
-from coldkeep.repository.locks import locked
+from coldkeep.repository.locks import locked, machine_identity
 from coldkeep.repository.repository import Repository
 
 #: MB/s that restores 1 TB in one hour (the spec's RTO at the spec's scale)
@@ -54,6 +56,14 @@ ONE_TB_IN_AN_HOUR_MB_S = 1e6 / 3600
 HISTORY_STATE = "drill-history"
 HISTORY_KEEP = 100
 SCENARIOS = ("database",)
+#: in a drill's scratch directory: the drill's pid and machine, for a later drill to clean up after
+#: one that was killed
+OWNER_FILE = "drill-owner.json"
+#: seconds the mark waits for transactions in progress at the restore point to end before its
+#: upper count (a transaction running longer most likely commits after it)
+INFLIGHT_WAIT_S = 30.0
+
+log = logging.getLogger("coldkeep.drill")
 
 
 @dataclass
@@ -127,10 +137,20 @@ def _database(
     scratch: Path | None,
     live: bool,
 ) -> None:
-    base = Path(tempfile.mkdtemp(prefix="coldkeep-drill-", dir=str(scratch) if scratch else None))
+    _remove_dead_drills(Path(scratch or tempfile.gettempdir()), config)
+    try:
+        base = Path(tempfile.mkdtemp(prefix="coldkeep-drill-", dir=str(scratch) if scratch else None))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot make the drill's scratch directory in {scratch or tempfile.gettempdir()}: "
+            f"{exc.strerror or exc}",
+            hint="--scratch names an existing, writable directory with room for the database",
+        ) from None
     chown_to(base, config.postgres.os_user)
+    (base / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "machine": list(machine_identity())}))
     cluster: TempCluster | None = None
     try:
+        _check_reachable(base, config.postgres.os_user)
         drill_config = _config_for(config, copy_name, base) if copy_name else config
         mark = None
         if live:
@@ -143,10 +163,12 @@ def _database(
                     f"restore point {mark.restore_point} archived; rows "
                     + (", ".join(f"{table} {n}" for table, n in mark.counts_before.items()) or "-"),
                 )
-            except ColdkeepError as exc:
+            except PostgresUnreachable as exc:  # the disaster itself: no live server to mark
                 result.add(
                     "mark", True, f"live server not used ({exc.message}); recovering the whole archive"
                 )
+            except ColdkeepError as exc:  # it answered, but its restore point never reached the archive
+                result.add("mark", False, f"{exc.message}; recovering the whole archive instead")
             result.steps["mark"] = round(time.monotonic() - t, 3)
         backup = catalog.find_backup(repo, "latest")
         result.backup_id = backup.id
@@ -159,7 +181,7 @@ def _database(
             result.add(
                 "restore files", True, f"{report.files} files, {report.bytes} bytes in {report.files_s} s"
             )
-            cluster = restorer.start(report, timeout=3600)
+            cluster = restorer.start(report, timeout=3600, scratch=True)
             result.steps["replay"] = report.replay_s or 0.0
             result.add(
                 "recovery", True, f"promoted in {report.replay_s} s; {describe_reached(report.reached)}"
@@ -186,6 +208,52 @@ def _database(
         if cluster is not None:
             cluster.stop(mode="immediate")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _remove_dead_drills(parent: Path, config: Config) -> None:
+    """Stop the scratch server of a drill on this machine whose process is gone (killed: nothing
+    else stops that server, nor removes its copy of the database), and remove its directory.
+    Only directories holding a drill's :data:`OWNER_FILE` naming this machine (an earlier boot's
+    drill is gone whatever its pid)."""
+    for owner in parent.glob(f"coldkeep-drill-*/{OWNER_FILE}"):
+        try:
+            doc = json.loads(owner.read_text())
+            pid, machine = int(doc["pid"]), tuple(doc["machine"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        here = machine_identity()
+        if machine[:1] != here[:1] or (machine == here and (pid == os.getpid() or _pid_alive(pid))):
+            continue  # another machine's (shared scratch), or a drill still running here
+        base = owner.parent
+        if (base / "data" / "postmaster.pid").exists():
+            TempCluster(base / "data.run", bin_dir=find_bin_dir(config.postgres.bin_dir),
+                        os_user=config.postgres.os_user, data_dir=base / "data").stop(mode="immediate")  # fmt: skip
+        shutil.rmtree(base, ignore_errors=True)
+        log.warning("removed the scratch copy of a drill that was killed (pid %d): %s", pid, base)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_reachable(base: Path, os_user: str) -> None:
+    """:class:`UsageError` unless ``os_user`` (who runs the scratch server) can enter ``base``:
+    a scratch directory below one only root may enter failed only after the whole database was
+    restored, as a "restore" check failing with pg_ctl's "Permission denied"."""
+    if not running_as_root():
+        return  # the scratch server runs as this user, who made the directory
+    proc = run(["test", "-x", str(base)], os_user=os_user, timeout=30)
+    if proc.returncode != 0:
+        raise UsageError(
+            f"the scratch directory {base.parent} cannot be entered by {os_user}, who runs the scratch server",
+            hint="--scratch names a directory the [postgres] os_user can enter (every parent too)",
+        )
 
 
 def copy_repository(config: Config, copy_name: str) -> RepositoryConfig:
@@ -232,68 +300,76 @@ def _toml_string(value: str) -> str:
 
 
 def _mark(config: Config, repo: Repository) -> _Mark:
-    """Counts, a restore point, a wait until it is archived, counts again."""
-    from coldkeep.postgres import archive, pgconn, wal
-    from coldkeep.postgres.pgconn import table_ident
+    """Counts, a restore point, counts again; then wait until the restore point is archived.
+    :class:`PostgresUnreachable` when there is no live server; :class:`PostgresError` when it
+    answered but could not be marked (a server in recovery) or the restore point was not
+    archived in time (``archive_command`` failing)."""
+    import psycopg
+
+    from coldkeep.postgres import pgconn
 
     name = "coldkeep-drill-" + clock.now().strftime("%Y%m%dT%H%M%S%f")
     with pgconn.connect(config.postgres) as conn:
-        from psycopg import sql
+        try:
+            return _marked(config, repo, conn, name)
+        except psycopg.Error as exc:  # a server in recovery cannot make a restore point
+            raise PostgresError(f"cannot mark the live server: {' '.join(str(exc).split())[:200]}") from None
 
-        def counts() -> dict[str, int]:
-            out: dict[str, int] = {}
-            for table in config.postgres.count_tables:
-                try:
-                    row = conn.execute(
-                        sql.SQL("SELECT count(*) FROM {}").format(table_ident(table))
-                    ).fetchone()
-                except Exception:
-                    continue  # absent here: absent in the copy too (checked there)
-                out[table] = int(row[0]) if row else 0
-            return out
 
-        before = counts()
-        row = conn.execute("SELECT pg_create_restore_point(%s), now(), pg_database_size(current_database())",
-                           (name,)).fetchone()  # fmt: skip
-        assert row is not None
-        lsn, at, size = str(row[0]), row[1], int(row[2])
-        conn.execute("SELECT txid_current()")  # a switch needs WAL after the restore point
-        conn.execute("SELECT pg_switch_wal()")
-        segment = str(conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (lsn,)).fetchone()[0])  # type: ignore[index]
-        lineage = archive.find_lineage(repo)
-        key = wal.archive_key(segment, str(lineage["prefix"]))
-        deadline = time.monotonic() + max(60.0, 2.0 * config.postgres.archive_timeout)
-        while not any(n == key for n, _ in repo.list_named(key)):
-            if time.monotonic() > deadline:
-                raise PostgresError(f"the restore point's segment {segment} was not archived in time")
-            time.sleep(0.2)
-        # the upper bound once every transaction running at the restore point has ended and the
-        # archive has its segment (a count right after the restore point missed, now and then,
-        # a commit whose WAL came before it but which was not yet visible)
-        _settle(conn)
-        after = counts()
+def _marked(config: Config, repo: Repository, conn: Any, name: str) -> _Mark:
+    from psycopg import sql
+
+    from coldkeep.postgres import archive, wal
+    from coldkeep.postgres.pgconn import table_ident
+
+    def counts() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for table in config.postgres.count_tables:
+            try:
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(table))).fetchone()
+            except Exception:
+                continue  # absent here: absent in the copy too (checked there)
+            out[table] = int(row[0]) if row else 0
+        return out
+
+    before = counts()
+    row = conn.execute("SELECT pg_create_restore_point(%s), now(), pg_database_size(current_database())",
+                       (name,)).fetchone()  # fmt: skip
+    assert row is not None
+    lsn, at, size = str(row[0]), row[1], int(row[2])
+    conn.execute("SELECT txid_current()")  # a switch needs WAL after the restore point
+    conn.execute("SELECT pg_switch_wal()")
+    segment = str(conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (lsn,)).fetchone()[0])
+    lineage = archive.find_lineage(repo)
+    key = wal.archive_key(segment, str(lineage["prefix"]))
+    deadline = time.monotonic() + max(60.0, 2.0 * config.postgres.archive_timeout)
+    while not any(n == key for n, _ in repo.list_named(key)):
+        if time.monotonic() > deadline:
+            raise PostgresError(f"the restore point's segment {segment} was not archived in time")
+        time.sleep(0.2)
+    # the upper bound last: once the restore point is archived and the transactions in flight at
+    # it have ended (margin for commits whose WAL preceded it but which were not yet visible)
+    _wait_for_inflight(conn)
+    after = counts()
     return _Mark(name, at, before, after, size)
 
 
-def _settle(conn: Any, timeout: float = 30.0) -> None:
-    """Wait until every transaction that was running when the restore point was made has ended.
-    A commit's WAL record comes before it becomes visible, so a count taken at once could miss a
-    transaction that the restored copy (replaying to the restore point) does hold; once these
-    have ended, a count sees every commit before the restore point (and perhaps a few after:
-    an upper bound, as it should be)."""
-    row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-    running = [x for x in str(row[0]).split(":")[2].split(",") if x] if row else []
-    deadline = time.monotonic() + timeout
-    while running and time.monotonic() < deadline:
-        # committed in the commit log is not yet visible: wait until a new snapshot sees each
-        rows = conn.execute(
-            "SELECT x::text FROM unnest(%s::text[]::xid8[]) AS x "
-            "WHERE pg_xact_status(x) IS DISTINCT FROM 'aborted' AND NOT pg_visible_in_snapshot(x, pg_current_snapshot())",
-            (running,),
-        ).fetchall()
-        running = [str(r[0]) for r in rows]
-        if running:
-            time.sleep(0.01)
+def _wait_for_inflight(conn: Any) -> None:
+    """Wait (at most :data:`INFLIGHT_WAIT_S`) for the transactions in progress just after the
+    restore point to end.  A commit is written to WAL before the transaction becomes visible
+    (after its flush, or a synchronous standby's answer): one written before the restore point
+    but not yet visible is in the recovered copy, yet was missing from a count made at once, and
+    the copy held one row more than the live server's upper count (a failed drill under load)."""
+    running = "SELECT backend_xid::text FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+    inflight = [r[0] for r in conn.execute(running + " AND pid <> pg_backend_pid()").fetchall()]
+    deadline = time.monotonic() + INFLIGHT_WAIT_S
+    while inflight and time.monotonic() < deadline:
+        time.sleep(0.05)
+        # (not txid_status, nor a snapshot's xip: the commit log says "committed", and the newest
+        # transaction is above every snapshot's xmax, while it is still invisible)
+        inflight = [
+            r[0] for r in conn.execute(running + " AND backend_xid::text = ANY(%s)", (inflight,)).fetchall()
+        ]
 
 
 def _counts(

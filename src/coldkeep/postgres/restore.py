@@ -364,8 +364,13 @@ class PgRestore:
             out["projected_files_s"] = round(size / 1e6 / mb_s, 1)
         return out
 
-    def start(self, report: RestoreReport, *, port: int | None = None, timeout: float = 3600) -> TempCluster:
-        """Start the restored directory on a private socket/port and wait for promotion."""
+    def start(
+        self, report: RestoreReport, *, port: int | None = None, timeout: float = 3600, scratch: bool = False
+    ) -> TempCluster:
+        """Start the restored directory on a private socket/port and wait for promotion.
+        ``scratch`` (a drill's or restore test's instance, nobody's primary): without the backed-up
+        server's synchronous standbys, which can never connect to it (its first commit, pg_amcheck
+        creating its extension, waited for them for good)."""
         data_dir = Path(report.data_dir)
         run_dir = data_dir.with_name(data_dir.name + ".run")
         cluster = TempCluster(run_dir, bin_dir=find_bin_dir(self.pg.bin_dir), os_user=self.pg.os_user,
@@ -383,6 +388,8 @@ class PgRestore:
         major = int((data_dir / "PG_VERSION").read_text().strip().split(".")[0] or 0)
         if major >= 14:
             options += ["-c", "recovery_init_sync_method=syncfs"]
+        if scratch:
+            options += ["-c", "synchronous_standby_names=''"]
         if report.target == "immediate" and major >= 15:
             # replay ends inside the backup's own WAL: WAL read-ahead (recovery_prefetch) would
             # only fetch segments after it, one restore_command process each, never replayed

@@ -67,7 +67,7 @@ def _restore_test(
             result.add(
                 "restore files", True, f"{report.files} files, {report.bytes} bytes in {report.files_s} s"
             )
-            cluster = restorer.start(report, timeout=1800)
+            cluster = restorer.start(report, timeout=1800, scratch=True)
             result.replay_s = report.replay_s or 0.0
             result.add(
                 "recovery",

@@ -162,7 +162,8 @@ def walk(
                 cname = prefix + child.name
                 if excludes:
                     shown = given + child.path[len(src) :]  # as the user named it
-                    if excludes.leaves_out(shown, shown[len(given) + 1 :], stat.S_ISDIR(cst.st_mode)):
+                    relative = shown[len(given.rstrip("/")) + 1 :]  # of '/': the path without its '/'
+                    if excludes.leaves_out(shown, relative, stat.S_ISDIR(cst.st_mode)):
                         continue
                 yield child.path, cname, cst
                 if stat.S_ISDIR(cst.st_mode):

@@ -101,16 +101,17 @@ class LockInfo:
         return f"{self.operation} ({kind}, pid {self.pid} on {self.host}, since {time.ctime(self.created)})"
 
     def is_stale(self, now: float | None = None) -> bool:
-        """Whether the holder is gone.  On the holder's own machine (same machine id; for a lock
-        of an older version without one, the same host name) and the same boot: when its pid is
-        dead; same machine, another boot: always (a reboot ended it, and its pid may be another
-        process's now).  A lock of another machine — including one that merely has the same host
-        name, as cloned VMs and containers do — only when not refreshed for
-        :data:`STALE_AFTER_S`."""
+        """Whether the holder is gone.  On the holder's own machine (same machine id and host
+        name; for a lock of an older version without a machine id, the same host name) and the
+        same boot: when its pid is dead; same machine, another boot: always (a reboot ended it,
+        and its pid may be another process's now).  A lock of another machine — including one
+        that merely has the same host name, as cloned VMs do, or the same machine and boot id
+        under another host name, as containers of one image do, each in its own pid namespace —
+        only when not refreshed for :data:`STALE_AFTER_S`."""
         now = time.time() if now is None else now
         here_machine, here_boot = machine_identity()
         if self.machine_id:  # unknown here: maybe another machine (only the clock decides then)
-            same_machine = self.machine_id == here_machine
+            same_machine = self.machine_id == here_machine and self.host == socket.gethostname()
         else:  # a lock of an older version, or of a machine without an id
             same_machine = self.host == socket.gethostname()
         if same_machine and self.boot_id and here_boot and self.boot_id != here_boot:

@@ -426,6 +426,7 @@ class Restorer:
                 hint="patterns match paths relative to the backed-up directory ('train/*') "
                 "or whole stored paths ('mnt/data/train/*')",
             )
+        todo.refuse_if_nothing_lands(snap.short_id, selection)
         # temporary names are never one of the names this restore creates
         self.names = Names({dirs_guard.path(rel) for rel in todo.names()})
         self.progress.files_total = len(files)

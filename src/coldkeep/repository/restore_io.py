@@ -224,13 +224,17 @@ class Names:
                 os.unlink(temp.path)
 
     def replace(self, tmp: str, dest: str) -> None:
-        """Rename our temporary ``tmp`` onto ``dest``; on failure ``tmp`` is removed (it is ours)."""
+        """Rename our temporary ``tmp`` onto ``dest``; on failure ``tmp`` is removed (it is ours).
+        When both are names of one file (a hard link onto a name already linked to it), the
+        rename does nothing (rename(2)) and ``tmp`` is removed too."""
         try:
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # still there only when it and dest were one file: the rename did nothing
 
     def publish(self, temp: TempFile, dest: str) -> None:
         """Give the verified file ``temp`` the name ``dest``.

@@ -115,6 +115,19 @@ class Plan:
     dirs: list[tuple[str, TreeEntry]] = field(default_factory=list)
     files: list[tuple[str, TreeEntry]] = field(default_factory=list)
     links: list[tuple[str, TreeEntry]] = field(default_factory=list)
+    #: files and symlinks selected but not landing anywhere (``strip_components`` took their name)
+    dropped: int = 0
+
+    def refuse_if_nothing_lands(self, snapshot: str, selection: Selection | None) -> None:
+        """:class:`UsageError` when files were selected but every one's name was stripped away
+        (``--strip-components`` too deep): a restore of nothing is not a success."""
+        if self.dropped and not (self.files or self.links):
+            strip = selection.strip_components if selection else 0
+            raise UsageError(
+                f"nothing in snapshot {snapshot} would be restored: --strip-components {strip} "
+                f"takes the whole name of all {self.dropped} files",
+                hint="give fewer --strip-components (`coldkeep restore --help`)",
+            )
 
     def names(self) -> Iterable[str]:
         for group in (self.dirs, self.files, self.links):
@@ -132,6 +145,7 @@ def plan(
     landing = Landing()
     for entry in entries:
         name = entry["path"]
+        kind = entry.get("type")
         if selection is None:
             if not matches(name, includes):
                 continue
@@ -139,12 +153,14 @@ def plan(
         else:
             if not selection.selected(name):
                 continue
-            landed = selection.land(name)
+            landed = selection.land(name, kind == "dir")
         if landed is None:
+            if kind != "dir":
+                out.dropped += 1
             continue
         rel = str(safe_relpath(landed))
-        landing.add(rel, name, entry.get("type") == "dir")
-        kind = entry.get("type")
+        if not landing.add(rel, name, kind == "dir"):
+            continue  # the same stored name listed again (nested backed-up paths): restored once
         if kind == "dir":
             out.dirs.append((rel, entry))
         elif kind == "file":

@@ -70,10 +70,13 @@ class Selection:
             return True
         return any(_match_one(f, p) for f in forms for p in self.includes)
 
-    def land(self, name: str) -> str | None:
+    def land(self, name: str, is_dir: bool = True) -> str | None:
         """The name ``name`` is written under in the target, or ``None`` when it is not written
-        (a component stripped away, a parent of the backed-up path, the backed-up directory
-        itself under ``relative``)."""
+        (a component stripped away, a directory on the way to a backed-up path, the backed-up
+        directory itself under ``relative``).  Under ``relative`` a backed-up path that is not a
+        directory (a file, a symlink) lands under its base name, and a name that lies under no
+        backed-up path (a backup of ``/``; a snapshot stored relative to its directory, as a
+        PostgreSQL base backup is) lands as it is stored."""
         if self.strip_components:
             parts = name.split("/")
             if len(parts) <= self.strip_components:
@@ -89,8 +92,10 @@ class Selection:
                     return rel
                 return root.rsplit("/", 1)[-1] + "/" + rel
             if name == root:
-                return None if len(roots) == 1 else root.rsplit("/", 1)[-1]
-        return None
+                return None if len(roots) == 1 and is_dir else root.rsplit("/", 1)[-1]
+        if any(root.startswith(name + "/") for root in roots):
+            return None  # a directory on the way to a backed-up path
+        return name
 
     def describe(self) -> str:
         words = [f"--include {p!r}" for p in self.includes] + [f"--exclude {p!r}" for p in self.excludes]
@@ -104,10 +109,20 @@ class Landing:
     def __init__(self) -> None:
         self._seen: dict[str, tuple[str, bool]] = {}
 
-    def add(self, landed: str, stored: str, is_dir: bool) -> None:
-        other, other_dir = self._seen.setdefault(landed, (stored, is_dir))
-        if other != stored and not (is_dir and other_dir):
+    def add(self, landed: str, stored: str, is_dir: bool) -> bool:
+        """Whether ``stored`` is new on ``landed``: ``False`` for a second entry of one stored
+        name (a snapshot of nested paths, ``backup /d /d/sub``, lists ``/d/sub`` twice), which is
+        restored once; :class:`UsageError` for another entry on a name taken (unless both are
+        directories)."""
+        if landed not in self._seen:
+            self._seen[landed] = (stored, is_dir)
+            return True
+        other, other_dir = self._seen[landed]
+        if other == stored:
+            return False
+        if not (is_dir and other_dir):
             raise UsageError(
                 f"{stored!r} and {other!r} would both be restored as {landed!r}",
                 hint="restore them separately, or use --include / --exclude, or fewer --strip-components",
             )
+        return True

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import boto3
 import boto3.exceptions
 import botocore.exceptions
+import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
@@ -215,7 +216,25 @@ class S3Backend(Backend):
             raise mark_transient(StorageError(f"{what} on {where}: {exc}")) from exc
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             raise StorageError(f"{what} on {where}: {exc}") from exc
+        if isinstance(exc, urllib3.exceptions.HTTPError):  # a body that broke off or stalled
+            raise mark_transient(StorageUnavailable(f"{what} on {where}: {exc}")) from exc
         raise exc
+
+    def _body(self, response: Any, what: str) -> bytes:
+        """The whole body of a GET.  An answer that began and then stalled for ``read_timeout``
+        is transient (retried by the RetryBackend: a network hiccup in the middle of a pack must
+        not end a long restore), unlike an endpoint that never answers (botocore's tries)."""
+        try:
+            with response["Body"] as body:
+                data: bytes = body.read()
+        except (botocore.exceptions.ReadTimeoutError, urllib3.exceptions.ReadTimeoutError) as exc:
+            raise mark_transient(
+                StorageUnavailable(
+                    f"{what} on {self.describe()}: the answer stalled for {self._timeouts[1]:g} s "
+                    "(read_timeout) after it began"
+                )
+            ) from exc
+        return data
 
     # -- the interface ---------------------------------------------------------------------------
 
@@ -296,9 +315,7 @@ class S3Backend(Backend):
         full = self._key(key)
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=full)
-            with response["Body"] as body:
-                data: bytes = body.read()
-            return data, str(response["ETag"])
+            return self._body(response, f"get {key}"), str(response["ETag"])
         except Exception as exc:
             self._raise(exc, f"get {key}", key)
 
@@ -333,9 +350,7 @@ class S3Backend(Backend):
         full = self._key(key)
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=full)
-            with response["Body"] as body:
-                data: bytes = body.read()
-            return data
+            return self._body(response, f"get {key}")
         except Exception as exc:
             self._raise(exc, f"get {key}", key)
 
@@ -351,9 +366,7 @@ class S3Backend(Backend):
             response = self._client.get_object(
                 Bucket=self.bucket, Key=full, Range=f"bytes={offset}-{offset + length - 1}"
             )
-            with response["Body"] as body:
-                data: bytes = body.read()
-            return data
+            return self._body(response, f"get {key}")
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "InvalidRange":  # the object exists, offset is at or past its end
