@@ -236,6 +236,8 @@ def test_global_options_work_after_the_subcommand_too(tmp_path: Path) -> None:
     assert run("repo", "stats", "--config", str(cfg), env=env).stdout.strip()  # says something …
     quiet = run("repo", "stats", "--config", str(cfg), "-q", env=env)
     assert quiet.returncode == 0 and quiet.stdout == ""  # … but not with -q after the subcommand
+    same = run("--config", str(cfg), "snapshots", "--config", str(cfg.parent / "." / cfg.name), env=env)
+    assert same.returncode == 0, same.stderr  # one file, written two ways
     twice = run("--config", str(tmp_path / "other.toml"), "snapshots", "--config", str(cfg), env=env)
     assert twice.returncode == 2 and "--config" in one_line_error(twice)
 
@@ -305,7 +307,7 @@ def test_init_enables_postgres_only_when_a_server_answers(tmp_path: Path, pg_clu
                "--pg-dsn", f"host={tmp_path} port=5999 dbname=x user=postgres", env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["postgres_enabled"] is False and "no PostgreSQL server answered" in out["notes"][0]
+    assert out["postgres_enabled"] is False and "could not connect to PostgreSQL at" in out["notes"][0]
     assert "\n[postgres]\nenabled = false\n" in none.read_text()
     doctor = run("--config", str(none), "--json", "doctor", env=env)
     assert doctor.returncode == 0, doctor.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import traceback
 from typing import Any
@@ -67,7 +68,7 @@ def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
     app = _app(ctx)
     if value is None or app is None:
         return
-    if app.config_path is not None and app.config_path != value:
+    if app.config_path is not None and os.path.realpath(app.config_path) != os.path.realpath(value):
         raise click.BadParameter(f"given twice ({app.config_path} and {value})", param_hint="--config")
     app.config_path = value
 

@@ -96,4 +96,4 @@ def _server_problem(dsn: str) -> str | None:
             return None
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"no PostgreSQL server answered at {dsn!r} ({first})"
+        return f"could not connect to PostgreSQL at {dsn!r} ({first})"

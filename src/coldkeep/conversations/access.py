@@ -46,9 +46,13 @@ class _Files:
         local = self.adir.root / str(batch["file"])
         state = "missing from"
         if local.is_file():
-            if _sha256(local) == batch.get("sha256"):
+            try:
+                digest = _sha256(local)
+            except OSError as exc:  # unreadable (permissions, an I/O error): as damaged
+                digest = f"unreadable: {exc.strerror or exc}"
+            if digest == batch.get("sha256"):
                 return local
-            state = "damaged (its SHA-256 is not the ledger's) in"
+            state = "damaged (its SHA-256 is not the ledger's) in" if len(digest) == 64 else f"{digest} in"
             self.damaged.append(str(batch["file"]))
         if not batch.get("repo_object"):
             raise ArchiveIntegrityError(
