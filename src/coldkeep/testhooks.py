@@ -77,3 +77,27 @@ def _warn_once(name: str, raw: str) -> None:
         "never set these outside tests\n"
     )
     sys.stderr.flush()
+
+
+_kill_lock = threading.Lock()
+_kill_counts: dict[tuple[str, str], int] = {}
+
+
+def kill_point(name: str, stage: str) -> None:
+    """SIGKILL this process the n-th time it reaches ``stage`` when the test hook ``name``
+    (``stage:n,…``; ``n`` defaults to 1) names it and testing is switched on; a no-op otherwise.
+    Crash tests use it to land a kill exactly between two critical steps of a service."""
+    spec = value(name)
+    if not spec:
+        return
+    for item in spec.split(","):
+        wanted, _, nth = item.partition(":")
+        if wanted != stage:
+            continue
+        with _kill_lock:
+            _kill_counts[(name, stage)] = _kill_counts.get((name, stage), 0) + 1
+            hit = _kill_counts[(name, stage)] == int(nth or "1")
+        if hit:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

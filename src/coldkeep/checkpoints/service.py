@@ -8,8 +8,6 @@ import errno
 import fcntl
 import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -32,25 +30,12 @@ if TYPE_CHECKING:
     from coldkeep.repository.repository import Repository
 
 KILL_ENV = "COLDKEEP_CKPT_KILL_AT"
-_kill_lock = threading.Lock()
-_kill_counts: dict[str, int] = {}
 
 
 def kill_point(stage: str) -> None:
     """SIGKILL this process the n-th time it reaches ``stage`` when ``$COLDKEEP_CKPT_KILL_AT``
     (``stage:n,…``) names it and testing is switched on; a no-op otherwise."""
-    spec = testhooks.value(KILL_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        name, _, nth = item.partition(":")
-        if name != stage:
-            continue
-        with _kill_lock:
-            _kill_counts[stage] = _kill_counts.get(stage, 0) + 1
-            hit = _kill_counts[stage] == int(nth or "1")
-        if hit:
-            os.kill(os.getpid(), signal.SIGKILL)
+    testhooks.kill_point(KILL_ENV, stage)
 
 
 class Service:

@@ -8,8 +8,7 @@ or config; 3 integrity (a stored copy does not verify: nothing was removed or re
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
@@ -19,23 +18,6 @@ from coldkeep.checkpoints.naming import TYPES
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
 from coldkeep.units import human_bytes
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _json_flag(fn: F) -> F:
-    """``--json`` after the subcommand too (same as the global flag)."""
-
-    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-        if value:
-            app = ctx.find_object(AppContext)
-            if app is not None:
-                app.out.json = True
-
-    return click.option(
-        "--json", "json_", is_flag=True, expose_value=False, is_eager=True, callback=callback,
-        help="machine-readable output on stdout",
-    )(fn)  # fmt: skip
 
 
 def _service(app: AppContext) -> Any:
@@ -75,7 +57,6 @@ def checkpoints() -> None:
 @checkpoints.command("list")
 @click.option("--phase", default=None, help="only this phase (e.g. phase3)")
 @click.option("--type", "type_", type=click.Choice(TYPES), default=None, help="only this type")
-@_json_flag
 @pass_app
 def list_(app: AppContext, phase: str | None, type_: str | None) -> None:
     """Every checkpoint, hot or archived: where it is, complete?, verified?, when it is due and why."""
@@ -114,7 +95,6 @@ def _finisher(path: str) -> str:
 
 
 @checkpoints.command()
-@_json_flag
 @pass_app
 def backup(app: AppContext) -> int:
     """Store every complete hot checkpoint not yet in the repository (one strict snapshot each)."""
@@ -126,7 +106,6 @@ def backup(app: AppContext) -> int:
 
 @checkpoints.command()
 @click.option("--dry-run", is_flag=True, help="print every decision; store and remove nothing")
-@_json_flag
 @pass_app
 def archive(app: AppContext, dry_run: bool) -> int:
     """Archive due hot checkpoints: store, verify the stored copy against the hot files, remove."""
@@ -171,7 +150,6 @@ def _load_check_line(c: Console, check: dict[str, Any] | None) -> None:
 @click.option(
     "--at", "at", default=None, metavar="TIME", help="with cet-d-PHASE-TYPE: the one in place at TIME"
 )
-@_json_flag
 @pass_app
 def recover(app: AppContext, name: str, to: str | None, at: str | None) -> int:
     """Restore a checkpoint by name, verify every file, run the load check, print the time taken.
@@ -201,7 +179,6 @@ def recover(app: AppContext, name: str, to: str | None, at: str | None) -> int:
 @checkpoints.command()
 @click.argument("name")
 @click.option("--deep", is_flag=True, help="also read every tensor and report NaN/Inf by name")
-@_json_flag
 @pass_app
 def verify(app: AppContext, name: str, deep: bool) -> int:
     """Verify a stored checkpoint: every byte (against the hot copy too), safetensors structure."""
@@ -242,7 +219,6 @@ def _event_line(c: Console, e: dict[str, Any]) -> None:
 @checkpoints.command()
 @click.argument("name")
 @click.option("--reason", default="", metavar="TEXT", help="why (kept in the history)")
-@_json_flag
 @pass_app
 def promote(app: AppContext, name: str, reason: str) -> None:
     """Make NAME the production checkpoint of its phase (production-{now}, hard links); the
@@ -257,7 +233,6 @@ def promote(app: AppContext, name: str, reason: str) -> None:
 @checkpoints.command()
 @click.argument("phase")
 @click.option("--reason", default="", metavar="TEXT", help="why (kept in the history)")
-@_json_flag
 @pass_app
 def rollback(app: AppContext, phase: str, reason: str) -> None:
     """Make the most recently demoted production of PHASE the production again."""
@@ -270,7 +245,6 @@ def rollback(app: AppContext, phase: str, reason: str) -> None:
 
 @checkpoints.command()
 @click.option("--phase", default=None, help="only this phase")
-@_json_flag
 @pass_app
 def history(app: AppContext, phase: str | None) -> None:
     """Every promotion and rollback: who, when, from, to, reason."""
@@ -294,7 +268,6 @@ def history(app: AppContext, phase: str | None) -> None:
     "--format", "fmt", type=click.Choice(["tar.zst", "tar.gz"]), default="tar.zst", show_default=True
 )
 @click.option("--to", "to", default=".", metavar="DIR", help="write the archive and its .sha256 here")
-@_json_flag
 @pass_app
 def export(app: AppContext, name: str, fmt: str, to: str) -> None:
     """A standalone archive of a stored checkpoint, and a .sha256 for `sha256sum -c`."""

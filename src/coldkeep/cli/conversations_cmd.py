@@ -8,9 +8,6 @@ holds the lock; 5 not found (table, row, month).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import click
 from rich.console import Console
 from rich.table import Table
@@ -21,29 +18,6 @@ from coldkeep.cli.output import plain
 from coldkeep.cli.params import FiniteRange
 from coldkeep.errors import EXIT_INTEGRITY
 from coldkeep.units import human_bytes
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _json_flag(fn: F) -> F:
-    """``--json`` after the subcommand too (same as the global flag)."""
-
-    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-        if value:
-            app = ctx.find_object(AppContext)
-            if app is not None:
-                app.out.json = True
-
-    return click.option(
-        "--json",
-        "json_",
-        is_flag=True,
-        expose_value=False,
-        is_eager=True,
-        callback=callback,
-        help="machine-readable output on stdout",
-    )(fn)
-
 
 _lock_wait = click.option(
     "--lock-wait",
@@ -66,7 +40,6 @@ def conversations() -> None:
 
 
 @conversations.command("init-schema")
-@_json_flag
 @pass_app
 def init_schema(app: AppContext) -> None:
     """Create the spec's table, or add only what is missing (archive columns, scan index, ledger)."""
@@ -103,7 +76,6 @@ def init_schema(app: AppContext) -> None:
     help="then delete archived rows whose batch file is in the repository and re-verifies",
 )
 @_lock_wait
-@_json_flag
 @pass_app
 def archive(
     app: AppContext,
@@ -174,7 +146,6 @@ def archive(
 @conversations.command()
 @click.option("--month", required=True, metavar="YYYY-MM", help="a finished month")
 @_lock_wait
-@_json_flag
 @pass_app
 def compact(app: AppContext, month: str, lock_wait: float) -> None:
     """Merge a finished month's batch files into conversations_YYYY-MM.jsonl.zst (atomically)."""
@@ -196,7 +167,6 @@ def compact(app: AppContext, month: str, lock_wait: float) -> None:
 @conversations.command()
 @click.option("--id", "row_id", type=int, default=None, help="one row by id")
 @click.option("--session", default=None, metavar="UUID", help="every row of a session")
-@_json_flag
 @pass_app
 def get(app: AppContext, row_id: int | None, session: str | None) -> None:
     """Rows from the table or the archive, each saying where it came from."""
@@ -230,7 +200,6 @@ def get(app: AppContext, row_id: int | None, session: str | None) -> None:
 @click.option("--month", default=None, metavar="YYYY-MM", help="every archived row of a month")
 @click.option("--session", default=None, metavar="UUID", help="every archived row of a session")
 @_lock_wait
-@_json_flag
 @pass_app
 def restore(app: AppContext, month: str | None, session: str | None, lock_wait: float) -> None:
     """Rehydrate purged rows into the table (idempotent; they stay marked archived)."""
@@ -252,7 +221,6 @@ def restore(app: AppContext, month: str | None, session: str | None, lock_wait: 
 @conversations.command()
 @click.option("--repo", "check_repo", is_flag=True, help="also check each batch's copy in the repository")
 @_lock_wait
-@_json_flag
 @pass_app
 def verify(app: AppContext, check_repo: bool, lock_wait: float) -> int:
     """Check every batch file against the ledger and the table against both (exit 3 on mismatch)."""
@@ -276,7 +244,6 @@ def verify(app: AppContext, check_repo: bool, lock_wait: float) -> int:
 
 
 @conversations.command()
-@_json_flag
 @pass_app
 def stats(app: AppContext) -> None:
     """Rows hot / archived / purged per month, and archive bytes."""

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,26 +60,13 @@ DIR_MODE = 0o750
 # acts only with COLDKEEP_TESTING=1 (coldkeep.testhooks)
 
 KILL_ENV = "COLDKEEP_CONV_KILL_AT"
-_kill_lock = threading.Lock()
-_kill_counts: dict[str, int] = {}
 
 
 def kill_point(stage: str) -> None:
     """SIGKILL this process the n-th time it reaches ``stage`` when ``$COLDKEEP_CONV_KILL_AT``
     names it and testing is switched on (crash tests use it to land a kill exactly between two
     critical steps); a no-op otherwise."""
-    spec = testhooks.value(KILL_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        name, _, nth = item.partition(":")
-        if name != stage:
-            continue
-        with _kill_lock:
-            _kill_counts[stage] = _kill_counts.get(stage, 0) + 1
-            hit = _kill_counts[stage] == int(nth or "1")
-        if hit:
-            os.kill(os.getpid(), signal.SIGKILL)
+    testhooks.kill_point(KILL_ENV, stage)
 
 
 # ------------------------------------------------------------------------------------------------

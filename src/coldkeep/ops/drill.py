@@ -47,7 +47,8 @@ from coldkeep.errors import ColdkeepError, PostgresError, PostgresUnreachable, U
 from coldkeep.postgres import catalog
 from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, run, running_as_root
 from coldkeep.postgres.restore import PgRestore, Target, describe_reached
-from coldkeep.postgres.restore_test import RestoreTestResult, amcheck, count_rows, dbname
+from coldkeep.postgres.restore_test import RestoreTestResult, amcheck, check_sql, count_rows
+from coldkeep.processes import pid_alive
 from coldkeep.repository.locks import locked, machine_identity
 from coldkeep.repository.repository import Repository
 
@@ -193,12 +194,7 @@ def _database(
         check = RestoreTestResult(backup_id=backup.id)
         amcheck(drill_config, cluster, check)
         _counts(drill_config, cluster, backup.meta, mark, check)
-        for i, query in enumerate(config.postgres.check_sql):
-            try:
-                rows = cluster.sql(query, dbname(config))
-                check.add(f"check_sql[{i}]", True, f"{len(rows)} row(s)")
-            except Exception as exc:
-                check.add(f"check_sql[{i}]", False, " ".join(str(exc).split())[:200])
+        check_sql(config, cluster, check)
         result.checks += check.checks
         result.steps["checks"] = round(time.monotonic() - t, 3)
         _rpo(result, cluster, mark)
@@ -222,7 +218,7 @@ def _remove_dead_drills(parent: Path, config: Config) -> None:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         here = machine_identity()
-        if machine[:1] != here[:1] or (machine == here and (pid == os.getpid() or _pid_alive(pid))):
+        if machine[:1] != here[:1] or (machine == here and (pid == os.getpid() or pid_alive(pid))):
             continue  # another machine's (shared scratch), or a drill still running here
         base = owner.parent
         if (base / "data" / "postmaster.pid").exists():
@@ -230,16 +226,6 @@ def _remove_dead_drills(parent: Path, config: Config) -> None:
                         os_user=config.postgres.os_user, data_dir=base / "data").stop(mode="immediate")  # fmt: skip
         shutil.rmtree(base, ignore_errors=True)
         log.warning("removed the scratch copy of a drill that was killed (pid %d): %s", pid, base)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_reachable(base: Path, os_user: str) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from coldkeep.durable import write_atomic
 from coldkeep.postgres import wal
+from coldkeep.processes import pid_alive
 
 SPOOL_DIR = ".coldkeep-prefetch"
 #: a claim older than this belongs to a prefetcher that died
@@ -112,13 +113,7 @@ class Spool:
             return False
         if pid <= 0:
             return True  # being written right now
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
 
     def pending(self, name: str) -> bool:
         """Spooled, or being fetched by a live prefetcher."""

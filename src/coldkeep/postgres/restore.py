@@ -28,6 +28,7 @@ from coldkeep.durable import fsync_file
 from coldkeep.errors import ColdkeepError, PostgresError, UsageError
 from coldkeep.postgres import catalog, wal
 from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, free_port, running_as_root
+from coldkeep.processes import pid_alive
 from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository
 from coldkeep.repository.restore import Restorer
@@ -230,10 +231,9 @@ def move_aside(path: Path) -> str | None:
     if pid_file.exists():
         try:
             pid = int(pid_file.read_text().splitlines()[0])
-            os.kill(pid, 0)
-        except (ValueError, IndexError, ProcessLookupError, OSError):
-            pass
-        else:
+        except (ValueError, IndexError, OSError):
+            pid = 0
+        if pid_alive(pid):  # the server's OS user's process answers EPERM to another user: alive
             raise UsageError(f"a PostgreSQL server is running in {path} (pid {pid})", hint="stop it first")
     aside = path.with_name(f"{path.name}.coldkeep-old-{clock.now().strftime('%Y%m%dT%H%M%S')}")
     os.rename(path, aside)

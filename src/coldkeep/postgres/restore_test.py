@@ -79,12 +79,7 @@ def _restore_test(
             return _finish(repo, result, started)
         amcheck(config, cluster, result)
         _counts(config, backup.meta, cluster, result)
-        for i, query in enumerate(config.postgres.check_sql):
-            try:
-                rows = cluster.sql(query, dbname(config))
-                result.add(f"check_sql[{i}]", True, f"{len(rows)} row(s)")
-            except Exception as exc:
-                result.add(f"check_sql[{i}]", False, " ".join(str(exc).split())[:200])
+        check_sql(config, cluster, result)
         result.ok = all(c["ok"] for c in result.checks)
         return _finish(repo, result, started)
     finally:
@@ -105,6 +100,16 @@ def _finish(repo: Repository, result: RestoreTestResult, started: float) -> Rest
         restore_test_checks=result.checks,
     )
     return result
+
+
+def check_sql(config: Config, cluster: TempCluster, result: RestoreTestResult) -> None:
+    """Each ``[postgres] check_sql`` query on ``cluster``, one check each (an error fails it)."""
+    for i, query in enumerate(config.postgres.check_sql):
+        try:
+            rows = cluster.sql(query, dbname(config))
+            result.add(f"check_sql[{i}]", True, f"{len(rows)} row(s)")
+        except Exception as exc:
+            result.add(f"check_sql[{i}]", False, " ".join(str(exc).split())[:200])
 
 
 def dbname(config: Config) -> str:

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coldkeep.errors import LockHeld, LockLost, ObjectNotFound
+from coldkeep.processes import pid_alive
 from coldkeep.repository.format import LOCK_PREFIX
 from coldkeep.storage.base import UNCOUNTED_THREAD, Backend
 from coldkeep.storage.wrappers import unwrap
@@ -117,13 +118,7 @@ class LockInfo:
         if same_machine and self.boot_id and here_boot and self.boot_id != here_boot:
             return True
         if same_machine:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass  # alive, another user's
-            return False  # alive here: never stale, however long it runs
+            return not pid_alive(self.pid)  # alive here: never stale, however long it runs
         return now - self.refreshed > STALE_AFTER_S
 
 
