@@ -33,6 +33,10 @@ COMMANDS: dict[str, str] = {
     "forget": "coldkeep.cli.files_cmd:forget",
     "conversations": "coldkeep.cli.conversations_cmd:conversations",
     "pg": "coldkeep.cli.pg_cmd:pg",
+    "runs": "coldkeep.cli.runs_cmd:runs",
+    "exporter": "coldkeep.cli.monitor_cmd:exporter",
+    "alerts": "coldkeep.cli.monitor_cmd:alerts",
+    "metrics": "coldkeep.cli.monitor_cmd:metrics",
 }
 
 

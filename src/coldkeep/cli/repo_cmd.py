@@ -9,6 +9,7 @@ from rich.table import Table
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain, safe_line
 from coldkeep.cli.params import FiniteRange
+from coldkeep.cli.recorded import recorded
 from coldkeep.cli.repo_support import lock_wait_option, open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
 from coldkeep.units import human_bytes
@@ -34,6 +35,7 @@ def init(app: AppContext) -> None:
 @click.option("--read-data", is_flag=True, help="read and verify every byte")
 @click.option("--read-data-subset", type=FiniteRange(0, 100, min_open=True), default=None, metavar="PCT")
 @pass_app
+@recorded("repo check")
 def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> int:
     """Check the repository's structure (and data); exit 3 on any problem."""
     from coldkeep.repository.check import check as run_check
@@ -84,6 +86,7 @@ def prune(app: AppContext, max_unused: float, dry_run: bool, lock_wait: float) -
 @repo.command("copy")
 @click.option("--to", "to", required=True, metavar="NAME", help="a [repository.copies.NAME] from the config")
 @pass_app
+@recorded("repo copy", target=lambda kw: str(kw["to"]))
 def copy(app: AppContext, to: str) -> None:
     """Copy everything new (snapshots, packs, WAL, service records) to a configured copy, verified."""
     from coldkeep.repository.copy import copy_to
