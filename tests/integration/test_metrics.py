@@ -5,21 +5,16 @@ a scrape is served from memory (it never recomputes)."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import threading
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
-from tests.helpers import Site, make_tree, need
+from tests.helpers import Site, make_tree
+from tests.promsite import exporter_process, get, pushgateway
 
 from coldkeep.cli.recorded import DEFAULT_TEXTFILE_DIR
 from coldkeep.config import MetricsConfig, parse_text
@@ -34,12 +29,6 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 _VOLATILE = {"coldkeep_metrics_generated_timestamp_seconds", "push_time_seconds", "push_failure_time_seconds"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def samples(text: str, *, drop: tuple[str, ...] = ()) -> Samples:
     out: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -49,57 +38,6 @@ def samples(text: str, *, drop: tuple[str, ...] = ()) -> Samples:
             labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in drop))
             out[(s.name, labels)] = s.value
     return out
-
-
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        return str(answer.read().decode())
-
-
-def wait_http(url: str, proc: subprocess.Popen[str] | None = None, tries: int = 300) -> None:
-    for _ in range(tries):
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(
-                f"{proc.args} exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        try:
-            get(url)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} never answered")
-
-
-@contextmanager
-def pushgateway(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway")
-    need(binary, "prometheus-pushgateway (Debian package) is not installed")
-    assert binary is not None
-    port = free_port()
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/-/ready", proc)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@contextmanager
-def exporter_process(site: Site, *args: str) -> Iterator[str]:
-    """`coldkeep exporter --listen 127.0.0.1:0` for ``site``; yields its /metrics URL."""
-    proc = site.popen("exporter", "--listen", "127.0.0.1:0", *args)
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "serving http://" in line, line + proc.stderr.read()
-        url = line.split("serving ", 1)[1].strip()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def metrics_site(tmp_path: Path, extra: str = "") -> Site:
