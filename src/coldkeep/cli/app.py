@@ -37,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "exporter": "coldkeep.cli.monitor_cmd:exporter",
     "alerts": "coldkeep.cli.monitor_cmd:alerts",
     "metrics": "coldkeep.cli.monitor_cmd:metrics",
+    "schedule": "coldkeep.cli.schedule_cmd:schedule",
+    "run-due": "coldkeep.cli.schedule_cmd:run_due",
 }
 
 
