@@ -180,3 +180,11 @@ def test_a_thousand_records_are_listed_from_the_cache_after_one_read_each(
     assert runs_mod.filter_records(again, job="pg_backup", since=start + timedelta(hours=990))[0].start == (
         start + timedelta(hours=990)
     )
+
+
+def test_figures_from_a_result_keep_scalars_and_mask_url_passwords() -> None:
+    run = runs_mod.Run("repo copy", datetime(2026, 1, 1, tzinfo=UTC))
+    run.set_from_result({"url": "s3://key:secret@host/bucket", "bytes": 7, "copied": {"packs": 1},
+                         "warnings": ["a", "b"], "ok": True})  # fmt: skip
+    assert run.figures == {"url": "s3://key:***@host/bucket", "bytes": 7, "warnings_count": 2, "ok": True}
+    assert (run.logical_bytes, run.new_bytes) == (None, 7)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,8 @@ LOGICAL_KEYS = ("logical_bytes",)
 NEW_KEYS = ("new_stored_bytes", "bytes_written", "bytes")
 #: the longest string figure kept from a job's result
 _MAX_TEXT = 200
+#: ``scheme://user:password@``: a password in a URL figure is masked
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]+:)[^/@\s]*@")
 
 
 def job_type(job: str, target: str = "") -> str:
@@ -307,8 +310,10 @@ class Run:
             return
         for key, value in data.items():
             scalar = value is None or isinstance(value, bool | int | float)
-            if scalar or (isinstance(value, str) and len(value) <= _MAX_TEXT):
+            if scalar:
                 self.figures.setdefault(key, value)
+            elif isinstance(value, str) and len(value) <= _MAX_TEXT:
+                self.figures.setdefault(key, _URL_PASSWORD.sub(r"\1***@", value))  # invariant 6
             elif isinstance(value, list) and key in ("warnings", "problems", "checks"):
                 self.figures.setdefault(f"{key}_count", len(value))
         if self.logical_bytes is None:
