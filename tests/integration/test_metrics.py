@@ -165,3 +165,14 @@ def test_metrics_command_and_default_textfile_dir(tmp_path: Path) -> None:
     assert samples(printed.stdout) == samples((tmp_path / "textfile" / "coldkeep.prom").read_text())
     written = json.loads(site.ok("--json", "metrics", "--textfile", str(tmp_path)).stdout)
     assert written == {"textfile": str(tmp_path / "coldkeep.prom")}
+
+
+def test_an_unreachable_pushgateway_is_a_warning_not_a_failed_job(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    site = metrics_site(tmp_path, f'pushgateway_url = "http://127.0.0.1:{port}"\n')
+    proc = site.ok("repo", "check")
+    assert "warning: metrics not updated after repo check: Pushgateway" in proc.stderr
+    assert [r["result"] for r in site.json("runs")] == ["ok"]
+    assert (tmp_path / "textfile" / "coldkeep.prom").is_file()  # written before the push was tried
