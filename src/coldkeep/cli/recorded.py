@@ -28,14 +28,22 @@ from coldkeep.errors import ColdkeepError
 if TYPE_CHECKING:
     from coldkeep.ops.runs import RunRecord
     from coldkeep.repository.repository import Repository
+    from coldkeep.storage.base import Backend
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
 
-def recorded(job: str, *, target: Callable[[dict[str, Any]], str] | None = None) -> Callable[[F], F]:
+def recorded(
+    job: str,
+    *,
+    target: Callable[[dict[str, Any]], str] | None = None,
+    mirror: Callable[[AppContext, dict[str, Any]], Backend] | None = None,
+) -> Callable[[F], F]:
     """Record every run of the decorated command as ``job`` (``target(kwargs)``: e.g. the copy's
-    name).  The command's first argument is the :class:`AppContext` (``@pass_app``)."""
+    name; ``mirror(app, kwargs)``: a backend that gets the record of a successful run too — the
+    copy ``repo copy`` wrote).  The command's first argument is the :class:`AppContext`
+    (``@pass_app``)."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -45,7 +53,8 @@ def recorded(job: str, *, target: Callable[[dict[str, Any]], str] | None = None)
             from coldkeep.ops.runs import recording
 
             name = target(kwargs) if target is not None else ""
-            with recording(job, app.repository_section, target=name, after=_metrics_after(app)) as run:
+            after = _after(app, kwargs, mirror)
+            with recording(job, app.repository_section, target=name, after=after) as run:
                 app.run, app.out.last_data = run, None
                 try:
                     code = fn(app, *args, **kwargs)
@@ -83,8 +92,23 @@ def metrics_wanted(config_path: str | None) -> bool:
     return bool(section.get("pushgateway_url")) or (isinstance(textfile, str) and os.path.isdir(textfile))
 
 
-def _metrics_after(app: AppContext) -> Callable[[RunRecord, Repository | None], None]:
+def _after(
+    app: AppContext,
+    kwargs: dict[str, Any],
+    mirror: Callable[[AppContext, dict[str, Any]], Backend] | None,
+) -> Callable[[RunRecord, Repository | None], None]:
     def after(record: RunRecord, repo: Repository | None) -> None:
+        if mirror is not None and repo is not None and record.succeeded:
+            from coldkeep.ops.runs import mirror_record
+
+            try:
+                dst = mirror(app, kwargs)
+                try:
+                    mirror_record(repo, record, dst)
+                finally:
+                    dst.close()
+            except Exception as exc:  # the next copy carries it
+                log.warning("run record of %s not put into the copy: %s", record.job, exc)
         if not metrics_wanted(app.config_path):
             return
         from coldkeep.ops import metrics

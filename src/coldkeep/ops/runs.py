@@ -42,11 +42,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from coldkeep import __version__, clock
 from coldkeep.durable import write_atomic
 from coldkeep.errors import EXIT_INTEGRITY, EXIT_PARTIAL, ColdkeepError
+from coldkeep.repository.format import NAMED_PREFIX
 from coldkeep.repository.index import cache_root
 
 if TYPE_CHECKING:
     from coldkeep.repository.repository import Repository
     from coldkeep.repository.setup import RepositorySectionLike
+    from coldkeep.storage.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,14 @@ def write_record(repo: Repository, record: RunRecord) -> None:
     record.pending = False
     doc = record.to_json()
     repo.put_named(RUNS_PREFIX + record.name, json.dumps(doc, sort_keys=True).encode(), {"kind": "run"})
+
+
+def mirror_record(repo: Repository, record: RunRecord, dst: Backend) -> bool:
+    """Put ``record``'s stored object, as it is in ``repo``, into the backend ``dst`` too (a
+    copy of the repository: ``repo copy`` leaves its own record in the copy it made, so the next
+    copy finds nothing new).  ``True`` if written now."""
+    key = NAMED_PREFIX + RUNS_PREFIX + record.name
+    return dst.put_if_absent(key, repo.backend.get(key))
 
 
 def _cache_path(repo: Repository) -> Path:
