@@ -72,6 +72,10 @@ def test_database_drill_under_write_load_passes_and_is_recorded(pgenv: Env) -> N
 
     with Repository.open(LocalBackend(env.base / "repo")) as repo:
         assert [d["restore_point"] for d in history(repo)] == [result["restore_point"]]
+    # a run record, from which the metrics take the drill's RTO and RPO
+    (run,) = env.ckj("runs", "--job", "drill")
+    assert run["result"] == "ok" and run["figures"]["rto_s"] == result["total_s"]
+    assert run["figures"]["rpo_s"] == result["rpo_s"]
     # the live server was never touched: still running, still archiving, one timeline
     assert env.cluster.sql("SELECT pg_is_in_recovery()")[0][0] is False
     assert not list((env.base / "repo" / "named" / "wal").rglob("*.history"))

@@ -38,6 +38,12 @@ COMMANDS: dict[str, str] = {
     "pg": "coldkeep.cli.pg_cmd:pg",
     "repro": "coldkeep.cli.repro_cmd:repro",
     "drill": "coldkeep.cli.drill_cmd:drill",
+    "runs": "coldkeep.cli.runs_cmd:runs",
+    "exporter": "coldkeep.cli.monitor_cmd:exporter",
+    "alerts": "coldkeep.cli.monitor_cmd:alerts",
+    "metrics": "coldkeep.cli.monitor_cmd:metrics",
+    "schedule": "coldkeep.cli.schedule_cmd:schedule",
+    "run-due": "coldkeep.cli.schedule_cmd:run_due",
 }
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from coldkeep.checkpoints.naming import TYPES
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.recorded import recorded
 from coldkeep.units import human_bytes
 
 
@@ -96,6 +97,7 @@ def _finisher(path: str) -> str:
 
 @checkpoints.command()
 @pass_app
+@recorded("checkpoints backup")
 def backup(app: AppContext) -> int:
     """Store every complete hot checkpoint not yet in the repository (one strict snapshot each)."""
     from coldkeep.checkpoints.store import backup as run
@@ -107,6 +109,7 @@ def backup(app: AppContext) -> int:
 @checkpoints.command()
 @click.option("--dry-run", is_flag=True, help="print every decision; store and remove nothing")
 @pass_app
+@recorded("checkpoints archive")
 def archive(app: AppContext, dry_run: bool) -> int:
     """Archive due hot checkpoints: store, verify the stored copy against the hot files, remove."""
     from coldkeep.checkpoints.store import archive as run

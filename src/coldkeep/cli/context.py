@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,8 @@ class AppContext:
     config_path: str | None = None
     out: Output = field(default_factory=Output)
     _config: config_mod.Config | None = None
+    #: the run being recorded (``coldkeep.ops.runs.Run``; cli/recorded.py), if any
+    run: Any = None
 
     def config(self) -> config_mod.Config:
         if self._config is None:

@@ -16,6 +16,7 @@ from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
 from coldkeep.cli.params import FiniteRange
+from coldkeep.cli.recorded import recorded
 from coldkeep.errors import EXIT_INTEGRITY
 from coldkeep.units import human_bytes
 
@@ -77,6 +78,7 @@ def init_schema(app: AppContext) -> None:
 )
 @_lock_wait
 @pass_app
+@recorded("conversations archive")
 def archive(
     app: AppContext,
     older_than: str | None,

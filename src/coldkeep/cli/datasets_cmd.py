@@ -14,6 +14,7 @@ import click
 
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.recorded import recorded
 from coldkeep.cli.repo_support import open_repo, progress
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, SourceChanged
 from coldkeep.units import human_bytes
@@ -48,6 +49,7 @@ def datasets() -> None:
     help="if this content is recorded under any version, return that one instead of a new version",
 )
 @pass_app
+@recorded("datasets snapshot")
 def snapshot(app: AppContext, version: str, root: str | None, label: str, if_changed: bool) -> None:
     """Record the dataset tree as VERSION (strict: a file changing while read fails it).
 

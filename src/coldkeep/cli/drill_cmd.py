@@ -9,6 +9,7 @@ import click
 
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.recorded import recorded
 from coldkeep.cli.repo_support import open_repo
 from coldkeep.errors import EXIT_INTEGRITY, EXIT_OVER_OBJECTIVE, IntegrityError
 from coldkeep.units import human_bytes
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 @click.option("--scratch", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="directory for the scratch copy (default: the system temp directory)")  # fmt: skip
 @pass_app
+@recorded("drill", target=lambda kw: str(kw.get("scenario", "")))
 def drill(app: AppContext, scenario: str, copy_name: str | None, no_live: bool, scratch: Path | None) -> int:
     """Recover into a scratch instance as after a disaster, check it, and time every step.
 

@@ -11,6 +11,7 @@ import click
 from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.recorded import recorded
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, parse_tags, progress
 from coldkeep.errors import (
     EXIT_FAILED,
@@ -67,6 +68,7 @@ class _Path(click.Path):
 )
 @click.option("--exclude-caches", is_flag=True, help="leave out directories holding a CACHEDIR.TAG")
 @pass_app
+@recorded("backup")
 def backup(
     app: AppContext,
     paths: tuple[Path, ...],

@@ -76,6 +76,8 @@ class Output:
     verbose: int = 0
     _console: Console | None = field(default=None, repr=False)
     _err: Console | None = field(default=None, repr=False)
+    #: what the command emitted last (a recorded job takes its figures from it: cli/recorded.py)
+    last_data: Any = field(default=None, repr=False)
 
     @property
     def console(self) -> Console:
@@ -91,6 +93,7 @@ class Output:
 
     def emit(self, data: Any, human: Callable[[Console], None] | None = None) -> None:
         """``--json``: dump ``data``; otherwise call ``human`` (unless ``--quiet``)."""
+        self.last_data = data
         if self.json:
             sys.stdout.write(dumps(data, indent=2, default=str) + "\n")
             sys.stdout.flush()

@@ -15,6 +15,7 @@ from coldkeep import clock
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain, safe_line
 from coldkeep.cli.params import FiniteRange
+from coldkeep.cli.recorded import recorded
 from coldkeep.cli.repo_support import lock_wait_option, open_repo, progress
 from coldkeep.errors import EXIT_INTEGRITY, NotFound
 from coldkeep.units import human_bytes
@@ -47,6 +48,7 @@ _mount_wal_commands()
     help="seconds the backup's WAL may take to be archived (default: [postgres].backup_wal_timeout)",
 )
 @pass_app
+@recorded("pg backup")
 def backup(app: AppContext, label: str, wal_timeout: float | None) -> None:
     """Take a deduplicated base backup; complete once its WAL is archived."""
     from coldkeep.postgres.basebackup import BaseBackup
@@ -197,6 +199,7 @@ def restore(
 @pg.command("restore-test")
 @click.option("--backup", "backup_ref", default="latest", show_default=True)
 @pass_app
+@recorded("pg restore-test")
 def restore_test(app: AppContext, backup_ref: str) -> int:
     """Restore into a scratch instance, pg_amcheck it, check row counts; exit 3 on failure."""
     from coldkeep.postgres.restore_test import run_restore_test
@@ -228,6 +231,7 @@ def restore_test(app: AppContext, backup_ref: str) -> int:
 @click.option("--prune/--no-prune", default=True, show_default=True, help="reclaim space afterwards")
 @lock_wait_option
 @pass_app
+@recorded("pg expire")
 def expire(app: AppContext, dry_run: bool, prune: bool, lock_wait: float) -> None:
     """Apply [postgres].retention_days to backups and WAL (oldest day stays recoverable)."""
     from coldkeep.postgres.expire import execute, plan

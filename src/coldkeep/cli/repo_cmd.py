@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -9,9 +11,13 @@ from rich.table import Table
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain, safe_line
 from coldkeep.cli.params import FiniteRange
+from coldkeep.cli.recorded import recorded
 from coldkeep.cli.repo_support import lock_wait_option, open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError, UsageError
 from coldkeep.units import human_bytes
+
+if TYPE_CHECKING:
+    from coldkeep.storage.base import Backend
 
 
 @click.group()
@@ -34,6 +40,7 @@ def init(app: AppContext) -> None:
 @click.option("--read-data", is_flag=True, help="read and verify every byte")
 @click.option("--read-data-subset", type=FiniteRange(0, 100, min_open=True), default=None, metavar="PCT")
 @pass_app
+@recorded("repo check")
 def check(app: AppContext, read_data: bool, read_data_subset: float | None) -> int:
     """Check the repository's structure (and data); exit 3 on any problem."""
     from coldkeep.repository.check import check as run_check
@@ -81,9 +88,20 @@ def prune(app: AppContext, max_unused: float, dry_run: bool, lock_wait: float) -
         f"stored {human_bytes(result.stored_before)} -> {human_bytes(result.stored_after)}"))  # fmt: skip
 
 
+def _copy_backend(app: AppContext, name: str) -> Backend:
+    """The backend of the configured copy ``name`` (``repo copy`` leaves its run record there)."""
+    from coldkeep.repository.setup import backend_for, copy_section
+
+    cfg = app.config()
+    return backend_for(copy_section(cfg, name), owner=cfg.repository.owner)
+
+
 @repo.command("copy")
 @click.option("--to", "to", required=True, metavar="NAME", help="a [repository.copies.NAME] from the config")
 @pass_app
+@recorded(
+    "repo copy", target=lambda kw: str(kw["to"]), mirror=lambda app, kw: _copy_backend(app, str(kw["to"]))
+)
 def copy(app: AppContext, to: str) -> None:
     """Copy everything new (snapshots, packs, WAL, service records) to a configured copy, verified."""
     from coldkeep.repository.copy import copy_to

@@ -17,7 +17,10 @@ from coldkeep.repository.repository import Repository
 def open_repo(app: AppContext) -> Repository:
     from coldkeep.repository.setup import open_repository_section
 
-    return open_repository_section(app.repository_section())
+    repo = open_repository_section(app.repository_section())
+    if app.run is not None:  # a recorded job: its run record is written with these keys
+        app.run.attach(repo)
+    return repo
 
 
 #: ``--lock-wait`` of the commands that take the exclusive lock (prune, forget, pg expire)

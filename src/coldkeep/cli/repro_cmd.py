@@ -15,6 +15,7 @@ import click
 
 from coldkeep.cli.context import AppContext, pass_app
 from coldkeep.cli.output import plain
+from coldkeep.cli.recorded import recorded
 from coldkeep.cli.repo_support import open_repo
 from coldkeep.errors import EXIT_INTEGRITY, IntegrityError
 from coldkeep.units import human_bytes
@@ -55,6 +56,7 @@ def repro() -> None:
     help="package a git tree with uncommitted changes, adding the diff as a patch",
 )
 @pass_app
+@recorded("repro create")
 def create(app: AppContext, name: str, dataset: str, models: tuple[str, ...], more_models: tuple[str, ...],
            code: str, results: tuple[str, ...], logs: tuple[str, ...], python: str | None, out: str,
            allow_dirty: bool) -> None:  # fmt: skip

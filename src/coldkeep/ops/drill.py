@@ -88,7 +88,7 @@ class DrillResult:
     restore_point: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "rto_s": self.total_s}  # the run record's figures (metrics) take rto_s
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append({"name": name, "ok": ok, "detail": detail})

@@ -1,0 +1,221 @@
+"""``coldkeep alerts rules``: a Prometheus rules file for the metrics of :mod:`coldkeep.ops.metrics`.
+
+The spec's two rules, fixed:
+
+* ``BackupFailed`` — per type, each with its own allowed age (the interval of its ``[schedule]``
+  entry: a weekly job is not "failed" after 24 hours), plus ``BackupMissing``: ``absent()`` for
+  every type this configuration expects, so a backup that never succeeded alerts too (the spec's
+  rule is silent forever when the metric never appears);
+* ``BackupSizeAnomalous`` — the spec's expression (per type through label matching).
+
+Then coldkeep's own: a job whose last run failed, ``repo check`` failing, WAL archiving failing or
+lagging past 2 × ``archive_timeout``, PostgreSQL or the WAL receiver down, the restore test older
+than 8 days or failed, the drill older than 35 days or over the RTO objective, an allocation over
+80 % or full within 14 days at the current growth, the offsite copy older than 2 days, the
+repository unreadable, run records stuck locally.
+
+Every rule has a ``promtool test rules`` unit test (tests/unit/test_alert_rules.py): it fires
+when unhealthy and stays silent when healthy.  Annotations use only ``$labels`` (no ``$value``),
+so they stay stable while an alert fires.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from coldkeep.config import Config
+from coldkeep.ops.runs import job_type
+
+DAY = 86400
+#: the spec's recovery time objective (1 hour)
+RTO_OBJECTIVE_S = 3600
+#: the longest interval a five-field cron entry can have between runs, by its shape
+_MONTH = 31 * DAY
+
+
+def cron_interval(expr: str) -> int:
+    """The longest gap between two runs of a cron entry, in seconds (coarse: a day-of-month
+    entry is monthly, a day-of-week entry weekly, an hour list daily, else hourly)."""
+    minute, hour, dom, month, dow = expr.split()
+    if month != "*":
+        return 366 * DAY
+    if dom != "*":
+        return _MONTH
+    if dow != "*":
+        return 7 * DAY
+    if hour != "*" and "/" not in hour:
+        return DAY
+    return 3600 if minute.isdigit() else 60
+
+
+@dataclass
+class Rule:
+    alert: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "alert": self.alert,
+            "expr": self.expr,
+            "for": self.for_,
+            "labels": {"severity": self.severity, **self.labels},
+            "annotations": {"summary": self.summary},
+        }
+
+
+def expected_backups(config: Config) -> dict[str, int]:
+    """``type -> allowed age (s)`` of the backups this configuration schedules."""
+    sched = config.schedule
+    wanted: dict[str, int] = {}
+    if config.postgres.in_use and sched.pg_backup:
+        wanted[job_type("pg backup")] = cron_interval(sched.pg_backup)
+    if config.conversations.in_use and sched.conversations_archive:
+        wanted[job_type("conversations archive")] = cron_interval(sched.conversations_archive)
+    if config.checkpoints.in_use and sched.checkpoints_archive:
+        wanted[job_type("checkpoints archive")] = cron_interval(sched.checkpoints_archive)
+    if sched.repo_copy:
+        for name in sorted(config.repository.copies):
+            wanted[job_type("repo copy", name)] = cron_interval(sched.repo_copy)
+    return wanted
+
+
+def _or(parts: list[str]) -> str:
+    return "\n  or\n".join(parts) if len(parts) > 1 else parts[0]
+
+
+def _types(types: list[str]) -> str:
+    return "|".join(sorted(types))
+
+
+def backup_rules(config: Config) -> list[Rule]:
+    """The spec's two rules, fixed (see the module docstring)."""
+    expected = expected_backups(config)
+    by_age: dict[int, list[str]] = {}
+    for kind, age in expected.items():
+        by_age.setdefault(age, []).append(kind)
+    parts = [f'time() - backup_last_success_timestamp{{type=~"{_types(kinds)}"}} > {age}'
+             for age, kinds in sorted(by_age.items())]  # fmt: skip
+    other = f'{{type!~"{_types(list(expected))}"}}' if expected else ""
+    parts.append(f"time() - backup_last_success_timestamp{other} > {DAY}")
+    rules = [
+        Rule(
+            "BackupFailed",
+            _or(parts),
+            "1h",
+            "critical",
+            "Backup {{ $labels.type }} has not succeeded within its schedule",
+        ),
+    ]
+    if expected:
+        absent = [f'absent(backup_last_success_timestamp{{type="{kind}"}})' for kind in sorted(expected)]
+        rules.append(Rule("BackupMissing", _or(absent), "1h", "critical",
+                          "Backup {{ $labels.type }} has never succeeded (no metric)"))  # fmt: skip
+    rules.append(Rule(
+        "BackupSizeAnomalous",
+        "abs(backup_size_bytes - avg_over_time(backup_size_bytes[7d])) > 0.5 * avg_over_time(backup_size_bytes[7d])",
+        "10m", "warning", "Backup {{ $labels.type }} size is anomalous (>50% deviation from 7-day average)",
+    ))  # fmt: skip
+    return rules
+
+
+def coldkeep_rules(config: Config) -> list[Rule]:
+    rules = [
+        Rule("ColdkeepJobFailed", "coldkeep_job_last_run_success == 0", "5m", "warning",
+             "coldkeep job {{ $labels.type }}: its last run failed (`coldkeep runs --job {{ $labels.type }}`)"),
+        Rule("ColdkeepRepoCheckFailed", 'coldkeep_job_last_run_success{type="repo_check"} == 0', "0m", "critical",
+             "coldkeep repo check found problems (`coldkeep runs --job repo_check`)"),
+        Rule("ColdkeepRepositoryUnreadable", "coldkeep_repository_up == 0", "15m", "critical",
+             "coldkeep cannot read its repository"),
+        Rule("ColdkeepRunRecordsPending", "coldkeep_run_records_pending > 0", "1h", "warning",
+             "coldkeep run records could not be written to the repository for an hour"),
+        Rule("ColdkeepOffsiteCopyStale",
+             f'time() - coldkeep_job_last_success_timestamp_seconds{{type=~"repo_copy_.+"}} > {2 * DAY}',
+             "1h", "critical", "Offsite copy {{ $labels.type }} is older than 2 days"),
+        Rule("ColdkeepStorageAlmostFull", "coldkeep_storage_used_bytes / coldkeep_storage_allocated_bytes > 0.8",
+             "30m", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is over 80 % full"),
+        Rule("ColdkeepStorageFullSoon",
+             f"predict_linear(coldkeep_storage_used_bytes[1d], {14 * DAY}) > coldkeep_storage_allocated_bytes",
+             "1h", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is full within 14 days at its growth"),
+        Rule("ColdkeepDrillStale",
+             f'time() - coldkeep_job_last_success_timestamp_seconds{{type="drill"}} > {35 * DAY}',
+             "1h", "warning", "No successful recovery drill for 35 days"),
+        Rule("ColdkeepDrillRtoOverObjective", f"coldkeep_drill_rto_seconds > {RTO_OBJECTIVE_S}", "0m", "warning",
+             f"The last drill took longer to recover than the objective ({RTO_OBJECTIVE_S // 60} min)"),
+        Rule("ColdkeepDrillFailed", "coldkeep_drill_passed == 0", "0m", "critical", "The last recovery drill failed"),
+    ]  # fmt: skip
+    copies = [job_type("repo copy", name) for name in sorted(config.repository.copies)]
+    if copies:
+        rules.append(Rule("ColdkeepOffsiteCopyMissing",
+                          _or([f'absent(coldkeep_job_last_success_timestamp_seconds{{type="{c}"}})' for c in copies]),
+                          "1h", "critical", "Offsite copy {{ $labels.type }} has never succeeded"))  # fmt: skip
+    if config.postgres.in_use:
+        rules += postgres_rules()
+    return rules
+
+
+def postgres_rules() -> list[Rule]:
+    test = 'type="pg_restore_test"'
+    return [
+        Rule("ColdkeepPostgresDown", "coldkeep_postgres_up == 0", "10m", "critical",
+             "coldkeep cannot reach PostgreSQL (pg_stat_archiver unread)"),
+        Rule("ColdkeepWalArchivingFailing",
+             "coldkeep_wal_last_failed_timestamp_seconds > coldkeep_wal_last_archived_timestamp_seconds",
+             "5m", "critical", "WAL archiving is failing (the last attempt failed)"),
+        Rule("ColdkeepWalArchivingLagging",
+             "time() - coldkeep_wal_last_archived_timestamp_seconds > 2 * coldkeep_wal_archive_timeout_seconds",
+             "5m", "critical", "No WAL segment archived for over 2 x archive_timeout"),
+        Rule("ColdkeepWalReceiverDown", "coldkeep_wal_receiver_up == 0", "5m", "critical",
+             "The WAL receiver (pg receive-wal) is not streaming"),
+        Rule("ColdkeepRestoreTestStale",
+             f"time() - coldkeep_job_last_success_timestamp_seconds{{{test}}} > {8 * DAY}"
+             f"\n  or\nabsent(coldkeep_job_last_success_timestamp_seconds{{{test}}})",
+             "1h", "warning", "No passed restore test for 8 days"),
+        Rule("ColdkeepRestoreTestFailed", "coldkeep_restore_test_passed == 0", "0m", "critical",
+             "The last restore test failed"),
+    ]  # fmt: skip
+
+
+def rules_document(config: Config) -> dict[str, Any]:
+    return {
+        "groups": [
+            {"name": "backup_alerts", "rules": [r.to_json() for r in backup_rules(config)]},
+            {"name": "coldkeep", "rules": [r.to_json() for r in coldkeep_rules(config)]},
+        ]
+    }
+
+
+def to_yaml(doc: Any, indent: int = 0) -> str:
+    """A small YAML writer for the rules document (mappings, lists, strings, numbers): strings
+    are JSON-quoted (valid YAML), multi-line ones literal blocks."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if isinstance(value, dict | list) and value:
+                lines.append(f"{pad}{key}:")
+                lines.append(to_yaml(value, indent + 2))
+            elif isinstance(value, str) and "\n" in value:
+                lines.append(f"{pad}{key}: |-")
+                lines.extend(f"{pad}  {line}" for line in value.split("\n"))
+            else:
+                lines.append(f"{pad}{key}: {json.dumps(value)}")
+    elif isinstance(doc, list):
+        for item in doc:
+            body = to_yaml(item, indent + 2)
+            lines.append(f"{pad}- {body.lstrip()}")
+    else:
+        lines.append(f"{pad}{json.dumps(doc)}")
+    return "\n".join(lines)
+
+
+def rules_yaml(config: Config) -> str:
+    head = (
+        "# coldkeep alert rules: `coldkeep alerts rules` (regenerate after changing [schedule] or copies)\n"
+    )
+    return head + to_yaml(rules_document(config)) + "\n"
