@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tests.pgsite import Env, archiving_env
@@ -95,6 +96,9 @@ def test_a_damaged_wal_segment_fails_the_drill_naming_it(pgenv: Env) -> None:
     victim.write_bytes(bytes(raw))
     proc = env.ck("drill", "--no-live", expect=3, timeout=600)
     assert victim.name in proc.stderr and "drill failed" in proc.stderr
+    kept = proc.stderr.split("the scratch server's log is kept at ")[1].split()[0]
+    assert victim.name in Path(kept).read_text()  # the log outlives the scratch copy it came from
+    Path(kept).unlink()
 
 
 def test_drill_from_the_copy_alone_after_losing_the_repository(pgenv: Env) -> None:

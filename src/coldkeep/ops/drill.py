@@ -188,7 +188,7 @@ def _database(
                 "recovery", True, f"promoted in {report.replay_s} s; {describe_reached(report.reached)}"
             )
         except ColdkeepError as exc:
-            result.add("restore", False, exc.message)
+            result.add("restore", False, exc.message + _keep_log(base))
             return
         t = time.monotonic()
         check = RestoreTestResult(backup_id=backup.id)
@@ -240,6 +240,20 @@ def _check_reachable(base: Path, os_user: str) -> None:
             f"the scratch directory {base.parent} cannot be entered by {os_user}, who runs the scratch server",
             hint="--scratch names a directory the [postgres] os_user can enter (every parent too)",
         )
+
+
+def _keep_log(base: Path) -> str:
+    """Keep the scratch server's log beside the scratch directory (which is removed) and say
+    where: the failure's hint named a file inside it."""
+    log_file = base / "data.run" / "server.log"
+    if not log_file.is_file():
+        return ""
+    kept = base.with_name(base.name + ".server.log")
+    try:
+        shutil.copyfile(log_file, kept)
+    except OSError:
+        return ""
+    return f"; the scratch server's log is kept at {kept}"
 
 
 def copy_repository(config: Config, copy_name: str) -> RepositoryConfig:
