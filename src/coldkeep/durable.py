@@ -7,6 +7,8 @@ power cut uses these.
   directory (``O_EXCL``), then renames it into place: a reader sees the old file or the whole new
   one, never a part; with ``sync`` the temporary file is fsynced before the rename and the directory
   after it.
+- :class:`AtomicOutput` does the same for a file written as a stream (an export archive):
+  ``with AtomicOutput(dest) as f: …``.
 
 Imports only ``os``: the per-segment WAL path (``wal-push``/``wal-fetch``, one
 process per 16 MiB) imports this module.
@@ -77,3 +79,42 @@ def write_atomic(
         raise
     if sync:
         fsync_dir(os.path.dirname(os.fspath(dest)) or ".")
+
+
+class AtomicOutput:
+    """``with AtomicOutput(dest) as f:`` — ``f`` is a new file under an unpredictable temporary name
+    beside ``dest`` (``O_EXCL``); when the block ends normally it is flushed, fsynced and renamed
+    to ``dest`` and the directory fsynced, so ``dest`` is the whole file or what was there before;
+    when the block raises, the temporary file is removed."""
+
+    def __init__(self, dest: str | os.PathLike[str], *, mode: int = 0o644, buffering: int = -1) -> None:
+        self.dest = os.fspath(dest)
+        self.mode = mode
+        self.buffering = buffering
+        self.tmp = ""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        self.tmp = temp_name(self.dest)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, self.mode)
+        self.file = open(fd, "wb", buffering=self.buffering)
+        return self.file
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+        if exc_type is not None:
+            try:  # noqa: SIM105 (no contextlib on the per-segment path)
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            return
+        try:
+            os.replace(self.tmp, self.dest)
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
+        fsync_dir(os.path.dirname(self.dest) or ".")

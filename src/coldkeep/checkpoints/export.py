@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 import zstandard
 
 from coldkeep.checkpoints.recover import resolve
-from coldkeep.durable import fsync_dir, temp_name, write_atomic
+from coldkeep.durable import AtomicOutput, write_atomic
 from coldkeep.errors import UsageError
 
 if TYPE_CHECKING:
@@ -85,41 +85,30 @@ def export(svc: Service, ref: str, *, fmt: str = "tar.zst", to: str = ".") -> Ex
     os.makedirs(directory, exist_ok=True)
     base = f"{name.phase_dir}_{name.dirname}.{fmt}"
     dest = os.path.join(directory, base)
-    tmp = temp_name(dest)
     files = 0
     entries = list(svc.repo.iter_tree(snap))
     prefix = name.name
-    with open(tmp, "xb") as raw:
-        try:
-            hashing = _Hashing(raw)
-            if fmt == "tar.zst":
-                compressor = zstandard.ZstdCompressor(level=3, write_checksum=True, threads=-1)
-                stream: Any = compressor.stream_writer(hashing, closefd=False)  # type: ignore[arg-type]
-            else:
-                stream = gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=6, mtime=0)
-            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                top = tarfile.TarInfo(prefix)
-                found = snap.meta.get("dir")
-                dir_meta: dict[str, Any] = found if isinstance(found, dict) else {}
-                top.type, top.mode = tarfile.DIRTYPE, int(dir_meta.get("mode", 0o755))
-                top.uid, top.gid = int(dir_meta.get("uid", 0)), int(dir_meta.get("gid", 0))
-                tar.addfile(top)
-                for entry in entries:
-                    if entry.get("type") in ("dir", "symlink"):
-                        tar.addfile(_info(entry, prefix))
-                for entry, reader in svc.repo.open_entries(
-                    snap, [e for e in entries if e.get("type") == "file"]
-                ):
-                    tar.addfile(_info(entry, prefix), reader)
-                    files += 1
-            stream.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    os.replace(tmp, dest)
-    fsync_dir(directory)
+    with AtomicOutput(dest) as raw:
+        hashing = _Hashing(raw)
+        if fmt == "tar.zst":
+            compressor = zstandard.ZstdCompressor(level=3, write_checksum=True, threads=-1)
+            stream: Any = compressor.stream_writer(hashing, closefd=False)  # type: ignore[arg-type]
+        else:
+            stream = gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=6, mtime=0)
+        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            top = tarfile.TarInfo(prefix)
+            found = snap.meta.get("dir")
+            dir_meta: dict[str, Any] = found if isinstance(found, dict) else {}
+            top.type, top.mode = tarfile.DIRTYPE, int(dir_meta.get("mode", 0o755))
+            top.uid, top.gid = int(dir_meta.get("uid", 0)), int(dir_meta.get("gid", 0))
+            tar.addfile(top)
+            for entry in entries:
+                if entry.get("type") in ("dir", "symlink"):
+                    tar.addfile(_info(entry, prefix))
+            for entry, reader in svc.repo.open_entries(snap, [e for e in entries if e.get("type") == "file"]):
+                tar.addfile(_info(entry, prefix), reader)
+                files += 1
+        stream.close()
     digest = hashing.sha.hexdigest()
     checksum = dest + ".sha256"
     write_atomic(checksum, f"{digest}  {base}\n".encode())

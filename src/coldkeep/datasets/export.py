@@ -41,7 +41,7 @@ from zlib_ng import zlib_ng
 from coldkeep.datasets.check import manifest_problems
 from coldkeep.datasets.manifest import checksum_list, ordered
 from coldkeep.datasets.versions import DatasetVersion
-from coldkeep.durable import fsync_dir, temp_name, write_atomic
+from coldkeep.durable import AtomicOutput, write_atomic
 from coldkeep.errors import IntegrityError, UsageError
 from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository
@@ -223,29 +223,16 @@ def export_version(
         mtime = int(
             datetime.fromisoformat(version.manifest["snapshot_date"].replace("Z", "+00:00")).timestamp()
         )
-        tmp = temp_name(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            with open(fd, "wb", buffering=COPY_BUFFER) as f:
-                out = HashingFile(f)
-                level_ = DEFAULT_LEVEL[fmt] if level is None else level
-                stream = (
-                    ParallelGzip(out, level_, workers) if fmt == "tar.gz" else _Zstd(out, level_, workers)
-                )
-                try:
-                    files = _write_tar(repo, version, entries, stream, top, mtime, on_file)
-                    stream.close()
-                except BaseException:
-                    stream.abort()
-                    raise
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-    fsync_dir(directory)
+        with AtomicOutput(path, buffering=COPY_BUFFER) as f:
+            out = HashingFile(f)
+            level_ = DEFAULT_LEVEL[fmt] if level is None else level
+            stream = ParallelGzip(out, level_, workers) if fmt == "tar.gz" else _Zstd(out, level_, workers)
+            try:
+                files = _write_tar(repo, version, entries, stream, top, mtime, on_file)
+                stream.close()
+            except BaseException:
+                stream.abort()
+                raise
     digest = out.sha.hexdigest()
     write_atomic(path + ".sha256", f"{digest}  {os.path.basename(path)}\n".encode(), mode=0o644)
     return ExportResult(version.name, path, path + ".sha256", digest, out.bytes, files, fmt)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from coldkeep.datasets.export import COPY_BUFFER, HashingFile, ParallelGzip
 from coldkeep.datasets.manifest import checksum_line
-from coldkeep.durable import fsync_dir, temp_name
+from coldkeep.durable import AtomicOutput
 
 LEVEL = 6
 
@@ -81,38 +81,27 @@ def tar_directory(
     """Write ``src`` as ``dest`` (a ``.tar.gz`` whose one top directory is ``top``); returns the
     archive's SHA-256.  Special files (fifos, sockets, devices) are left out."""
     workers = threads or max(2, os.cpu_count() or 2)
-    tmp = temp_name(dest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        with open(fd, "wb", buffering=COPY_BUFFER) as f:
-            out = HashingFile(f)
-            stream = ParallelGzip(out, LEVEL, workers)
-            try:
-                with tarfile.open(fileobj=stream, mode="w|", format=tarfile.GNU_FORMAT, encoding="utf-8",  # type: ignore[call-overload]
-                                  errors="surrogateescape", copybufsize=COPY_BUFFER) as tar:  # fmt: skip
-                    tar.addfile(_info(top, os.lstat(src), mtime))
-                    for rel, st in walk_sorted(src):
-                        info = _info(f"{top}/{rel}", st, mtime)
-                        if stat.S_ISLNK(st.st_mode):
-                            info.linkname = os.readlink(src / rel)
-                            tar.addfile(info)
-                        elif stat.S_ISREG(st.st_mode):
-                            with (src / rel).open("rb") as member:
-                                tar.addfile(info, member)
-                        elif stat.S_ISDIR(st.st_mode):
-                            tar.addfile(info)
-                stream.close()
-            except BaseException:
-                stream.abort()
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dest.parent)
+    with AtomicOutput(dest, buffering=COPY_BUFFER) as f:
+        out = HashingFile(f)
+        stream = ParallelGzip(out, LEVEL, workers)
+        try:
+            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.GNU_FORMAT, encoding="utf-8",  # type: ignore[call-overload]
+                              errors="surrogateescape", copybufsize=COPY_BUFFER) as tar:  # fmt: skip
+                tar.addfile(_info(top, os.lstat(src), mtime))
+                for rel, st in walk_sorted(src):
+                    info = _info(f"{top}/{rel}", st, mtime)
+                    if stat.S_ISLNK(st.st_mode):
+                        info.linkname = os.readlink(src / rel)
+                        tar.addfile(info)
+                    elif stat.S_ISREG(st.st_mode):
+                        with (src / rel).open("rb") as member:
+                            tar.addfile(info, member)
+                    elif stat.S_ISDIR(st.st_mode):
+                        tar.addfile(info)
+            stream.close()
+        except BaseException:
+            stream.abort()
+            raise
     return out.sha.hexdigest()
 
 
