@@ -92,7 +92,10 @@ def test_pitr_every_target_type(pgenv: Env) -> None:
             data = Path(report["data_dir"])
             auto = (data / "postgresql.auto.conf").read_text()
             assert "wal-fetch" in auto and "--prefetch 8" in auto  # the default restore path prefetches
-            assert "recovery_end_command = 'rm -rf -- pg_wal/.coldkeep-prefetch'" in auto
+            assert (
+                "recovery_end_command = 'rm -rf -- pg_wal/.coldkeep-prefetch-ended; mv -- pg_wal/.coldkeep-prefetch"
+                in auto
+            )
             assert not (data / "pg_wal" / ".coldkeep-prefetch").exists()  # nothing left once promoted
         finally:
             stop_restored(env, report)

@@ -119,9 +119,13 @@ def restore_command(config: Config, lineage: str) -> str:
 
 
 #: ``recovery_end_command``: once recovery ends, the segments still prefetched are not needed
-#: (PostgreSQL runs it in the data directory; a prefetcher still running finds its spool gone
-#: and stops, as it never creates the spool's parents)
-SPOOL_CLEANUP = "rm -rf -- pg_wal/.coldkeep-prefetch"
+#: (PostgreSQL runs it in the data directory).  The spool is renamed first: a prefetcher still
+#: writing into it (recovery to `immediate` ends while it fetches ahead) then finds its path gone
+#: and stops, where a plain ``rm -rf`` raced with its next file and left the directory behind
+SPOOL_CLEANUP = (
+    "rm -rf -- pg_wal/.coldkeep-prefetch-ended; mv -- pg_wal/.coldkeep-prefetch pg_wal/.coldkeep-prefetch-ended "
+    "2>/dev/null; rm -rf -- pg_wal/.coldkeep-prefetch-ended"
+)
 
 
 def check_passphrase_source(config: Config, repo: Repository) -> None:
