@@ -60,6 +60,42 @@ def make_dataset(root: Path) -> None:
             (app / "src" / f"module{j}.py").write_text(words)
 
 
+def set_config(section: str, **values: object) -> None:
+    """Set ``key = value`` lines in ``[section]`` of the demo config (the section `coldkeep init` wrote)."""
+    path = RUN / "coldkeep.toml"
+    lines = path.read_text().splitlines()
+    start = lines.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    for key, value in values.items():
+        text = f"{key} = {json.dumps(value)}"
+        at = next((i for i in range(start + 1, end) if lines[i].split("=")[0].strip() == key), None)
+        if at is None:
+            lines.insert(start + 1, text)
+            end += 1
+        else:
+            lines[at] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def make_checkpoint(path: Path, seed: int, *, shards: int = 2) -> None:
+    """A small safetensors checkpoint (float16 shards + index + config), as a trainer would leave it."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    weight_map: dict[str, str] = {}
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        tensors = {
+            f"layers.{s}.{k}.weight": rng.standard_normal((256, 256)).astype(np.float16) for k in range(8)
+        }
+        save_file(tensors, str(path / name))
+        weight_map.update(dict.fromkeys(tensors, name))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (path / "config.json").write_text(json.dumps({"model_type": "demo", "hidden_size": 256}))
+
+
 def sha_tree(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -129,6 +165,92 @@ def pg_section(cluster: object) -> None:
     finally:
         restored.stop()
     ck("pg", "expire", "--dry-run")
+
+
+def datasets_section(data: Path) -> None:
+    step("dataset versions: immutable, deduplicated, with the spec's manifest")
+    set_config("datasets", enabled=True, root=str(data), export_dir=str(RUN / "exports"))
+    ck("datasets", "snapshot", "--version", "v1", "--label", "demo dataset")
+    (data / "train" / "app00" / "src" / "module9.py").write_text("print('a new file')\n")
+    ck("datasets", "status", "--exit-code", expect=1)
+    ck("datasets", "snapshot", "--version", "v2")
+    ck("datasets", "snapshot", "--version", "v2-again", "--if-changed")
+    ck("datasets", "diff", "v1", "v2")
+    ck("datasets", "verify", "v2", "--against", str(data))
+    (RUN / "exports").mkdir()
+    ck("datasets", "export", "v2", "--format", "tar.zst")
+    sums = sorted((RUN / "exports").glob("*.sha256"))
+    subprocess.run(["sha256sum", "-c", sums[0].name], cwd=RUN / "exports", check=True)
+    ck("datasets", "list")
+
+
+def checkpoints_section() -> Path:
+    step("model checkpoints: stored while hot, archived by type only after a verified copy exists")
+    root = RUN / "models"
+    now = time.time()
+
+    def stamp(days_ago: float) -> str:
+        return time.strftime("%Y%m%d_%H%M%S", time.gmtime(now - days_ago * 86400))
+
+    old, best, newest = (f"cet-d-phase1/checkpoint-{stamp(12)}", f"cet-d-phase1/best-{stamp(5)}",
+                         f"cet-d-phase1/checkpoint-{stamp(1)}")  # fmt: skip
+    for seed, name in enumerate((old, best, newest)):
+        make_checkpoint(root / name, seed)
+    (root / "cet-d-phase1" / "notes-from-alice").mkdir()  # not the convention: listed, never touched
+    set_config("checkpoints", enabled=True, root=str(root), settle_seconds=0)
+    before = sha_tree(root / old)
+    ck("checkpoints", "backup")
+    ck("checkpoints", "archive", "--dry-run")
+    ck("checkpoints", "archive")
+    assert not (root / old).exists(), "the 12-day-old checkpoint should have been archived"
+    ck("checkpoints", "list")
+    ck("checkpoints", "recover", old, "--to", str(RUN / "recovered-checkpoint"))
+    assert sha_tree(RUN / "recovered-checkpoint") == before, "recovered checkpoint differs"
+    print("  the archived checkpoint came back byte for byte")
+    ck("checkpoints", "promote", best, "--reason", "demo: eval +2.1%")
+    ck("checkpoints", "history", "--phase", "phase1")
+    return root / newest
+
+
+def conversations_section() -> None:
+    step("conversation archive: rows older than 90 days to monthly .jsonl.zst, exactly once")
+    set_config("conversations", enabled=True, archive_dir=str(RUN / "conversation_archives"))
+    ck("conversations", "init-schema")
+    ck("conversations", "archive", "--dry-run")
+    done = json.loads(ck("--json", "conversations", "archive", "--purge", show=False))
+    print(f"  archived {done.get('rows_archived', done.get('archived_rows', '?'))} rows")
+    ck("conversations", "verify")
+    ck("conversations", "stats")
+
+
+def repro_section(model: Path) -> None:
+    step("a reproducibility package: dataset, model, code, environment, checksums, RO-Crate")
+    code = RUN / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('train the demo model')\n")
+    git = ["git", "-c", "user.name=demo", "-c", "user.email=demo@example.invalid", "-C", str(code)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "demo training code"]):
+        subprocess.run(git + args, check=True)
+    results = RUN / "results"
+    results.mkdir()
+    (RUN / "repro").mkdir()
+    (results / "eval.json").write_text(json.dumps({"accuracy": 0.91}))
+    ck("repro", "create", "--name", "demo_repro_v1", "--dataset", "v2", "--models", str(model), "--code",
+       str(code), "--results", str(results), "--python", sys.executable, "--out", str(RUN / "repro"))  # fmt: skip
+    ck("repro", "verify", "demo_repro_v1")
+    ck("repro", "list")
+
+
+def operations_section() -> None:
+    step("operations: every job above left a run record; metrics and alert rules come from them")
+    ck("runs")
+    metrics = ck("metrics", show=False)
+    print(
+        "\n".join(line for line in metrics.splitlines() if line.startswith("backup_last_success_timestamp"))
+    )
+    ck("alerts", "rules", "--out", str(RUN / "coldkeep-rules.yml"), show=False)
+    print(f"  alert rules written to {RUN / 'coldkeep-rules.yml'}")
+    ck("schedule", "show")
 
 
 def main() -> None:
@@ -228,15 +350,25 @@ def main() -> None:
             ck("backup", str(logs), "--label", f"logs {i}", show=False)
         forgot = json.loads(ck("--json", "forget", "--keep-last", "2", show=False))
         assert len(forgot["removed"]) == 1 and len(forgot["left_alone"]) == 3, forgot
-        print(f"  removed 1 of 3 log snapshots; left alone: {len(forgot['left_alone'])} dataset snapshots (Tier-1)")
+        print(
+            f"  removed 1 of 3 log snapshots; left alone: {len(forgot['left_alone'])} dataset snapshots (Tier-1)"
+        )
         ck("repo", "prune")
         ck("repo", "check")
 
+        datasets_section(data)
+        model = checkpoints_section()
+
         pg_section(cluster)
+        conversations_section()
+        repro_section(model)
 
         step("the README's retention line leaves base backups (pg expire owns them) and datasets alone")
         ck("forget", "--keep-daily", "30", "--keep-monthly", "12")
-        kinds = [s["kind"] + ":" + s["tags"].get("kind", "") for s in json.loads(ck("--json", "snapshots", show=False))]
+        kinds = [
+            s["kind"] + ":" + s["tags"].get("kind", "")
+            for s in json.loads(ck("--json", "snapshots", show=False))
+        ]
         assert kinds.count("pg-base:pg-base") == 2 and kinds.count("files:dataset") == 3, kinds
 
         step("offsite copy (a second local repository stands in for S3 here)")
@@ -244,6 +376,7 @@ def main() -> None:
             fh.write(f'\n[repository.copies.offsite]\nurl = "file://{RUN}/offsite"\n')
         ck("repo", "copy", "--to", "offsite")
         ck("repo", "stats")
+        operations_section()
         print(f"\ndemo finished in {time.monotonic() - started:.1f} s; everything is in {RUN}")
     finally:
         cluster.stop()

@@ -68,8 +68,13 @@ def test_list_shows_every_checkpoint_with_reasons_and_leaves_odd_names_alone(tmp
     assert "a symlink" in unrecognised["checkpoint-20250901_000000"]
     only = site.json("checkpoints", "list", "--phase", "phase4", "--type", "production", env=NOW)
     assert [r["name"] for r in only["checkpoints"]] == ["cet-d-phase4/production-20240101_000000"]
-    human = site.ok("checkpoints", "list", env=NOW).stdout
-    assert "checkpoint" in human and "unrecognised" in human
+    human = site.ok("checkpoints", "list", env=NOW).stdout  # not a terminal: 80 columns
+    assert "unrecognised" in human
+    for name in rows:  # every name in full, whatever the width (a table used to cut them to "cet-d-ph…")
+        assert f"{name} " in human, (name, human)
+    assert "pinned: production" in human and "due 2025-10-08" in human
+    done = site.ok("checkpoints", "archive", "--dry-run", env=NOW).stdout
+    assert "cet-d-phase1/checkpoint-20251001_153000  would archive: older than 7 days" in done, done
     # archive, then everything unrecognised is exactly as it was
     site.ok("checkpoints", "archive", env=NOW)
     after = tree_digest(models(site))

@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from coldkeep.checkpoints.naming import TYPES
 from coldkeep.cli.context import AppContext, pass_app
@@ -32,11 +31,13 @@ def _outcome(app: AppContext, result: Any, title: str) -> int:
     data = result.to_json()
 
     def human(c: Console) -> None:
-        table = Table("checkpoint", "action", "reason", title=title)
-        for item in data["checkpoints"]:
-            table.add_row(plain(item["name"]), item["action"], plain(item["reason"]))
         if data["checkpoints"]:
-            c.print(table)
+            c.print(title)
+        width = max((len(item["name"]) for item in data["checkpoints"]), default=0)
+        for item in data["checkpoints"]:  # one line each, names never cut (a table cuts them at 80 columns)
+            c.print(
+                f"  {plain(item['name']):<{width}}  {item['action']}: {plain(item['reason'])}", soft_wrap=True
+            )
         c.print(f"{data['hot']} hot checkpoint(s), {data['already_stored']} already in the repository")
 
     app.out.emit(data, human)
@@ -65,14 +66,19 @@ def list_(app: AppContext, phase: str | None, type_: str | None) -> None:
         data = svc.list(phase=phase, type_=type_)
 
     def human(c: Console) -> None:
-        table = Table("checkpoint", "size", "where", "complete", "verified", "due", "reason")
-        for row in data["checkpoints"]:
-            complete = "-" if row["complete"] is None else "yes" if row["complete"] else "no"
-            table.add_row(
-                plain(row["name"]), human_bytes(row["size"]), row["where"], complete,
-                "yes" if row["verified"] else "no", row["due"] or "-", plain(row["reason"]),
-            )  # fmt: skip
-        c.print(table if data["checkpoints"] else "no checkpoints")
+        # one line per checkpoint, names never cut (a table cuts them at 80 columns); --json has it all
+        rows = data["checkpoints"]
+        width = max((len(row["name"]) for row in rows), default=0)
+        for row in rows:
+            state = [
+                {None: "", True: "complete", False: "INCOMPLETE"}[row["complete"]],
+                "verified" if row["verified"] else "not verified",
+            ]
+            due = f"due {row['due'][:10]}, " if row["due"] and "due" not in row["reason"] else ""
+            c.print(f"{plain(row['name']):<{width}}  {human_bytes(row['size']):>9}  {row['where']:<10}  "
+                    f"{', '.join(s for s in state if s)}  ({due}{plain(row['reason'])})", soft_wrap=True)  # fmt: skip
+        if not rows:
+            c.print("no checkpoints")
         for item in data["unrecognised"]:
             c.print(
                 f"[yellow]unrecognised[/yellow] {plain(item['path'])}: {plain(item['reason'])} (left alone)"
