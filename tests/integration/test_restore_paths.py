@@ -22,12 +22,20 @@ def test_relative_patterns_exclusions_and_landing(tmp_path: Path) -> None:
     (data / "trainer.py").write_text("print('x')\n")
     site = Site(tmp_path / "site")
     site.ok("repo", "init")
+    os.chmod(data / "train", 0o750)
+    os.utime(data / "train", (1_600_000_000, 1_600_000_000))
     site.ok("backup", str(data))
 
     out = tmp_path / "only-train"
     site.ok("restore", "latest", "--target", str(out), "--include", "train/*", "--relative")
     assert sorted(os.listdir(out)) == ["train"]
     assert tree_digest(out / "train") == tree_digest(data / "train")
+    # the directory holding what was selected comes back with its own mode and times too
+    assert (out / "train").stat().st_mode & 0o7777 == 0o750
+    assert int((out / "train").stat().st_mtime) == 1_600_000_000
+    full = tmp_path / "only-train-full-paths"
+    site.ok("restore", "latest", "--target", str(full), "--include", "train/*")
+    assert int((full / str(data).lstrip("/") / "train").stat().st_mtime) == 1_600_000_000
 
     out = tmp_path / "no-holdout"
     site.ok("restore", "latest", "--target", str(out), "--exclude", "holdout", "--relative")

@@ -24,16 +24,17 @@ def landed(selection: Selection, names: list[str] = NAMES) -> list[str]:
 
 def test_patterns_match_relative_to_the_backed_up_path_and_whole() -> None:
     rel = Selection(includes=["train/*"], roots=["/mnt/data"])
-    assert landed(rel) == ["mnt/data/train/a.json"]  # not trainer.py: 'train/*' needs the slash
+    # not trainer.py: 'train/*' needs the slash; the directories holding what matched come too
+    assert landed(rel) == ["mnt", "mnt/data", "mnt/data/train", "mnt/data/train/a.json"]
     whole = Selection(includes=["mnt/data/train/*"], roots=["/mnt/data"])
     assert landed(whole) == landed(rel)
     directory = Selection(includes=["holdout"], roots=["/mnt/data"])  # a directory selects below it
-    assert landed(directory) == ["mnt/data/holdout", "mnt/data/holdout/b.json"]
+    assert landed(directory) == ["mnt", "mnt/data", "mnt/data/holdout", "mnt/data/holdout/b.json"]
 
 
 def test_exclude_wins_over_include() -> None:
     sel = Selection(includes=["mnt/data"], excludes=["holdout", "*.py"], roots=["/mnt/data"])
-    assert landed(sel) == ["mnt/data", "mnt/data/train", "mnt/data/train/a.json"]
+    assert landed(sel) == ["mnt", "mnt/data", "mnt/data/train", "mnt/data/train/a.json"]
 
 
 def test_relative_lands_under_the_target_itself() -> None:

@@ -143,30 +143,57 @@ def plan(
     :class:`~coldkeep.errors.UsageError`) before anything is written."""
     out = Plan()
     landing = Landing()
-    for entry in entries:
-        name = entry["path"]
+    # directories left out by the patterns, until something below them is selected: then they are
+    # restored too (their mode and times), as the directories that hold what was asked for
+    passed: dict[str, TreeEntry] = {}
+
+    def add(name: str, landed: str, entry: TreeEntry) -> None:
         kind = entry.get("type")
-        if selection is None:
-            if not matches(name, includes):
-                continue
-            landed: str | None = name
-        else:
-            if not selection.selected(name):
-                continue
-            landed = selection.land(name, kind == "dir")
-        if landed is None:
-            if kind != "dir":
-                out.dropped += 1
-            continue
         rel = str(safe_relpath(landed))
         if not landing.add(rel, name, kind == "dir"):
-            continue  # the same stored name listed again (nested backed-up paths): restored once
+            return  # the same stored name listed again (nested backed-up paths): restored once
         if kind == "dir":
             out.dirs.append((rel, entry))
         elif kind == "file":
             out.files.append((rel, entry))
         elif kind == "symlink":
             out.links.append((rel, entry))
+
+    def add_parents(name: str) -> None:
+        parents = []
+        parent = name.rpartition("/")[0]
+        while parent in passed:
+            parents.append(parent)
+            parent = parent.rpartition("/")[0]
+        for parent in reversed(parents):
+            entry = passed.pop(parent)
+            landed = parent if selection is None else selection.land(parent, True)
+            if landed is not None:
+                add(parent, landed, entry)
+
+    selecting = bool(includes) or selection is not None
+    for entry in entries:
+        name = entry["path"]
+        kind = entry.get("type")
+        if selection is None:
+            if not matches(name, includes):
+                if kind == "dir" and selecting:
+                    passed[name] = entry
+                continue
+            landed: str | None = name
+        else:
+            if not selection.selected(name):
+                if kind == "dir":
+                    passed[name] = entry
+                continue
+            landed = selection.land(name, kind == "dir")
+        if landed is None:
+            if kind != "dir":
+                out.dropped += 1
+            continue
+        if passed:
+            add_parents(name)
+        add(name, landed, entry)
     return out
 
 
