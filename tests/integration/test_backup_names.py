@@ -150,3 +150,22 @@ def test_a_top_level_symlink_to_a_directory_is_backed_up_as_that_directory(tmp_p
     assert (restored / "nested" / "b.bin").read_bytes() == (real / "nested" / "b.bin").read_bytes()
     assert (restored / "sub-link").is_symlink() and os.readlink(restored / "sub-link") == "nested"
     assert link.is_symlink() and (real / "a.txt").read_text() == "a\n"  # the live data untouched
+
+
+def test_a_path_inside_another_named_path_is_stored_once(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site")
+    site.ok("repo", "init")
+    data = tmp_path / "d"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("a\n")
+    (data / "sub" / "b.bin").write_bytes(os.urandom(5000))
+
+    out = site.json("backup", str(data / "sub"), str(data), str(data))
+    assert out["files"] == 2 and out["dirs"] == 2, out  # not 3 files: sub/ once
+    assert any(f"{data / 'sub'} is inside {data}" in n for n in out["notes"]), out["notes"]
+    assert any("named twice" in n for n in out["notes"]), out["notes"]
+    snap = site.json("snapshots")[-1]
+    assert snap["paths"] == [str(data)]
+    target = tmp_path / "out"
+    site.ok("restore", "latest", "--target", str(target), "--relative")
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["a.txt", "sub", "sub/b.bin"]
