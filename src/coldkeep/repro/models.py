@@ -186,6 +186,5 @@ def write_model(svc: Service, model: ModelSource, models_dir: Path) -> dict[str,
         tar_directory(model.path, models_dir / Path(model.file).name, model.name)
         return model.to_json()
     model.snapshot = stored_copy(svc, model)
-    svc.log(f"{model.name}: exporting snapshot {model.snapshot.short_id}")
     export(svc, model.snapshot.id, fmt="tar.gz", to=str(models_dir))
     return model.to_json()
