@@ -112,7 +112,7 @@ TOUR: dict[str, Run | str] = {
     ),
     (
         "coldkeep repro create --name iccm_reproducibility_package_v1.0 --dataset v3.0 --models "
-        "/mnt/nvme/models/cet-d-phase3/best-20251015_092000 --code /mnt/projects/ICCM/code@v1.0 --results "
+        "cet-d-phase3-best /mnt/checkpoints/run-7 --code /mnt/projects/ICCM/code@v1.0 --results "
         "/mnt/projects/ICCM/validation/results --training-logs '/mnt/projects/ICCM/training/*/training.log' "
         "--python /usr/bin/python3 --out /mnt/hdd/reproducibility_package"
     ): Run(),

@@ -41,12 +41,17 @@ def kill_point(stage: str) -> None:
 class Service:
     """The checkpoints service over ``config`` (usable from Python without the CLI)."""
 
-    def __init__(self, config: Config, *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, log: Callable[[str], None] | None = None, repo: Repository | None = None
+    ) -> None:
+        """``repo``: an open repository to use (its caller closes it; ``repro create`` passes its
+        own); else the service opens ``config``'s on first use and closes it in :meth:`close`."""
         self.config = config
         self.cfg: CheckpointsConfig = config.checkpoints
         self.root = os.path.abspath(self.cfg.root)
         self.log = log or (lambda _text: None)
-        self._repo: Repository | None = None
+        self._repo: Repository | None = repo
+        self._owns_repo = repo is None
 
     @property
     def repo(self) -> Repository:
@@ -57,7 +62,7 @@ class Service:
         return self._repo
 
     def close(self) -> None:
-        if self._repo is not None:
+        if self._repo is not None and self._owns_repo:
             self._repo.close()
             self._repo = None
 

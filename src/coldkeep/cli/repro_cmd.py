@@ -3,7 +3,7 @@
 Exit codes: 0 ok; 1 failed (a package name recorded already, a file changed while read);
 2 usage (a dirty git tree without --allow-dirty, an interpreter that does not run, a non-empty
 restore target); 3 integrity (``verify`` found failing files, damaged data); 4 lock held;
-5 not found (package, dataset version, model directory).
+5 not found (package, dataset version, model directory or checkpoint name).
 """
 
 from __future__ import annotations
@@ -30,16 +30,19 @@ def repro() -> None:
 
     \b
     Exit codes: 0 ok, 1 failed (name recorded already), 2 usage (dirty git tree, bad --python,
-    non-empty target), 3 integrity (failing files), 4 lock held, 5 not found.
+    non-empty target), 3 integrity (failing files, a damaged stored checkpoint), 4 lock held (also
+    a running `checkpoints archive`), 5 not found (also a --models name that is no checkpoint).
     """
 
 
 @repro.command()
 @click.option("--name", required=True, help="package name: NAME.tar.gz, and its name in the repository")
 @click.option("--dataset", "dataset", required=True, metavar="VERSION", help="a recorded dataset version")
-@click.option("--models", "models", multiple=True, required=True, metavar="DIR",
-              help="a model directory (repeatable; also several after one --models)")  # fmt: skip
-@click.argument("more_models", nargs=-1, metavar="[MODEL_DIR]...")
+@click.option("--models", "models", multiple=True, required=True, metavar="NAME|DIR",
+              help="a checkpoint as `checkpoints recover` takes it (cet-d-phase3/best-20251015_092000, "
+                   "cet-d-phase3-best, a snapshot id; hot or archived) or a model directory "
+                   "(repeatable; also several after one --models)")  # fmt: skip
+@click.argument("more_models", nargs=-1, metavar="[NAME|DIR]...")
 @click.option(
     "--code", required=True, metavar="GIT_DIR[@REV]", help="the training code (default revision HEAD)"
 )
@@ -61,13 +64,14 @@ def create(app: AppContext, name: str, dataset: str, models: tuple[str, ...], mo
            code: str, results: tuple[str, ...], logs: tuple[str, ...], python: str | None, out: str,
            allow_dirty: bool) -> None:  # fmt: skip
     """Build NAME.tar.gz (the spec's layout, checksums.sha256, ro-crate-metadata.json) and record it."""
+    from coldkeep.checkpoints import Service
     from coldkeep.repro.package import PackageRequest, create_package
 
     req = PackageRequest(name=name, dataset=dataset, models=[*models, *more_models], code=code, out=out,
                          results=list(results), training_logs=list(logs), python=python, allow_dirty=allow_dirty,
                          dataset_prefix=app.config().datasets.export_prefix)  # fmt: skip
     with open_repo(app) as repo:
-        result = create_package(repo, req)
+        result = create_package(repo, req, Service(app.config(), log=app.out.info, repo=repo))
     app.out.emit(result.to_json(), lambda c: c.print(
         f"package {plain(result.name)}: {plain(result.path)} ({human_bytes(result.bytes)}, {result.files} files), "
         f"sha256 {result.sha256}; recorded as snapshot {result.snapshot.short_id}"))  # fmt: skip

@@ -4,7 +4,8 @@ The root data entity (``./``) has every file of the package as a ``File`` part w
 media type and SHA-256 (``sha256``, schema.org's term, declared in the crate's own context entry
 because the 1.1 context predates it); a ``CreateAction`` says how the package was made: the
 instrument (coldkeep and its version), its objects (the dataset version with its content hash,
-the code at its commit, the models with their snapshot ids where they have one) and its result
+the code at its commit, the models with their snapshot ids where they have one and checkpoint
+names) and its result
 (the package).  Research repositories index crates by exactly these entities.
 """
 
@@ -40,7 +41,8 @@ def build_crate(
     """The crate of a package holding ``files`` (``path -> (sha256, size)``, every file but the
     metadata file itself).  ``dataset``: ``file``, ``version``, ``content_sha256``,
     ``snapshot_id``; ``code``: ``file``, ``commit``, ``branch``, ``remotes``; each model:
-    ``file``, ``name``, ``source``, ``snapshot_id`` (or ``None``)."""
+    ``file``, ``name``, ``source``, ``snapshot_id`` (or ``None``), and for a checkpoint its
+    ``checkpoint`` name."""
     parts = sorted(files)
     graph: list[dict[str, Any]] = [
         {
@@ -78,6 +80,13 @@ def build_crate(
     )
     for model in models:
         ids = [f"coldkeep-snapshot:{model['snapshot_id']}"] if model.get("snapshot_id") else []
+        if model.get("checkpoint"):
+            by_id[model["file"]].update(
+                description=f"checkpoint {model['checkpoint']} (stored copy: coldkeep snapshot {model['snapshot_id']})",
+                alternateName=model["checkpoint"],
+                identifier=[*ids, f"coldkeep-checkpoint:{model['checkpoint']}"],
+            )
+            continue
         by_id[model["file"]].update(description=f"model {model['name']} (from {model['source']})",
                                     identifier=ids or [f"path:{model['source']}"])  # fmt: skip
     graph.append({"@id": "#coldkeep", "@type": "SoftwareApplication", "name": "coldkeep", "version": tool_version,

@@ -4,7 +4,8 @@ Layout (the spec's, under one top directory ``NAME/``)::
 
     README.md  hardware_specs.txt  software_versions.txt  gpu_driver_version.txt
     dataset/   {prefix}_{version}_{date}.tar.gz (+ .sha256)    the dataset version's export
-    models/    MODEL.tar.gz                                    one per --models
+    models/    MODEL.tar.gz                                    one per --models (repro/models.py:
+               cet-d-{phase}_{type}-{stamp}.tar.gz (+ .sha256)  a checkpoint, by name; DIR.tar.gz a directory)
     code/      REPO_COMMIT.tar.gz  git_info.txt  [uncommitted.patch]
     results/   DIR/… per --results   training_logs/… per --training-logs
     ro-crate-metadata.json  checksums.sha256
@@ -31,7 +32,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coldkeep import __version__, clock
 from coldkeep.datasets.export import export_version
@@ -46,35 +47,14 @@ from coldkeep.repository.snapshot import Snapshot
 from coldkeep.repro import environment
 from coldkeep.repro.archive import checksums, tar_directory
 from coldkeep.repro.crate import METADATA, build_crate
+from coldkeep.repro.models import ModelSource, resolve_models, write_model
+
+if TYPE_CHECKING:
+    from coldkeep.checkpoints.service import Service
 
 KIND = "repro"
 NAME_TAG = "name"
 CHECKSUMS = "checksums.sha256"
-
-
-@dataclass
-class ModelSource:
-    """One model to bundle: its name in the package, where its files are, its snapshot if any."""
-
-    name: str
-    path: Path
-    snapshot_id: str | None = None
-
-
-def resolve_models(args: Sequence[str]) -> list[ModelSource]:
-    """Each ``--models`` argument as a model to bundle.  Today a directory given by path; the
-    names ``checkpoints recover`` accepts plug in here (a restored export, with its snapshot id)."""
-    models: list[ModelSource] = []
-    for arg in args:
-        path = Path(arg).absolute()
-        if not path.is_dir():
-            raise NotFound(f"--models {arg}: no such model directory", hint="name each model's directory")
-        models.append(ModelSource(path.name, path))
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise UsageError(f"two models named {sorted(n for n in names if names.count(n) > 1)[0]!r}",
-                         hint="each model directory needs its own name")  # fmt: skip
-    return models
 
 
 @dataclass
@@ -148,6 +128,14 @@ def _copy_results(pkg: Path, results: Sequence[str], logs: Sequence[str]) -> Non
         )
 
 
+def _model_line(m: ModelSource) -> str:
+    if m.checkpoint is None:
+        return f"- `{m.file}`: model {m.name} (from {m.path})"
+    snap = m.snapshot.id if m.snapshot is not None else "?"
+    return (f"- `{m.file}`: checkpoint {m.name} (coldkeep snapshot {snap}); "
+            f"`tar -xzf` in a models root puts it at `{m.name}/`")  # fmt: skip
+
+
 def _readme(req: PackageRequest, created: str, dataset: dict[str, Any], code: environment.GitSource,
             models: list[ModelSource], python: str) -> str:  # fmt: skip
     lines = [
@@ -155,7 +143,7 @@ def _readme(req: PackageRequest, created: str, dataset: dict[str, Any], code: en
         "## Contents", "",
         f"- `dataset/{dataset['file'].rsplit('/', 1)[-1]}`: dataset version {dataset['version']} "
         f"(content hash {dataset['content_sha256']}); unpack it and run `sha256sum -c SHA256SUMS` inside",
-        *(f"- `models/{m.name}.tar.gz`: model {m.name} (from {m.path})" for m in models),
+        *(_model_line(m) for m in models),
         f"- `code/`: `git archive` of commit {code.commit}" + (f" (branch {code.branch})" if code.branch else "")
         + ("; `uncommitted.patch` holds the changes that were not committed" if code.dirty else ""),
         "- `results/`: results and training logs", "- `hardware_specs.txt`, `software_versions.txt`, "
@@ -170,8 +158,9 @@ def _readme(req: PackageRequest, created: str, dataset: dict[str, Any], code: en
     return "\n".join(lines)
 
 
-def create_package(repo: Repository, req: PackageRequest) -> PackageResult:
-    """Build, write and record the package (see the module docstring)."""
+def create_package(repo: Repository, req: PackageRequest, checkpoints: Service) -> PackageResult:
+    """Build, write and record the package (see the module docstring).  ``checkpoints``: the
+    checkpoints service over ``repo``, which resolves and exports models given by checkpoint name."""
     check_version(req.name)
     out = Path(os.path.abspath(req.out))
     if not out.is_dir():
@@ -182,18 +171,20 @@ def create_package(repo: Repository, req: PackageRequest) -> PackageResult:
         if any(s.tags.get(NAME_TAG) == req.name for s in packages(repo)):
             raise PackageExists(req.name)
         version = find_version(repo, req.dataset)
-        models = resolve_models(req.models)
+        models = resolve_models(req.models, checkpoints)
         code = environment.git_source(req.code, allow_dirty=req.allow_dirty)
         python = req.python or environment.default_python()
         software = environment.software_versions(python)
         staging = Path(tempfile.mkdtemp(prefix=f".{req.name}.repro-", dir=out))
         try:
-            return _build(repo, req, out, staging / req.name, version, models, code, python, software)
+            return _build(
+                repo, checkpoints, req, out, staging / req.name, version, models, code, python, software
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(repo: Repository, req: PackageRequest, out: Path, pkg: Path, version: DatasetVersion, models: list[ModelSource],
+def _build(repo: Repository, svc: Service, req: PackageRequest, out: Path, pkg: Path, version: DatasetVersion, models: list[ModelSource],
            code: environment.GitSource, python: str, software: str) -> PackageResult:  # fmt: skip
     now = clock.now()
     created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -205,11 +196,7 @@ def _build(repo: Repository, req: PackageRequest, out: Path, pkg: Path, version:
     export = export_version(repo, version, pkg / "dataset", prefix=req.dataset_prefix)
     dataset = {"file": os.path.relpath(export.path, pkg), "version": version.name,
                "content_sha256": version.content_sha256, "snapshot_id": version.snapshot.id}  # fmt: skip
-    model_docs = []
-    for model in models:
-        tar_directory(model.path, pkg / "models" / f"{model.name}.tar.gz", model.name)
-        model_docs.append({"file": f"models/{model.name}.tar.gz", "name": model.name, "source": str(model.path),
-                           "snapshot_id": model.snapshot_id})  # fmt: skip
+    model_docs = [write_model(svc, model, pkg / "models") for model in models]
     repo_name = Path(code.directory).name or "code"
     code_file = f"code/{repo_name}_{code.short}.tar.gz"
     environment.git_archive(code, pkg / code_file, repo_name)
