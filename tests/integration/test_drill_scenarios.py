@@ -1,14 +1,13 @@
 """`coldkeep drill --scenario checkpoint|dataset|full` on small real checkpoints and dataset
 versions: they pass, recovering the production checkpoint, a seeded random archived one, the
 newest and a random older dataset version, all into scratch (the hot disk untouched); a damaged
-blob of an archived checkpoint or of a dataset file fails them naming the object; `full` from the
-copy alone, after losing the repository, passes with the scenarios that protect nothing skipped
-(issue 16)."""
+blob of an archived checkpoint or of a dataset file fails them naming the object; `full` skips the
+scenarios that protect nothing (issue 16; `full --from-copy` after losing the repository:
+tests/integration/test_drill.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -101,12 +100,22 @@ def test_damaged_archived_checkpoint_and_dataset_file_fail_the_drill_naming_them
 ) -> None:
     site, _data = drill_site(tmp_path)
     monkeypatch.setenv("COLDKEEP_CACHE_DIR", str(site.cache_dir))
-    chosen = site.json("drill", "--scenario", "checkpoint", "--seed", "11")["recovered"]["archived"]["name"]
+    full = site.json("drill", "--scenario", "full", "--seed", "11")
+    assert full["verdict"] == "passed", full["checks"]
+    subs = full["scenarios"]
+    # nothing to protect: skipped, not failed
+    assert subs["database"]["skipped"] == "no base backup in the repository and no [postgres] section"
+    assert subs["conversations"]["skipped"] == "no [conversations] section"
+    assert set(full["steps"]) == {"checkpoint", "dataset"}
+    assert all(c["name"].split(": ")[0] in ("checkpoint", "dataset") for c in full["checks"])
+    assert full["bytes"] == subs["checkpoint"]["bytes"] + subs["dataset"]["bytes"] > 0
+    chosen = subs["checkpoint"]["recovered"]["archived"]["name"]
+
     shard = "model-00001-of-00001.safetensors"
     damage(site, "checkpoint", "name", chosen, [shard])
-    proc = site.run("drill", "--scenario", "checkpoint", "--seed", "11")
+    proc = site.run("drill", "--scenario", "full", "--seed", "11")  # the same seed: the same choice
     assert proc.returncode == EXIT_INTEGRITY, proc.stderr
-    assert "drill failed" in proc.stderr and chosen in proc.stderr and shard in proc.stderr
+    assert f"drill failed: checkpoint: recover archived {chosen}: " in proc.stderr and shard in proc.stderr
 
     damage(
         site, "dataset", "version", "v2", ["train/app-train-00/NEW.md", "train/app-train-00/src/part-0.bin"]
@@ -120,37 +129,3 @@ def test_damaged_archived_checkpoint_and_dataset_file_fail_the_drill_naming_them
     assert (
         "train/app-train-00/NEW.md" in bad["detail"] and "train/app-train-00/src/part-0.bin" in bad["detail"]
     )
-
-
-def test_full_drill_from_the_copy_alone_after_losing_the_repository(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    site, _data = drill_site(tmp_path)
-    monkeypatch.setenv("COLDKEEP_CACHE_DIR", str(tmp_path / "reader-cache"))
-    copy = tmp_path / "offsite"
-    with site.config.open("a", encoding="utf-8") as f:
-        f.write(f"[repository.copies.offsite]\nurl = {toml_str(f'file://{copy}')}\n")
-    site.ok("repo", "copy", "--to", "offsite")
-    shutil.rmtree(site.repo_dir)  # the local repository is lost
-    shutil.rmtree(models(site))  # and the hot disk
-
-    full = site.json("drill", "--scenario", "full", "--from-copy", "offsite", "--seed", "5")
-    assert full["verdict"] == "passed" and full["source"] == "copy offsite", full["checks"]
-    subs = full["scenarios"]
-    assert subs["database"]["verdict"] == "skipped" and "no base backup" in subs["database"]["skipped"]
-    assert subs["conversations"]["verdict"] == "skipped"
-    assert subs["checkpoint"]["verdict"] == "passed" and subs["dataset"]["verdict"] == "passed"
-    assert subs["checkpoint"]["recovered"]["production"]["name"] == PRODUCTION
-    assert set(full["steps"]) == {"checkpoint", "dataset"}
-    assert all(c["name"].split(": ")[0] in ("checkpoint", "dataset") for c in full["checks"])
-    assert full["bytes"] == subs["checkpoint"]["bytes"] + subs["dataset"]["bytes"]
-    assert full["projection"]["projected_rto_s"] > 0
-    assert not models(site).exists()  # the drill never made the hot disk
-    # recorded in the copy, the only repository left
-    from coldkeep.ops.drill import history
-    from coldkeep.repository.repository import Repository
-    from coldkeep.storage.local import LocalBackend
-
-    with Repository.open(LocalBackend(copy)) as repo:
-        (recorded,) = history(repo)
-    assert recorded["scenario"] == "full" and recorded["rto_s"] == full["total_s"]
