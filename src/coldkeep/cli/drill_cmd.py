@@ -118,7 +118,9 @@ def _print_result(c: Console, result: dict[str, Any], indent: str) -> None:
     if result["rpo_s"] is not None:
         c.print(f"{indent}RPO {result['rpo_s']} s (recovered until {result['recovered_until']})")
     for role, what in result["recovered"].items():
-        shown = ", ".join(f"{k} {v}" for k, v in what.items() if k != "load_check_s")
+        shown = ", ".join(
+            f"{k} {str(v)[:12] if k == 'snapshot' else v}" for k, v in what.items() if k != "load_check_s"
+        )
         c.print(f"{indent}{role}: {plain(shown)}")
     if result["scenarios"]:
         return
