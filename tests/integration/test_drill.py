@@ -1,7 +1,7 @@
 """`coldkeep drill --scenario database` on a real PostgreSQL 15 cluster archiving into coldkeep:
 under write load it passes with the counts bracketed at its restore point and an RPO measured;
 a damaged WAL segment fails it naming the segment; from the copy alone (the local repository
-gone) it passes too (issue 16, database part)."""
+gone) the full drill passes too, every scenario from the copy (issue 16)."""
 
 from __future__ import annotations
 
@@ -101,20 +101,44 @@ def test_a_damaged_wal_segment_fails_the_drill_naming_it(pgenv: Env) -> None:
     Path(kept).unlink()
 
 
-def test_drill_from_the_copy_alone_after_losing_the_repository(pgenv: Env) -> None:
+def test_full_drill_from_the_copy_alone_after_losing_the_repository(pgenv: Env) -> None:
+    """The total-loss case: every scenario from the offsite copy alone (database, checkpoint and
+    dataset pass; conversations, not configured here, is skipped)."""
+    from tests.ckptfiles import write_checkpoint
+    from tests.datasetsite import make_dataset
+
     env = pgenv
     copy = env.base / "offsite"
+    models = env.base / "models"
+    write_checkpoint(models / "cet-d-phase1" / "production-20251010_000000", shards=1, per_shard=2)
     with env.config.open("a") as f:
-        f.write(f'[repository.copies.offsite]\nurl = "file://{copy}"\n')
+        f.write(f'[checkpoints]\nroot = "{models}"\nsettle_seconds = 0\n'
+                f'[repository.copies.offsite]\nurl = "file://{copy}"\n')  # fmt: skip
+    env.ck("checkpoints", "backup")
+    env.ck(
+        "datasets",
+        "snapshot",
+        "--version",
+        "v1",
+        "--root",
+        str(make_dataset(env.base / "data", train=1, holdout=1)),
+    )
     env.cluster.sql("INSERT INTO marks (label) SELECT 'seed' FROM generate_series(1, 300)")
     env.ck("pg", "backup")
     env.cluster.sql("INSERT INTO marks (label) SELECT 'later' FROM generate_series(1, 100)")
     env.switch_and_wait()
     env.ck("repo", "copy", "--to", "offsite")
     shutil.rmtree(env.base / "repo")  # the local repository is lost
-    result = env.ckj("drill", "--from-copy", "offsite", timeout=600)
+    result = env.ckj("drill", "--scenario", "full", "--from-copy", "offsite", timeout=600)
     assert result["verdict"] == "passed" and result["source"] == "copy offsite", result["checks"]
-    assert "mark" not in result["steps"]  # a restore point made now would not be in the copy
-    rows = next(c for c in result["checks"] if c["name"] == "rows marks")
+    subs = result["scenarios"]
+    assert [subs[s]["verdict"] for s in ("database", "checkpoint", "dataset", "conversations")] == [
+        "passed", "passed", "passed", "skipped"]  # fmt: skip
+    database = subs["database"]
+    assert "mark" not in database["steps"]  # a restore point made now would not be in the copy
+    rows = next(c for c in database["checks"] if c["name"] == "rows marks")
     assert rows["ok"] and rows["detail"].startswith("400 rows")  # everything the copy holds
     assert "no live server to compare with" in rows["detail"]
+    assert "database: rows marks" in {c["name"] for c in result["checks"]}
+    assert subs["checkpoint"]["recovered"]["production"]["name"] == "cet-d-phase1/production-20251010_000000"
+    assert result["total_s"] >= sum(result["steps"].values()) - 0.01

@@ -147,6 +147,7 @@ TOUR: dict[str, Run | str] = {
         "a shell pipeline through jq, which is no test dependency; check_archive_lines (after "
         "`conversations stats`) checks what it shows: JSON lines with id, speaker and content"
     ),
+    "coldkeep drill --scenario full": Run(after=("check_full_drill",)),
 }
 
 #: README path prefix -> where it is in the test (relative to the temporary root); any other
@@ -463,6 +464,16 @@ class Tour:
                 data = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True).read()
             for line in data.decode().splitlines():
                 assert {"id", "speaker", "content"} <= json.loads(line).keys()
+
+    def check_full_drill(self, proc: Done) -> None:
+        """Every scenario ran (the tour configured them all) and passed, the newest drill recorded."""
+        (run,) = [r for r in self.json("runs", "--job", "drill") if r["target"] == "full"]
+        assert run["result"] == "ok", run
+        from coldkeep.ops.drill import PARTS
+
+        shown = proc.stdout
+        for part in PARTS:
+            assert f"  {part}: passed in " in shown, shown
 
     # -- placeholders (Run.sub) ------------------------------------------------------------------
 
