@@ -95,7 +95,11 @@ def line_chart(
     t0, t1 = min(t for t, _ in points), max(t for t, _ in points)
     if t1 - t0 < 3600:
         t0, t1 = t0 - 1800, t1 + 1800
-    top = max([v for _, v in points] + [limit[1] if limit else 0.0]) * 1.1 or 1.0
+    highest = max(v for _, v in points)
+    if limit and highest > 0 and limit[1] > 20 * highest:  # the limit would flatten the data
+        note = (note + "; " if note else "") + f"{limit[0]} {fmt(limit[1])}: off the scale"
+        limit = None
+    top = max(highest, limit[1] if limit else 0.0) * 1.1 or 1.0
     pw, ph = _W - _L - _R, _H - _T - _B
 
     def x(t: float) -> float:

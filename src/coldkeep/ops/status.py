@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 DAY = 86400.0
 #: a restore test older than this is stale (the ColdkeepRestoreTestStale rule's age)
 RESTORE_TEST_MAX_AGE_S = 8 * DAY
+#: days until full beyond this are not shown (the growth is too small to say)
+FAR_DAYS = 3650
 
 
 @dataclass
@@ -189,8 +191,9 @@ def _storage(config: Config, inputs: metrics.Inputs, history: Points, now: float
             if base is not None and ahead is not None:
                 growth = ahead - base
                 row["growth_per_day"] = round(growth)
-                if growth > 0:
-                    row["days_until_full"] = round(max(0.0, allocated - used) / growth, 1)
+                days = max(0.0, allocated - used) / growth if growth > 0 else None
+                if days is not None and days <= FAR_DAYS:  # beyond: not a forecast worth a number
+                    row["days_until_full"] = round(days, 1)
         rows.append(row)
     return rows
 
