@@ -246,3 +246,16 @@ def test_report_escapes_recorded_text(repo: Repository, tmp_path: Path) -> None:
     store(repo, [rec("pg backup", timedelta(hours=1), "failed", error="<script>alert(1)</script>")])
     page = render_report(cfg, gather(cfg, repo, now=NOW), repo)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_status_without_a_readable_repository_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLDKEEP_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = parse_text(f'[repository]\nurl = "file://{tmp_path / "nothing"}"\n')
+    status = gather(cfg, None, now=NOW)
+    assert status.repository["readable"] is False
+    assert [a["alert"] for a in status.alerts] == ["ColdkeepRepositoryUnreadable"]
+    page = render_report(cfg, status, None)
+    assert "the repository could not be read" in page
+    assert all(not i.ok for i in by_id(checklists(cfg, status)).values())

@@ -51,7 +51,7 @@ def duration(seconds: float | None) -> str:
 
 def bar(pct: float | None) -> str:
     if pct is None:
-        return "?" * BAR
+        return "·" * BAR
     full = min(BAR, round(BAR * pct / 100))
     return "█" * full + "░" * (BAR - full)
 
@@ -61,14 +61,11 @@ def _human(status: Status, console: Console) -> None:
     console.print(f"[bold]coldkeep status[/bold] at {data['now']}")
     console.print("[bold]jobs[/bold] (last success, age / schedule interval)")
     for j in data["jobs"]:
-        mark = (
-            "[red]LATE[/red]"
-            if j["late"]
-            else "[yellow]STALE[/yellow]"
-            if j["stale"]
-            else "[green]ok[/green]"
+        word, colour = (
+            ("LATE", "red") if j["late"] else ("STALE", "yellow") if j["stale"] else ("ok", "green")
         )
-        console.print(f"  {j['type']:<24} {mark:<22} {j['last_success'] or 'never':<26} "
+        mark = f"[{colour}]{word}[/{colour}]" + " " * (5 - len(word))
+        console.print(f"  {j['type']:<24} {mark} {j['last_success'] or 'never':<27} "
                       f"{duration(j['age_s'])} / {duration(j['interval_s'])}  last run: {j['last_result'] or '-'}")  # fmt: skip
     if not data["jobs"]:
         console.print("  nothing scheduled ([schedule])")
@@ -91,7 +88,7 @@ def _human(status: Status, console: Console) -> None:
             trend = f", +{human_bytes(s['growth_per_day'])}/day"
             trend += f", full in {s['days_until_full']} days" if s["days_until_full"] is not None else ""
         pct = f"{s['used_pct']:5.1f} %" if s["used_pct"] is not None else "    ? "
-        console.print(f"  {s['location'] + '/' + s['allocation']:<24} {bar(s['used_pct'])} {pct} "
+        console.print(f"  {s['location'] + '/' + s['allocation']:<28} {bar(s['used_pct'])} {pct} "
                       f"{used} / {human_bytes(s['allocated_bytes'])}{trend}")  # fmt: skip
     _human_tests(data, console)
     alerts = data["alerts"]
