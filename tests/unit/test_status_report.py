@@ -259,3 +259,18 @@ def test_status_without_a_readable_repository_says_so(
     page = render_report(cfg, status, None)
     assert "the repository could not be read" in page
     assert all(not i.ok for i in by_id(checklists(cfg, status)).values())
+
+
+def test_every_linked_record_is_listed_even_past_the_newest(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coldkeep.ops import report
+
+    monkeypatch.setattr(report, "RUNS_SHOWN", 3)  # the newest 3 of 17: the evidence is older
+    cfg, status = healthy_status(repo, tmp_path)
+    parser = _Page()
+    parser.feed(render_report(cfg, status, repo))
+    rows = [i for i in parser.ids if i.startswith("run-")]
+    assert 3 < len(rows) < len(status.records)
+    assert parser.hrefs and all(href[1:] in parser.ids for href in parser.hrefs)
+    assert "tiers" in parser.ids and "jobs" in parser.ids

@@ -17,6 +17,7 @@ the page, each with an anchor ``#run-<record name>``.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -236,6 +237,38 @@ def _charts(config: Config, status: Status, drill_docs: list[dict[str, Any]]) ->
     return "\n".join(out)
 
 
+def _tiers(config: Config, status: Status) -> str:
+    """Each ``[tiers]`` tier: retention, paths, and its newest ``tiers backup`` run (by target)."""
+    rows = []
+    for name in ("tier1", "tier2", "tier3"):
+        tier = getattr(config.tiers, name)
+        runs = [
+            r for r in status.records if r.job == "tiers backup" and name in (r.target, r.figures.get("tier"))
+        ]
+        good = next((r for r in reversed(runs) if r.succeeded), None)
+        last = (f'<a href="#run-{esc(good.name)}">{esc(clock.isoformat(good.end))}</a>, '
+                f"{esc(_bytes(good.logical_bytes or 0))}" if good else "no tiers backup recorded")  # fmt: skip
+        keep = "forever" if tier.retention_days == "forever" else f"{tier.retention_days} days"
+        paths = ", ".join(tier.paths) or "no paths configured"
+        rows.append(f"<tr><td>{name}</td><td>{esc(keep)}</td><td>{esc(paths)}</td><td>{last}</td></tr>")
+    head = "<tr><th>tier</th><th>retention</th><th>paths</th><th>last successful backup</th></tr>"
+    return f'<table id="tiers">{head}{"".join(rows)}</table>'
+
+
+def _jobs(status: Status) -> str:
+    rows = []
+    for j in status.jobs:
+        state = "late" if j["late"] else "stale" if j["stale"] else "ok"
+        good = f'<a href="#run-{esc(j["record"])}">{esc(j["last_success"])}</a>' if j["record"] else "never"
+        rows.append(
+            f"<tr><td>{esc(j['type'])}</td><td>{esc(j['cron'])}</td>"
+            f'<td class="{"ok" if state == "ok" else "failed"}">{state}</td><td>{good}</td>'
+            f"<td>{esc(j['last_result'] or '-')}</td><td>{esc(j['next_run'] or '-')}</td></tr>"
+        )
+    head = "<tr><th>job</th><th>cron</th><th>state</th><th>last success</th><th>last run</th><th>next run</th></tr>"
+    return f'<table id="jobs">{head}{"".join(rows)}</table>'
+
+
 def _inventory(config: Config, repo: Repository | None) -> str:
     if not config.checkpoints.in_use:
         return '<p id="checkpoint-inventory" class="reason">[checkpoints] is not configured.</p>'
@@ -308,7 +341,6 @@ def render_report(config: Config, status: Status, repo: Repository | None) -> st
         except ColdkeepError:
             drill_docs = []
     lists = checklists(config, status)
-    evidence = {name for items in lists.values() for item in items for name in item.evidence}
     sections = []
     for key, title in (("weekly", "Weekly backup validation"), ("monthly", "Monthly disaster recovery test")):
         items = "".join(_item(i) for i in lists[key])
@@ -317,6 +349,21 @@ def render_report(config: Config, status: Status, repo: Repository | None) -> st
     summary = (f"{r['snapshots']} snapshots, {_bytes(r['logical_bytes'] or 0)} logical, "
                f"{_bytes(r['stored_bytes'] or 0)} stored, dedup ratio {r['dedup_ratio'] or '-'}"
                if r["readable"] else "the repository could not be read")  # fmt: skip
+    body = f"""<h2 id="alerts-now">Alerts that would fire now</h2>
+{_alerts(status)}
+<h2 id="schedule">Scheduled jobs</h2>
+{_jobs(status)}
+<h2 id="checklists">Checklists</h2>
+<p class="reason">Each box is ticked from recorded evidence (the run record linked) or crossed with the reason.</p>
+{"".join(sections)}
+<h2 id="charts">Charts</h2>
+{_charts(config, status, drill_docs)}
+<h2 id="data-tiers">Data tiers</h2>
+{_tiers(config, status)}
+<h2 id="checkpoints">Checkpoint inventory (stored)</h2>
+{_inventory(config, repo)}
+"""
+    linked = set(re.findall(r'href="#run-([^"]+)"', body))  # every linked record is listed
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">
@@ -326,16 +373,7 @@ def render_report(config: Config, status: Status, repo: Repository | None) -> st
 <h1>coldkeep report</h1>
 <p>Generated {esc(clock.isoformat(status.now))} by coldkeep {esc(__version__)} for {esc(config.repository.url)}:
 {esc(summary)}.</p>
-<h2 id="alerts-now">Alerts that would fire now</h2>
-{_alerts(status)}
-<h2 id="checklists">Checklists</h2>
-<p class="reason">Each box is ticked from recorded evidence (the run record linked) or crossed with the reason.</p>
-{"".join(sections)}
-<h2 id="charts">Charts</h2>
-{_charts(config, status, drill_docs)}
-<h2 id="checkpoints">Checkpoint inventory (stored)</h2>
-{_inventory(config, repo)}
-<h2 id="run-records">Run records</h2>
-{_runs(status, evidence)}
+{body}<h2 id="run-records">Run records</h2>
+{_runs(status, {html.unescape(n) for n in linked})}
 </body></html>
 """
