@@ -1,6 +1,7 @@
 """What a `coldkeep exporter` scrape costs with many run records (issue 15): write N run records
 into a fresh local repository, time the first render (reads every record), a render from the
-local record cache, and the scrapes (served from memory), and print them.
+local record cache (with and without the report page of issue 16), and the scrapes and the page
+(served from memory), and print them.
 
     .venv/bin/python bench/bench_exporter.py [--records 1000] [--scrapes 200]
 """
@@ -47,8 +48,11 @@ def main() -> None:
     print(f"first render, reading {args.records} records: {time.perf_counter() - t0:.3f} s")
     t0 = time.perf_counter()
     source.render()
-    print(f"render from the record cache: {time.perf_counter() - t0:.3f} s (the background refresh)")
-    server = Exporter(source.render, "127.0.0.1:0", refresh_s=60)
+    print(f"render from the record cache: {time.perf_counter() - t0:.3f} s (the metrics alone)")
+    t0 = time.perf_counter()
+    source.render_all()
+    print(f"render with the report page: {time.perf_counter() - t0:.3f} s (the background refresh)")
+    server = Exporter(source.render_all, "127.0.0.1:0", refresh_s=60)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     times = []
     for _ in range(args.scrapes):
@@ -59,6 +63,10 @@ def main() -> None:
     times.sort()
     median, p99 = times[len(times) // 2], times[int(len(times) * 0.99) - 1]
     print(f"scrape: median {median * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms ({args.scrapes} scrapes)")
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(f"http://{server.address}/") as answer:
+        size = len(answer.read())
+    print(f"the report page (GET /, {size} bytes): {(time.perf_counter() - t0) * 1000:.2f} ms")
     server.stop()
     source.close()
 

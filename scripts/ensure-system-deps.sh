@@ -2,7 +2,7 @@
 # Install the system packages coldkeep's tests and demo need, only when they are missing.
 # PostgreSQL 15 server binaries, zstd, tar, gzip, coreutils (sha256sum), util-linux (runuser), git
 # (the reproducibility package's code), locales; Prometheus (promtool and the server: the alert-rule
-# tests) and the Pushgateway (metrics tests).
+# tests) and the Pushgateway (metrics tests); Chromium (the report opened in a headless browser).
 set -euo pipefail
 missing=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql-15)
@@ -14,6 +14,7 @@ command -v git >/dev/null 2>&1 || missing+=(git)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 { command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || missing+=(prometheus-pushgateway)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing system packages: ${missing[*]} (run as root or install them: apt-get install ${missing[*]})" >&2

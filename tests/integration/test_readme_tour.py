@@ -119,6 +119,8 @@ TOUR: dict[str, Run | str] = {
     "coldkeep repro list": Run(),
     "coldkeep repro verify iccm_reproducibility_package_v1.0": Run(),
     "coldkeep repro restore iccm_reproducibility_package_v1.0 --to /tmp/repro": Run(),
+    "coldkeep status": Run(),
+    "coldkeep report --html /tmp/coldkeep-report.html": Run(after=("check_report",)),
     "coldkeep pg setup --apply": Run(after=("restart_server",)),
     "coldkeep pg check": Run(),
     "coldkeep pg receive-wal --synchronous": "a service that streams until stopped (tests/integration/test_pg_receive.py runs it)",
@@ -409,6 +411,15 @@ class Tour:
             ["sha256sum", "-c", archive.name + ".sha256"], cwd=out, capture_output=True, text=True
         )
         assert check.returncode == 0, check.stdout + check.stderr
+
+    def check_report(self, _proc: Done) -> None:
+        """The report ticks the boxes the tour's own runs prove, each linked to its run record."""
+        page = self.path("/tmp/coldkeep-report.html").read_text()
+        for item in ("weekly-postgres-backup", "weekly-restore-test", "weekly-checksums",
+                     "weekly-checkpoints-archived", "weekly-conversations-backed-up", "monthly-database-restore"):  # fmt: skip
+            assert re.search(f'id="{item}" data-state="ticked"', page), item
+        for anchor in re.findall(r'href="#(run-[^"]+)"', page):
+            assert f'id="{anchor}"' in page
 
     def restart_server(self, _proc: Done) -> None:
         """`pg setup --apply` says archive_mode needs a restart."""

@@ -49,12 +49,13 @@ def metrics(app: AppContext, textfile_dir: str | None, push: bool) -> None:
               metavar="SECONDS", help="recompute the metrics this often (a scrape is served from memory)")  # fmt: skip
 @pass_app
 def exporter(app: AppContext, listen: str | None, refresh_s: float) -> None:
-    """Serve the metrics for Prometheus to scrape (GET /metrics) until stopped (SIGTERM, ^C)."""
+    """Serve the metrics for Prometheus to scrape (GET /metrics) and the HTML report (GET /, as
+    `coldkeep report` writes it), both from memory, until stopped (SIGTERM, ^C)."""
     from coldkeep.ops.exporter import Exporter, MetricsSource
 
     cfg = app.config()
     source = MetricsSource(cfg)
-    server = Exporter(source.render, listen or cfg.metrics.listen, refresh_s)
+    server = Exporter(source.render_all, listen or cfg.metrics.listen, refresh_s)
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

@@ -22,11 +22,26 @@ so they stay stable while an alert fires.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from coldkeep.config import Config
 from coldkeep.ops.runs import job_type
+from coldkeep.ops.samples import (
+    Labels,
+    Samples,
+    absent,
+    avg_over_time,
+    compare,
+    is_,
+    older_than,
+    predict_linear,
+    ratio_over,
+)
+
+#: a rule's Python evaluation: the label sets it fires for on these samples (``for`` aside)
+Check = Callable[[Samples], list[Labels]]
 
 DAY = 86400
 #: the spec's recovery time objective (1 hour)
@@ -58,6 +73,8 @@ class Rule:
     severity: str
     summary: str
     labels: dict[str, str] = field(default_factory=dict)
+    #: the same condition as ``expr``, in Python (``coldkeep status`` evaluates it)
+    check: Check | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +120,16 @@ def backup_rules(config: Config) -> list[Rule]:
              for age, kinds in sorted(by_age.items())]  # fmt: skip
     other = f'{{type!~"{_types(list(expected))}"}}' if expected else ""
     parts.append(f"time() - backup_last_success_timestamp{other} > {DAY}")
+
+    def failed(m: Samples) -> list[Labels]:
+        name = "backup_last_success_timestamp"
+        out = [
+            lab
+            for age, kinds in sorted(by_age.items())
+            for lab in older_than(m, name, age, is_("type", *kinds))
+        ]
+        return out + older_than(m, name, DAY, lambda lab: lab.get("type", "") not in expected)
+
     rules = [
         Rule(
             "BackupFailed",
@@ -110,75 +137,143 @@ def backup_rules(config: Config) -> list[Rule]:
             "1h",
             "critical",
             "Backup {{ $labels.type }} has not succeeded within its schedule",
+            check=failed,
         ),
     ]
     if expected:
-        absent = [f'absent(backup_last_success_timestamp{{type="{kind}"}})' for kind in sorted(expected)]
-        rules.append(Rule("BackupMissing", _or(absent), "1h", "critical",
-                          "Backup {{ $labels.type }} has never succeeded (no metric)"))  # fmt: skip
+        absent_ = [f'absent(backup_last_success_timestamp{{type="{kind}"}})' for kind in sorted(expected)]
+        rules.append(Rule("BackupMissing", _or(absent_), "1h", "critical",
+                          "Backup {{ $labels.type }} has never succeeded (no metric)",
+                          check=lambda m: [lab for kind in sorted(expected)
+                                           for lab in absent(m, "backup_last_success_timestamp", {"type": kind})]))  # fmt: skip
     rules.append(Rule(
         "BackupSizeAnomalous",
         "abs(backup_size_bytes - avg_over_time(backup_size_bytes[7d])) > 0.5 * avg_over_time(backup_size_bytes[7d])",
         "10m", "warning", "Backup {{ $labels.type }} size is anomalous (>50% deviation from 7-day average)",
+        check=_size_anomalous,
     ))  # fmt: skip
     return rules
+
+
+def _size_anomalous(m: Samples) -> list[Labels]:
+    out = []
+    for lab, value in m.select("backup_size_bytes"):
+        avg = avg_over_time(m.window("backup_size_bytes", lab, 7 * DAY))
+        if avg is not None and abs(value - avg) > 0.5 * avg:
+            out.append(lab)
+    return out
+
+
+def _full_soon(m: Samples) -> list[Labels]:
+    allocated = {tuple(sorted(lab.items())): v for lab, v in m.select("coldkeep_storage_allocated_bytes")}
+    out = []
+    for lab, _v in m.select("coldkeep_storage_used_bytes"):
+        ahead = predict_linear(m.window("coldkeep_storage_used_bytes", lab, DAY), m.now, 14 * DAY)
+        size = allocated.get(tuple(sorted(lab.items())))
+        if ahead is not None and size is not None and ahead > size:
+            out.append(lab)
+    return out
+
+
+def _is_copy(lab: Labels) -> bool:
+    return lab.get("type", "").startswith("repo_copy_") and len(lab["type"]) > len("repo_copy_")
+
+
+def _is_drill(lab: Labels) -> bool:
+    kind = lab.get("type", "")
+    return kind == "drill" or kind.startswith("drill_")
 
 
 def coldkeep_rules(config: Config) -> list[Rule]:
     rules = [
         Rule("ColdkeepJobFailed", "coldkeep_job_last_run_success == 0", "5m", "warning",
-             "coldkeep job {{ $labels.type }}: its last run failed (`coldkeep runs --job {{ $labels.type }}`)"),
+             "coldkeep job {{ $labels.type }}: its last run failed (`coldkeep runs --job {{ $labels.type }}`)",
+             check=lambda m: compare(m, "coldkeep_job_last_run_success", lambda v: v == 0)),
         Rule("ColdkeepRepoCheckFailed", 'coldkeep_job_last_run_success{type="repo_check"} == 0', "0m", "critical",
-             "coldkeep repo check found problems (`coldkeep runs --job repo_check`)"),
+             "coldkeep repo check found problems (`coldkeep runs --job repo_check`)",
+             check=lambda m: compare(m, "coldkeep_job_last_run_success", lambda v: v == 0, is_("type", "repo_check"))),
         Rule("ColdkeepRepositoryUnreadable", "coldkeep_repository_up == 0", "15m", "critical",
-             "coldkeep cannot read its repository"),
+             "coldkeep cannot read its repository",
+             check=lambda m: compare(m, "coldkeep_repository_up", lambda v: v == 0)),
         Rule("ColdkeepRunRecordsPending", "coldkeep_run_records_pending > 0", "1h", "warning",
-             "coldkeep run records could not be written to the repository for an hour"),
+             "coldkeep run records could not be written to the repository for an hour",
+             check=lambda m: compare(m, "coldkeep_run_records_pending", lambda v: v > 0)),
         Rule("ColdkeepOffsiteCopyStale",
              f'time() - coldkeep_job_last_success_timestamp_seconds{{type=~"repo_copy_.+"}} > {2 * DAY}',
-             "1h", "critical", "Offsite copy {{ $labels.type }} is older than 2 days"),
+             "1h", "critical", "Offsite copy {{ $labels.type }} is older than 2 days",
+             check=lambda m: older_than(m, "coldkeep_job_last_success_timestamp_seconds", 2 * DAY, _is_copy)),
         Rule("ColdkeepStorageAlmostFull", "coldkeep_storage_used_bytes / coldkeep_storage_allocated_bytes > 0.8",
-             "30m", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is over 80 % full"),
+             "30m", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is over 80 % full",
+             check=lambda m: ratio_over(m, "coldkeep_storage_used_bytes", "coldkeep_storage_allocated_bytes", 0.8)),
         Rule("ColdkeepStorageFullSoon",
              f"predict_linear(coldkeep_storage_used_bytes[1d], {14 * DAY}) > coldkeep_storage_allocated_bytes",
-             "1h", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is full within 14 days at its growth"),
+             "1h", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is full within 14 days at its growth",
+             check=_full_soon),
         Rule("ColdkeepDrillStale",
-             f'time() - coldkeep_job_last_success_timestamp_seconds{{type="drill"}} > {35 * DAY}',
-             "1h", "warning", "No successful recovery drill for 35 days"),
+             f'time() - coldkeep_job_last_success_timestamp_seconds{{type=~"drill|drill_.+"}} > {35 * DAY}',
+             "1h", "warning", "No successful recovery drill for 35 days",
+             check=lambda m: older_than(m, "coldkeep_job_last_success_timestamp_seconds", 35 * DAY, _is_drill)),
         Rule("ColdkeepDrillRtoOverObjective", f"coldkeep_drill_rto_seconds > {RTO_OBJECTIVE_S}", "0m", "warning",
-             f"The last drill took longer to recover than the objective ({RTO_OBJECTIVE_S // 60} min)"),
-        Rule("ColdkeepDrillFailed", "coldkeep_drill_passed == 0", "0m", "critical", "The last recovery drill failed"),
+             f"The last drill took longer to recover than the objective ({RTO_OBJECTIVE_S // 60} min)",
+             check=lambda m: compare(m, "coldkeep_drill_rto_seconds", lambda v: v > RTO_OBJECTIVE_S)),
+        Rule("ColdkeepDrillFailed", "coldkeep_drill_passed == 0", "0m", "critical", "The last recovery drill failed",
+             check=lambda m: compare(m, "coldkeep_drill_passed", lambda v: v == 0)),
     ]  # fmt: skip
     copies = [job_type("repo copy", name) for name in sorted(config.repository.copies)]
     if copies:
         rules.append(Rule("ColdkeepOffsiteCopyMissing",
                           _or([f'absent(coldkeep_job_last_success_timestamp_seconds{{type="{c}"}})' for c in copies]),
-                          "1h", "critical", "Offsite copy {{ $labels.type }} has never succeeded"))  # fmt: skip
+                          "1h", "critical", "Offsite copy {{ $labels.type }} has never succeeded",
+                          check=lambda m: [lab for c in copies for lab in
+                                           absent(m, "coldkeep_job_last_success_timestamp_seconds", {"type": c})]))  # fmt: skip
     if config.postgres.in_use:
         rules += postgres_rules()
     return rules
 
 
+def _archiving_failing(m: Samples) -> list[Labels]:
+    failed = m.value("coldkeep_wal_last_failed_timestamp_seconds")
+    archived = m.value("coldkeep_wal_last_archived_timestamp_seconds")
+    return [{}] if failed is not None and archived is not None and failed > archived else []
+
+
+def _archiving_lagging(m: Samples) -> list[Labels]:
+    archived = m.value("coldkeep_wal_last_archived_timestamp_seconds")
+    timeout = m.value("coldkeep_wal_archive_timeout_seconds")
+    return [{}] if archived is not None and timeout is not None and m.now - archived > 2 * timeout else []
+
+
 def postgres_rules() -> list[Rule]:
     test = 'type="pg_restore_test"'
+    last_ok = "coldkeep_job_last_success_timestamp_seconds"
     return [
         Rule("ColdkeepPostgresDown", "coldkeep_postgres_up == 0", "10m", "critical",
-             "coldkeep cannot reach PostgreSQL (pg_stat_archiver unread)"),
+             "coldkeep cannot reach PostgreSQL (pg_stat_archiver unread)",
+             check=lambda m: compare(m, "coldkeep_postgres_up", lambda v: v == 0)),
         Rule("ColdkeepWalArchivingFailing",
              "coldkeep_wal_last_failed_timestamp_seconds > coldkeep_wal_last_archived_timestamp_seconds",
-             "5m", "critical", "WAL archiving is failing (the last attempt failed)"),
+             "5m", "critical", "WAL archiving is failing (the last attempt failed)", check=_archiving_failing),
         Rule("ColdkeepWalArchivingLagging",
              "time() - coldkeep_wal_last_archived_timestamp_seconds > 2 * coldkeep_wal_archive_timeout_seconds",
-             "5m", "critical", "No WAL segment archived for over 2 x archive_timeout"),
+             "5m", "critical", "No WAL segment archived for over 2 x archive_timeout", check=_archiving_lagging),
         Rule("ColdkeepWalReceiverDown", "coldkeep_wal_receiver_up == 0", "5m", "critical",
-             "The WAL receiver (pg receive-wal) is not streaming"),
+             "The WAL receiver (pg receive-wal) is not streaming",
+             check=lambda m: compare(m, "coldkeep_wal_receiver_up", lambda v: v == 0)),
         Rule("ColdkeepRestoreTestStale",
-             f"time() - coldkeep_job_last_success_timestamp_seconds{{{test}}} > {8 * DAY}"
-             f"\n  or\nabsent(coldkeep_job_last_success_timestamp_seconds{{{test}}})",
-             "1h", "warning", "No passed restore test for 8 days"),
+             f"time() - {last_ok}{{{test}}} > {8 * DAY}"
+             f"\n  or\nabsent({last_ok}{{{test}}})",
+             "1h", "warning", "No passed restore test for 8 days",
+             check=lambda m: older_than(m, last_ok, 8 * DAY, is_("type", "pg_restore_test"))
+             + absent(m, last_ok, {"type": "pg_restore_test"})),
         Rule("ColdkeepRestoreTestFailed", "coldkeep_restore_test_passed == 0", "0m", "critical",
-             "The last restore test failed"),
+             "The last restore test failed",
+             check=lambda m: compare(m, "coldkeep_restore_test_passed", lambda v: v == 0)),
     ]  # fmt: skip
+
+
+def all_rules(config: Config) -> list[Rule]:
+    """Every rule of the rules file, in its order."""
+    return backup_rules(config) + coldkeep_rules(config)
 
 
 def rules_document(config: Config) -> dict[str, Any]:

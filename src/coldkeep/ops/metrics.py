@@ -228,7 +228,8 @@ def families(inputs: Inputs, *, now: float | None = None) -> list[Metric]:
                     spec_size.add_metric([kind], float(good.logical_bytes))
     out: list[Metric] = [spec_last, spec_size, spec_dur, spec_fail, last_ok, last_run, last_res, partial,
                          duration, logical, new, runs, fails]  # fmt: skip
-    out += _restore_test(by_type.get("pg_restore_test", []), by_type.get("drill", []))
+    drills = [r for recs in by_type.values() for r in recs if r.job == "drill"]  # every scenario
+    out += _restore_test(by_type.get("pg_restore_test", []), sorted(drills, key=lambda r: (r.end, r.name)))
     out += _repository(inputs)
     out += _wal(inputs)
     out += _storage_families(inputs)
