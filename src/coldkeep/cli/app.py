@@ -44,6 +44,8 @@ COMMANDS: dict[str, str] = {
     "metrics": "coldkeep.cli.monitor_cmd:metrics",
     "schedule": "coldkeep.cli.schedule_cmd:schedule",
     "run-due": "coldkeep.cli.schedule_cmd:run_due",
+    "storage": "coldkeep.cli.storage_cmd:storage",
+    "tiers": "coldkeep.cli.tiers_cmd:tiers",
 }
 
 

@@ -31,10 +31,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from coldkeep import clock
-from coldkeep.config import Config, parse_size
+from coldkeep.config import Config
 from coldkeep.durable import write_atomic
 from coldkeep.errors import ColdkeepError
 from coldkeep.ops.runs import RunRecord, list_records, pending_records
+from coldkeep.ops.storage import Usage, repository_figures
+from coldkeep.ops.storage import usage as storage_usage
 
 if TYPE_CHECKING:
     from coldkeep.repository.repository import Repository
@@ -67,7 +69,7 @@ class Inputs:
     repository: dict[str, float] = field(default_factory=dict)
     archiver: dict[str, float] | None = None
     archive_timeout_s: float = 0.0
-    storage: list[tuple[str, str, str, float, float | None]] = field(default_factory=list)
+    storage: list[Usage] = field(default_factory=list)
 
 
 def read_inputs(config: Config, repo: Repository | None) -> Inputs:
@@ -79,7 +81,7 @@ def read_inputs(config: Config, repo: Repository | None) -> Inputs:
     if repo is not None:
         try:
             inputs.records = list_records(repo, pending_url=url)
-            inputs.repository = _repository_figures(repo)
+            inputs.repository = repository_figures(repo)
             inputs.repository_up = True
         except ColdkeepError as exc:
             log.warning("metrics: repository not read: %s", exc.message)
@@ -88,22 +90,9 @@ def read_inputs(config: Config, repo: Repository | None) -> Inputs:
     if config.postgres.in_use:
         inputs.archive_timeout_s = float(config.postgres.archive_timeout)
         inputs.archiver = _archiver(config)
-    inputs.storage = _storage(config, inputs.repository.get("stored_bytes"))
+    # the cached scan, never a walk: a metrics refresh stays cheap
+    inputs.storage = storage_usage(config, inputs.records, repo_stored=inputs.repository.get("stored_bytes"))
     return inputs
-
-
-def _repository_figures(repo: Repository) -> dict[str, float]:
-    from coldkeep.repository.format import NAMED_PREFIX, PACK_PREFIX
-
-    snaps = repo.list_snapshots()
-    stored = sum(i.size for i in repo.backend.list(PACK_PREFIX)) + sum(
-        i.size for i in repo.backend.list(NAMED_PREFIX)
-    )
-    return {
-        "snapshots": float(len(snaps)),
-        "logical_bytes": float(sum(s.logical_bytes for s in snaps)),
-        "stored_bytes": float(stored),
-    }
 
 
 def _archiver(config: Config) -> dict[str, float] | None:
@@ -133,32 +122,6 @@ def _archiver(config: Config) -> dict[str, float] | None:
     if slot is not None:  # the receiver's slot exists: is it streaming?
         figures["receiver_up"] = 1.0 if slot[0] else 0.0
     return figures
-
-
-def _storage(config: Config, repo_stored: float | None) -> list[tuple[str, str, str, float, float | None]]:
-    """(location, allocation, path, allocated bytes, used bytes or None) per allocation: used is
-    the file system's figure where the allocation is a mount point, the repository's stored
-    bytes where it holds the repository, unknown otherwise (no tree walk in a metrics refresh)."""
-    repo_path = (
-        config.repository.url.removeprefix("file://") if config.repository.url.startswith("file://") else ""
-    )
-    rows: list[tuple[str, str, str, float, float | None]] = []
-    for loc_name in ("hot", "cold"):
-        location = getattr(config.storage, loc_name)
-        for name, alloc in sorted(location.allocations.items()):
-            used: float | None = None
-            path = alloc.path
-            if (
-                repo_path
-                and os.path.realpath(repo_path) == os.path.realpath(path)
-                and repo_stored is not None
-            ):
-                used = repo_stored
-            elif os.path.ismount(path):
-                st = os.statvfs(path)
-                used = float((st.f_blocks - st.f_bfree) * st.f_frsize)
-            rows.append((loc_name, name, path, float(parse_size(alloc.size)), used))
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,11 +280,27 @@ def _storage_families(inputs: Inputs) -> list[Metric]:
         "coldkeep_storage_allocated_bytes", "Bytes allocated ([storage])", labels=labels
     )
     used = GaugeMetricFamily("coldkeep_storage_used_bytes", "Bytes used in the allocation", labels=labels)
-    for location, name, path, size, in_use in inputs.storage:
-        allocated.add_metric([location, name, path], size)
-        if in_use is not None:
-            used.add_metric([location, name, path], in_use)
-    return [allocated, used]
+    growth = GaugeMetricFamily(
+        "coldkeep_storage_growth_bytes_per_day",
+        "Growth of the allocation's used bytes per day (from the run records)",
+        labels=labels,
+    )
+    full = GaugeMetricFamily(
+        "coldkeep_storage_days_until_full",
+        "Days until the allocation is full at its growth (absent when it does not grow)",
+        labels=labels,
+    )
+    for row in inputs.storage:
+        key = [row.location, row.name, row.path]
+        allocated.add_metric(key, row.allocated)
+        if row.used is not None:
+            used.add_metric(key, row.used)
+        if row.growth_per_day is not None:
+            growth.add_metric(key, row.growth_per_day)
+        days = row.days_until_full
+        if days is not None:
+            full.add_metric(key, days)
+    return [allocated, used, growth, full]
 
 
 # ------------------------------------------------------------------------------------------------
