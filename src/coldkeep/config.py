@@ -363,6 +363,8 @@ class ScheduleConfig(_Section):
     repo_check: str = "0 6 * * 0"
     repo_copy: str = "0 7 * * *"
     drill: str = "0 8 1 * *"  # spec: monthly DR test
+    tiers_backup: str = "0 1 * * *"  # when a tier has paths
+    storage: str = "15 6 * * *"  # a sample of every allocation's use a day: its growth
 
     @field_validator("*")
     @classmethod
