@@ -70,6 +70,10 @@ class Inputs:
     archiver: dict[str, float] | None = None
     archive_timeout_s: float = 0.0
     storage: list[Usage] = field(default_factory=list)
+    #: when the newest WAL segment in the repository was stored (``None``: none, or not read)
+    wal_repository_last: float | None = None
+    #: checkpoints by (type, place): hot / repository / both (``[checkpoints]`` in use)
+    checkpoints: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def read_inputs(config: Config, repo: Repository | None) -> Inputs:
@@ -90,9 +94,43 @@ def read_inputs(config: Config, repo: Repository | None) -> Inputs:
     if config.postgres.in_use:
         inputs.archive_timeout_s = float(config.postgres.archive_timeout)
         inputs.archiver = _archiver(config)
+        if repo is not None and inputs.repository_up:
+            inputs.wal_repository_last = _wal_in_repository(repo)
+    if config.checkpoints.in_use and repo is not None and inputs.repository_up:
+        inputs.checkpoints = _checkpoints(config, repo)
     # the cached scan, never a walk: a metrics refresh stays cheap
     inputs.storage = storage_usage(config, inputs.records, repo_stored=inputs.repository.get("stored_bytes"))
     return inputs
+
+
+def _wal_in_repository(repo: Repository) -> float | None:
+    """When the newest segment of the current WAL lineage was stored in the repository (one
+    listing of the lineage and one ``stat``)."""
+    from coldkeep.postgres import walchain
+
+    try:
+        lineage = walchain.current_lineage(repo)
+        if lineage is None:
+            return None
+        newest = walchain.newest_segment_time(repo, str(lineage["prefix"]))
+    except ColdkeepError as exc:
+        log.info("metrics: archived WAL not read: %s", exc.message)
+        return None
+    return None if newest is None else newest.timestamp()
+
+
+def _checkpoints(config: Config, repo: Repository) -> dict[tuple[str, str], int]:
+    """Checkpoints by type and place: the hot disk's names (directory listings, no completeness
+    walk) against the stored ones (the snapshot catalog)."""
+    from coldkeep.checkpoints import inventory
+
+    cfg = config.checkpoints
+    try:
+        stored = inventory.stored_checkpoints(repo)
+    except ColdkeepError as exc:
+        log.info("metrics: stored checkpoints not read: %s", exc.message)
+        return {}
+    return inventory.counts_by_place(inventory.hot_names(cfg.root, cfg.phase_glob), stored)
 
 
 def _archiver(config: Config) -> dict[str, float] | None:
@@ -195,6 +233,7 @@ def families(inputs: Inputs, *, now: float | None = None) -> list[Metric]:
     out += _repository(inputs)
     out += _wal(inputs)
     out += _storage_families(inputs)
+    out += _services(inputs, by_type.get("conversations_archive", []))
     generated = gauge("coldkeep_metrics_generated_timestamp_seconds", "When these figures were computed")
     generated.add_metric([], clock.now().timestamp() if now is None else now)
     out.append(generated)
@@ -266,12 +305,18 @@ def _wal(inputs: Inputs) -> list[Metric]:
         # never archived since the statistics were reset: the reset is the age's origin
         last_ok.add_metric([], a.get("last_archived", a.get("stats_reset", 0.0)))
         last_bad.add_metric([], a.get("last_failed", 0.0))
+    in_repo = GaugeMetricFamily(
+        "coldkeep_wal_repository_last_segment_timestamp_seconds",
+        "When the newest WAL segment in the repository was stored (the repository's own figure)",
+    )
+    if inputs.wal_repository_last is not None:
+        in_repo.add_metric([], inputs.wal_repository_last)
     receiver = GaugeMetricFamily(
         "coldkeep_wal_receiver_up", "1 if the WAL receiver's replication slot is active"
     )
     if "receiver_up" in a:
         receiver.add_metric([], a["receiver_up"])
-    return [up, timeout, archived, failed, last_ok, last_bad, receiver]
+    return [up, timeout, archived, failed, last_ok, last_bad, in_repo, receiver]
 
 
 def _storage_families(inputs: Inputs) -> list[Metric]:
@@ -301,6 +346,32 @@ def _storage_families(inputs: Inputs) -> list[Metric]:
         if days is not None:
             full.add_metric(key, days)
     return [allocated, used, growth, full]
+
+
+def _services(inputs: Inputs, archives: Sequence[RunRecord]) -> list[Metric]:
+    """Checkpoints by type and place; conversation rows by state, as the last conversation
+    archive counted them (its record's ``conversation_rows``)."""
+    checkpoints = GaugeMetricFamily(
+        "coldkeep_checkpoints",
+        "Checkpoints by type and place (hot / repository / both)",
+        labels=["type", "place"],
+    )
+    for (type_, place), count in sorted(inputs.checkpoints.items()):
+        checkpoints.add_metric([type_, place], float(count))
+    rows = GaugeMetricFamily(
+        "coldkeep_conversation_rows",
+        "Conversation rows by state (live / archived: still in the table / purged: in the archive only),"
+        " counted by the last conversation archive",
+        labels=["state"],
+    )
+    good = _last(archives, success=True)
+    counted = good.figures.get("conversation_rows") if good is not None else None
+    if isinstance(counted, dict):
+        for state in ("live", "archived", "purged"):
+            value = counted.get(state)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rows.add_metric([state], float(value))
+    return [checkpoints, rows]
 
 
 # ------------------------------------------------------------------------------------------------
