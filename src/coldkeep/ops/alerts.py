@@ -139,8 +139,10 @@ def coldkeep_rules(config: Config) -> list[Rule]:
              "1h", "critical", "Offsite copy {{ $labels.type }} is older than 2 days"),
         Rule("ColdkeepStorageAlmostFull", "coldkeep_storage_used_bytes / coldkeep_storage_allocated_bytes > 0.8",
              "30m", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is over 80 % full"),
+        # Prometheus's own trend of the last day, or the run records' (coldkeep storage, 30 days)
         Rule("ColdkeepStorageFullSoon",
-             f"predict_linear(coldkeep_storage_used_bytes[1d], {14 * DAY}) > coldkeep_storage_allocated_bytes",
+             f"predict_linear(coldkeep_storage_used_bytes[1d], {14 * DAY}) > coldkeep_storage_allocated_bytes"
+             " or coldkeep_storage_days_until_full < 14",
              "1h", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is full within 14 days at its growth"),
         Rule("ColdkeepDrillStale",
              f'time() - coldkeep_job_last_success_timestamp_seconds{{type="drill"}} > {35 * DAY}',
