@@ -292,6 +292,13 @@ class TiersConfig(_Section):
     tier2: Tier = Field(default_factory=lambda: Tier(retention_days=365))
     tier3: Tier = Field(default_factory=lambda: Tier(retention_days=30))
 
+    @field_validator("tier1")
+    @classmethod
+    def _tier1_forever(cls, v: Tier) -> Tier:
+        if v.retention_days != "forever":
+            raise ValueError('Tier 1 is kept forever: retention_days must be "forever"')
+        return v
+
 
 class Allocation(_Section):
     path: str
