@@ -91,7 +91,7 @@ def clean(app: AppContext, tier: int, older_than: int | None, delete: bool) -> N
         result = clean_tier(repo, cfg, tier, older_than_days=older_than, delete=delete)
     for warning in result.warnings:
         app.out.warn(warning)
-    for item in result.items:
+    for item in result.items if delete else []:  # a dry run's table says it already
         if item.action == "kept":
             app.out.warn(f"{item.path}: kept: {item.reason}")
     data = result.to_json()

@@ -1,8 +1,10 @@
 """Prometheus metrics, computed from the run records and the repository.
 
-One function, :func:`gather`, turns the run records (:mod:`coldkeep.ops.runs`), the repository's
-figures, ``pg_stat_archiver`` (when ``[postgres]`` is in use) and the configured storage
-allocations into metric families; three outputs show the same families:
+:func:`read_inputs` and :func:`families` turn the run records (:mod:`coldkeep.ops.runs`), the
+repository's figures, ``pg_stat_archiver`` and the newest WAL segment in the repository (when
+``[postgres]`` is in use), the checkpoints by type and place (``[checkpoints]``), the conversation
+rows the last archive counted and the storage allocations (:mod:`coldkeep.ops.storage`) into
+metric families; three outputs show the same families:
 
 * the node_exporter textfile (``[metrics] textfile_dir``/``coldkeep.prom``), written atomically
   after every recorded job;
