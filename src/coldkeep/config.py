@@ -292,6 +292,13 @@ class TiersConfig(_Section):
     tier2: Tier = Field(default_factory=lambda: Tier(retention_days=365))
     tier3: Tier = Field(default_factory=lambda: Tier(retention_days=30))
 
+    @field_validator("tier1")
+    @classmethod
+    def _tier1_forever(cls, v: Tier) -> Tier:
+        if v.retention_days != "forever":
+            raise ValueError('Tier 1 is kept forever: retention_days must be "forever"')
+        return v
+
 
 class Allocation(_Section):
     path: str
@@ -363,6 +370,8 @@ class ScheduleConfig(_Section):
     repo_check: str = "0 6 * * 0"
     repo_copy: str = "0 7 * * *"
     drill: str = "0 8 1 * *"  # spec: monthly DR test
+    tiers_backup: str = "0 1 * * *"  # when a tier has paths
+    storage: str = "15 6 * * *"  # a sample of every allocation's use a day: its growth
 
     @field_validator("*")
     @classmethod

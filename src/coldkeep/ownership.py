@@ -7,6 +7,8 @@ snapshot's ``kind`` and tags:
 
 * ``kind`` other than ``files`` (``pg-base`` for PostgreSQL base backups; the coming checkpoint,
   dataset and reproducibility snapshots; any kind this version does not know) -> that service;
+* ``kind`` ``tier`` (``coldkeep tiers backup``) -> the tiers service, whose retention is the
+  tier's ``retention_days``; tagged ``tier=1``: Tier-1 data, kept forever;
 * a ``files`` snapshot tagged ``service=NAME`` with a service coldkeep knows (``postgres``,
   ``checkpoints``, ``datasets``, ``repro``, ``conversations``) -> that service (another value is a
   user's own tag);
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["GENERIC_KIND", "Owner", "owner_of"]
+__all__ = ["GENERIC_KIND", "TIER_KIND", "Owner", "owner_of"]
 
 #: the ``kind`` of a snapshot written by ``coldkeep backup``
 GENERIC_KIND = "files"
@@ -76,10 +78,18 @@ KINDS: Mapping[str, Owner] = {
 SERVICES: Mapping[str, Owner] = {"postgres": _POSTGRES, **{o.service: o for o in _TIER1.values()}}
 
 
+#: the snapshot kind of ``coldkeep tiers backup`` (tagged ``tier=N``)
+TIER_KIND = "tier"
+_TIER_SNAPSHOT = Owner("tiers", "tier snapshot", "coldkeep tiers backup")
+_TIER1_SNAPSHOT = Owner("tiers", "Tier-1 snapshot", tier1=True)
+
+
 def owner_of(kind: str, tags: Mapping[str, str]) -> Owner | None:
     """The owner of a snapshot of ``kind`` with ``tags``, or ``None`` when it is generic (only
     then may ``forget`` remove it).  A kind this version does not know is owned too: a generic
     command never guesses that something it does not know is safe to delete."""
+    if kind == TIER_KIND:
+        return _TIER1_SNAPSHOT if tags.get("tier", "").strip() == "1" else _TIER_SNAPSHOT
     if kind != GENERIC_KIND:
         return KINDS.get(kind) or Owner(kind, f"{kind!r} snapshot (unknown kind)")
     # tag values as people type them: `kind=Dataset`, ` datasets ` are Tier-1 all the same

@@ -52,7 +52,23 @@ def metrics_site(tmp_path: Path, extra: str = "") -> Site:
 
 def test_textfile_pushgateway_and_exporter_agree_after_each_job(tmp_path: Path) -> None:
     with pushgateway(tmp_path) as gateway:
-        site = metrics_site(tmp_path, f'pushgateway_url = "{gateway}"\njob = "coldkeep"\n')
+        alloc = tmp_path / "alloc"
+        alloc.mkdir()
+        (alloc / "a.bin").write_bytes(b"x" * 50_000)
+        phase = tmp_path / "models" / "cet-d-phase1"
+        (phase / "checkpoint-20251001_153000").mkdir(parents=True)  # a hot checkpoint, by its name
+        site = metrics_site(
+            tmp_path,
+            f'pushgateway_url = "{gateway}"\njob = "coldkeep"\n'
+            f'[storage.hot]\npath = "{tmp_path}"\ncapacity = "10MB"\n'
+            f'[storage.hot.allocations.data]\npath = "{alloc}"\nsize = "1MB"\n'
+            '[storage.cold]\npath = "/"\ncapacity = "1TB"\n'
+            f'[checkpoints]\nroot = "{tmp_path / "models"}"\n',
+        )
+        days_ago = [(datetime.now(UTC) - timedelta(days=d)).isoformat() for d in (2, 1)]
+        site.ok("storage", env={"COLDKEEP_NOW": days_ago[0]})
+        (alloc / "b.bin").write_bytes(b"y" * 50_000)
+        site.ok("storage", env={"COLDKEEP_NOW": days_ago[1]})  # growth: two samples a day apart
         # another pusher's metric in the same group: an add (POST) leaves it alone
         group = {"instance": socket.gethostname()}
         reg = CollectorRegistry()
@@ -63,7 +79,7 @@ def test_textfile_pushgateway_and_exporter_agree_after_each_job(tmp_path: Path) 
         ok = site.json("backup", str(data))
         assert site.run("backup", str(tmp_path / "missing")).returncode != 0  # a failure after the success
         textfile = samples((tmp_path / "textfile" / "coldkeep.prom").read_text())
-        runs = site.json("runs")
+        runs = [r for r in site.json("runs") if r["job"] != "storage"]
         good, bad = runs[0], runs[1]
 
         t = ("type", "backup")
@@ -78,6 +94,11 @@ def test_textfile_pushgateway_and_exporter_agree_after_each_job(tmp_path: Path) 
         assert textfile[("coldkeep_job_new_stored_bytes", (t,))] == ok["new_stored_bytes"]
         assert textfile[("coldkeep_repository_up", ())] == 1
         assert bad["result"] == "failed"
+        # the storage and service figures are among them (and so compared below)
+        pool = (("allocation", "data"), ("location", "hot"), ("path", str(alloc)))
+        assert textfile[("coldkeep_storage_growth_bytes_per_day", pool)] > 0
+        assert textfile[("coldkeep_storage_days_until_full", pool)] > 0
+        assert textfile[("coldkeep_checkpoints", (("place", "hot"), ("type", "checkpoint")))] == 1
 
         pushed = get(gateway + "/metrics")
         in_group = "\n".join(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def test_pg_jobs_record_their_runs_and_metrics_read_the_archiver(pgenv: Env) -> 
     assert m["coldkeep_postgres_up"] == 1
     assert m["coldkeep_wal_archived_segments_total"] >= 2  # the backup's and the switch's
     assert m["coldkeep_wal_last_archived_timestamp_seconds"] > 0
+    # the repository's own figure: when its newest segment was stored (the object's time)
+    segments = [p for p in (env.base / "repo" / "named").rglob("*") if re.fullmatch("[0-9A-F]{24}", p.name)]
+    assert segments
+    stored_at = m["coldkeep_wal_repository_last_segment_timestamp_seconds"]
+    assert stored_at == pytest.approx(max(p.stat().st_mtime for p in segments), abs=2)
     assert m["coldkeep_wal_archive_timeout_seconds"] == 60
     assert m["coldkeep_restore_test_passed"] == 0  # the last one failed
     assert m["coldkeep_restore_test_rto_seconds"] == pytest.approx(runs[1]["duration_s"], abs=0.002)
@@ -73,7 +79,10 @@ def test_pg_jobs_record_their_runs_and_metrics_read_the_archiver(pgenv: Env) -> 
     assert "backup_last_success_timestamp{type=pg_restore_test}" not in m  # not a backup
 
     c.stop()
-    assert _metrics(env)["coldkeep_postgres_up"] == 0  # an alert, not a missing series
+    down = _metrics(env)
+    assert down["coldkeep_postgres_up"] == 0  # an alert, not a missing series
+    # pg_stat_archiver is gone with the server; the repository still says how old the WAL is
+    assert down["coldkeep_wal_repository_last_segment_timestamp_seconds"] == stored_at
 
 
 def test_conversations_archive_records_its_run(pg_cluster: TempCluster, tmp_path: Path) -> None:
@@ -87,3 +96,19 @@ def test_conversations_archive_records_its_run(pg_cluster: TempCluster, tmp_path
         runs[0]["new_bytes"] == out["bytes_written"]
         and runs[0]["figures"]["rows_archived"] == out["rows_archived"]
     )
+    # the rows by state, counted once after the archive, are what the metrics show
+    totals = site.ok("conversations", "stats")["totals"]
+    assert runs[0]["figures"]["conversation_rows"] == {
+        "live": totals["hot"],
+        "archived": totals["archived"],
+        "purged": totals["purged"],
+    }
+    assert totals["hot"] > 0 and totals["archived"] == out["rows_archived"] > 0
+    text = site.run("metrics").stdout
+    got = {
+        s.labels["state"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "coldkeep_conversation_rows"
+    }
+    assert got == {"live": totals["hot"], "archived": totals["archived"], "purged": totals["purged"]}

@@ -104,6 +104,7 @@ format = "jsonl.zst"
         ('[postgres]\nbackup_wal_timeout = "soon"\n', "postgres.backup_wal_timeout"),
         ('[schedule]\npg_backup = "0 25 * * *"\n', "schedule.pg_backup"),
         ('[storage.hot]\npath = "/x"\ncapacity = "lots"\n', "storage.hot.capacity"),
+        ("[tiers.tier1]\nretention_days = 30\n", "tiers.tier1: Tier 1 is kept forever"),
     ],
 )
 def test_bad_values_name_the_key(text: str, expected: str) -> None:

@@ -44,3 +44,12 @@ def test_kind_tags_are_tier1_whatever_their_case(value: str) -> None:
     owner = owner_of("files", {"kind": value})
     assert owner is not None and owner.tier1
     assert owner_of("files", {"service": "Postgres"}) is not None
+
+
+def test_tier_snapshots_belong_to_tiers_and_tier1_is_kept_forever() -> None:
+    """`tiers backup` snapshots: generic `forget` never removes them; Tier 1 is Tier-1 data."""
+    tier3 = owner_of("tier", {"tier": "3"})
+    assert tier3 is not None and tier3.service == "tiers" and not tier3.tier1
+    assert tier3.retention == "coldkeep tiers backup"
+    tier1 = owner_of("tier", {"tier": "1"})
+    assert tier1 is not None and tier1.service == "tiers" and tier1.tier1

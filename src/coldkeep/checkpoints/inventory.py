@@ -196,3 +196,43 @@ def stored_names(stored: Mapping[str, list[Snapshot]]) -> list[CheckpointName]:
 
 
 Log = Callable[[str], None]
+
+
+def hot_names(root: str, phase_glob: str) -> list[CheckpointName]:
+    """The names of the checkpoint directories on the hot disk: one listing per phase directory,
+    no completeness walk (cheap enough for every metrics refresh)."""
+    out: list[CheckpointName] = []
+    try:
+        phases = list(os.scandir(root))
+    except OSError:
+        return out
+    for phase_entry in phases:
+        if not fnmatch.fnmatchcase(phase_entry.name, phase_glob) or not phase_entry.is_dir(
+            follow_symlinks=False
+        ):
+            continue
+        try:
+            entries = list(os.scandir(phase_entry.path))
+        except OSError:
+            continue
+        for entry in entries:
+            parsed = parse(phase_entry.name, entry.name)
+            if isinstance(parsed, CheckpointName) and entry.is_dir(follow_symlinks=False):
+                out.append(parsed)
+    return out
+
+
+def counts_by_place(
+    hot: Iterable[CheckpointName], stored: Mapping[str, list[Snapshot]]
+) -> dict[tuple[str, str], int]:
+    """How many checkpoints of each type are on the hot disk only, in the repository only, or
+    both: ``{(type, place): count}``, every place of every type present."""
+    types: dict[str, str] = {n.name: n.type for n in hot}
+    hot_set = set(types)
+    for parsed in stored_names(stored):
+        types.setdefault(parsed.name, parsed.type)
+    counts = {(t, place): 0 for t in set(types.values()) for place in ("hot", "repository", "both")}
+    for name, type_ in types.items():
+        place = "both" if name in hot_set and name in stored else "hot" if name in hot_set else "repository"
+        counts[(type_, place)] += 1
+    return counts

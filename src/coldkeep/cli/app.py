@@ -46,6 +46,8 @@ COMMANDS: dict[str, str] = {
     "run-due": "coldkeep.cli.schedule_cmd:run_due",
     "status": "coldkeep.cli.status_cmd:status",
     "report": "coldkeep.cli.status_cmd:report",
+    "storage": "coldkeep.cli.storage_cmd:storage",
+    "tiers": "coldkeep.cli.tiers_cmd:tiers",
 }
 
 

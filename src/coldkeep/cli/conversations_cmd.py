@@ -56,6 +56,22 @@ def init_schema(app: AppContext) -> None:
     app.out.emit(result, human)
 
 
+def _count_rows(app: AppContext) -> None:
+    """Put the table's rows by state into the run record (the metric
+    ``coldkeep_conversation_rows``): one count after the monthly archive, never in a scrape."""
+    from coldkeep.conversations.access import stats
+
+    try:
+        totals = stats(app.config())["totals"]
+    except Exception as exc:  # the archive's outcome stands; the metric waits for the next run
+        app.out.warn(f"conversation rows not counted: {exc}")
+        return
+    assert app.run is not None
+    app.run.set(
+        conversation_rows={"live": totals["hot"], "archived": totals["archived"], "purged": totals["purged"]}
+    )
+
+
 @conversations.command()
 @click.option(
     "--older-than",
@@ -101,6 +117,8 @@ def archive(
     ).run()
     for warning in result.warnings:
         app.out.warn(warning)
+    if app.run is not None and not dry_run:
+        _count_rows(app)
     data = result.to_json()
 
     def human(c: Console) -> None:

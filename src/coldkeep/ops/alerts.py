@@ -172,6 +172,11 @@ def _full_soon(m: Samples) -> list[Labels]:
         size = allocated.get(tuple(sorted(lab.items())))
         if ahead is not None and size is not None and ahead > size:
             out.append(lab)
+    # `or`: the run records' trend adds the series whose label set the left side does not have
+    seen = {tuple(sorted(lab.items())) for lab in out}
+    for lab in compare(m, "coldkeep_storage_days_until_full", lambda v: v < 14):
+        if tuple(sorted(lab.items())) not in seen:
+            out.append(lab)
     return out
 
 
@@ -205,8 +210,10 @@ def coldkeep_rules(config: Config) -> list[Rule]:
         Rule("ColdkeepStorageAlmostFull", "coldkeep_storage_used_bytes / coldkeep_storage_allocated_bytes > 0.8",
              "30m", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is over 80 % full",
              check=lambda m: ratio_over(m, "coldkeep_storage_used_bytes", "coldkeep_storage_allocated_bytes", 0.8)),
+        # Prometheus's own trend of the last day, or the run records' (coldkeep storage, 30 days)
         Rule("ColdkeepStorageFullSoon",
-             f"predict_linear(coldkeep_storage_used_bytes[1d], {14 * DAY}) > coldkeep_storage_allocated_bytes",
+             f"predict_linear(coldkeep_storage_used_bytes[1d], {14 * DAY}) > coldkeep_storage_allocated_bytes"
+             " or coldkeep_storage_days_until_full < 14",
              "1h", "warning", "Allocation {{ $labels.location }}/{{ $labels.allocation }} is full within 14 days at its growth",
              check=_full_soon),
         Rule("ColdkeepDrillStale",

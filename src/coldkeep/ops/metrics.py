@@ -1,8 +1,10 @@
 """Prometheus metrics, computed from the run records and the repository.
 
-One function, :func:`gather`, turns the run records (:mod:`coldkeep.ops.runs`), the repository's
-figures, ``pg_stat_archiver`` (when ``[postgres]`` is in use) and the configured storage
-allocations into metric families; three outputs show the same families:
+:func:`read_inputs` and :func:`families` turn the run records (:mod:`coldkeep.ops.runs`), the
+repository's figures, ``pg_stat_archiver`` and the newest WAL segment in the repository (when
+``[postgres]`` is in use), the checkpoints by type and place (``[checkpoints]``), the conversation
+rows the last archive counted and the storage allocations (:mod:`coldkeep.ops.storage`) into
+metric families; three outputs show the same families:
 
 * the node_exporter textfile (``[metrics] textfile_dir``/``coldkeep.prom``), written atomically
   after every recorded job;
@@ -31,10 +33,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from coldkeep import clock
-from coldkeep.config import Config, parse_size
+from coldkeep.config import Config
 from coldkeep.durable import write_atomic
 from coldkeep.errors import ColdkeepError
 from coldkeep.ops.runs import RunRecord, list_records, pending_records
+from coldkeep.ops.storage import Usage, repository_figures
+from coldkeep.ops.storage import usage as storage_usage
 
 if TYPE_CHECKING:
     from coldkeep.repository.repository import Repository
@@ -67,7 +71,11 @@ class Inputs:
     repository: dict[str, float] = field(default_factory=dict)
     archiver: dict[str, float] | None = None
     archive_timeout_s: float = 0.0
-    storage: list[tuple[str, str, str, float, float | None]] = field(default_factory=list)
+    storage: list[Usage] = field(default_factory=list)
+    #: when the newest WAL segment in the repository was stored (``None``: none, or not read)
+    wal_repository_last: float | None = None
+    #: checkpoints by (type, place): hot / repository / both (``[checkpoints]`` in use)
+    checkpoints: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def read_inputs(config: Config, repo: Repository | None) -> Inputs:
@@ -79,7 +87,7 @@ def read_inputs(config: Config, repo: Repository | None) -> Inputs:
     if repo is not None:
         try:
             inputs.records = list_records(repo, pending_url=url)
-            inputs.repository = _repository_figures(repo)
+            inputs.repository = repository_figures(repo)
             inputs.repository_up = True
         except ColdkeepError as exc:
             log.warning("metrics: repository not read: %s", exc.message)
@@ -88,22 +96,43 @@ def read_inputs(config: Config, repo: Repository | None) -> Inputs:
     if config.postgres.in_use:
         inputs.archive_timeout_s = float(config.postgres.archive_timeout)
         inputs.archiver = _archiver(config)
-    inputs.storage = _storage(config, inputs.repository.get("stored_bytes"))
+        if repo is not None and inputs.repository_up:
+            inputs.wal_repository_last = _wal_in_repository(repo)
+    if config.checkpoints.in_use and repo is not None and inputs.repository_up:
+        inputs.checkpoints = _checkpoints(config, repo)
+    # the cached scan, never a walk: a metrics refresh stays cheap
+    inputs.storage = storage_usage(config, inputs.records, repo_stored=inputs.repository.get("stored_bytes"))
     return inputs
 
 
-def _repository_figures(repo: Repository) -> dict[str, float]:
-    from coldkeep.repository.format import NAMED_PREFIX, PACK_PREFIX
+def _wal_in_repository(repo: Repository) -> float | None:
+    """When the newest segment of the current WAL lineage was stored in the repository (one
+    listing of the lineage and one ``stat``)."""
+    from coldkeep.postgres import walchain
 
-    snaps = repo.list_snapshots()
-    stored = sum(i.size for i in repo.backend.list(PACK_PREFIX)) + sum(
-        i.size for i in repo.backend.list(NAMED_PREFIX)
-    )
-    return {
-        "snapshots": float(len(snaps)),
-        "logical_bytes": float(sum(s.logical_bytes for s in snaps)),
-        "stored_bytes": float(stored),
-    }
+    try:
+        lineage = walchain.current_lineage(repo)
+        if lineage is None:
+            return None
+        newest = walchain.newest_segment_time(repo, str(lineage["prefix"]))
+    except ColdkeepError as exc:
+        log.info("metrics: archived WAL not read: %s", exc.message)
+        return None
+    return None if newest is None else newest.timestamp()
+
+
+def _checkpoints(config: Config, repo: Repository) -> dict[tuple[str, str], int]:
+    """Checkpoints by type and place: the hot disk's names (directory listings, no completeness
+    walk) against the stored ones (the snapshot catalog)."""
+    from coldkeep.checkpoints import inventory
+
+    cfg = config.checkpoints
+    try:
+        stored = inventory.stored_checkpoints(repo)
+    except ColdkeepError as exc:
+        log.info("metrics: stored checkpoints not read: %s", exc.message)
+        return {}
+    return inventory.counts_by_place(inventory.hot_names(cfg.root, cfg.phase_glob), stored)
 
 
 def _archiver(config: Config) -> dict[str, float] | None:
@@ -133,32 +162,6 @@ def _archiver(config: Config) -> dict[str, float] | None:
     if slot is not None:  # the receiver's slot exists: is it streaming?
         figures["receiver_up"] = 1.0 if slot[0] else 0.0
     return figures
-
-
-def _storage(config: Config, repo_stored: float | None) -> list[tuple[str, str, str, float, float | None]]:
-    """(location, allocation, path, allocated bytes, used bytes or None) per allocation: used is
-    the file system's figure where the allocation is a mount point, the repository's stored
-    bytes where it holds the repository, unknown otherwise (no tree walk in a metrics refresh)."""
-    repo_path = (
-        config.repository.url.removeprefix("file://") if config.repository.url.startswith("file://") else ""
-    )
-    rows: list[tuple[str, str, str, float, float | None]] = []
-    for loc_name in ("hot", "cold"):
-        location = getattr(config.storage, loc_name)
-        for name, alloc in sorted(location.allocations.items()):
-            used: float | None = None
-            path = alloc.path
-            if (
-                repo_path
-                and os.path.realpath(repo_path) == os.path.realpath(path)
-                and repo_stored is not None
-            ):
-                used = repo_stored
-            elif os.path.ismount(path):
-                st = os.statvfs(path)
-                used = float((st.f_blocks - st.f_bfree) * st.f_frsize)
-            rows.append((loc_name, name, path, float(parse_size(alloc.size)), used))
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,6 +236,7 @@ def families(inputs: Inputs, *, now: float | None = None) -> list[Metric]:
     out += _repository(inputs)
     out += _wal(inputs)
     out += _storage_families(inputs)
+    out += _services(inputs, by_type.get("conversations_archive", []))
     generated = gauge("coldkeep_metrics_generated_timestamp_seconds", "When these figures were computed")
     generated.add_metric([], clock.now().timestamp() if now is None else now)
     out.append(generated)
@@ -304,12 +308,18 @@ def _wal(inputs: Inputs) -> list[Metric]:
         # never archived since the statistics were reset: the reset is the age's origin
         last_ok.add_metric([], a.get("last_archived", a.get("stats_reset", 0.0)))
         last_bad.add_metric([], a.get("last_failed", 0.0))
+    in_repo = GaugeMetricFamily(
+        "coldkeep_wal_repository_last_segment_timestamp_seconds",
+        "When the newest WAL segment in the repository was stored (the repository's own figure)",
+    )
+    if inputs.wal_repository_last is not None:
+        in_repo.add_metric([], inputs.wal_repository_last)
     receiver = GaugeMetricFamily(
         "coldkeep_wal_receiver_up", "1 if the WAL receiver's replication slot is active"
     )
     if "receiver_up" in a:
         receiver.add_metric([], a["receiver_up"])
-    return [up, timeout, archived, failed, last_ok, last_bad, receiver]
+    return [up, timeout, archived, failed, last_ok, last_bad, in_repo, receiver]
 
 
 def _storage_families(inputs: Inputs) -> list[Metric]:
@@ -318,11 +328,53 @@ def _storage_families(inputs: Inputs) -> list[Metric]:
         "coldkeep_storage_allocated_bytes", "Bytes allocated ([storage])", labels=labels
     )
     used = GaugeMetricFamily("coldkeep_storage_used_bytes", "Bytes used in the allocation", labels=labels)
-    for location, name, path, size, in_use in inputs.storage:
-        allocated.add_metric([location, name, path], size)
-        if in_use is not None:
-            used.add_metric([location, name, path], in_use)
-    return [allocated, used]
+    growth = GaugeMetricFamily(
+        "coldkeep_storage_growth_bytes_per_day",
+        "Growth of the allocation's used bytes per day (from the run records)",
+        labels=labels,
+    )
+    full = GaugeMetricFamily(
+        "coldkeep_storage_days_until_full",
+        "Days until the allocation is full at its growth (absent when it does not grow)",
+        labels=labels,
+    )
+    for row in inputs.storage:
+        key = [row.location, row.name, row.path]
+        allocated.add_metric(key, row.allocated)
+        if row.used is not None:
+            used.add_metric(key, row.used)
+        if row.growth_per_day is not None:
+            growth.add_metric(key, row.growth_per_day)
+        days = row.days_until_full
+        if days is not None:
+            full.add_metric(key, days)
+    return [allocated, used, growth, full]
+
+
+def _services(inputs: Inputs, archives: Sequence[RunRecord]) -> list[Metric]:
+    """Checkpoints by type and place; conversation rows by state, as the last conversation
+    archive counted them (its record's ``conversation_rows``)."""
+    checkpoints = GaugeMetricFamily(
+        "coldkeep_checkpoints",
+        "Checkpoints by type and place (hot / repository / both)",
+        labels=["type", "place"],
+    )
+    for (type_, place), count in sorted(inputs.checkpoints.items()):
+        checkpoints.add_metric([type_, place], float(count))
+    rows = GaugeMetricFamily(
+        "coldkeep_conversation_rows",
+        "Conversation rows by state (live / archived: still in the table / purged: in the archive only),"
+        " counted by the last conversation archive",
+        labels=["state"],
+    )
+    good = _last(archives, success=True)
+    counted = good.figures.get("conversation_rows") if good is not None else None
+    if isinstance(counted, dict):
+        for state in ("live", "archived", "purged"):
+            value = counted.get(state)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rows.add_metric([state], float(value))
+    return [checkpoints, rows]
 
 
 # ------------------------------------------------------------------------------------------------

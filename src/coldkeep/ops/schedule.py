@@ -146,7 +146,8 @@ class Job:
 
 def jobs(config: Config) -> list[Job]:
     """The jobs of ``config``'s schedule whose entry is set and whose service is in use (drills
-    join when the drill command exists)."""
+    join when the drill command exists; ``tiers backup`` when a tier has paths; ``storage`` —
+    the samples its growth comes from — when the config has a ``[storage]`` section)."""
     s = config.schedule
     table: list[tuple[str, str, tuple[str, ...], bool]] = [
         ("pg_backup", "pg backup", ("pg", "backup"), config.postgres.in_use),
@@ -156,6 +157,9 @@ def jobs(config: Config) -> list[Job]:
         ("conversations_archive", "conversations archive", ("conversations", "archive"), config.conversations.in_use),
         ("datasets_snapshot", "datasets snapshot", ("datasets", "snapshot"), config.datasets.in_use),
         ("repo_check", "repo check", ("repo", "check"), True),
+        ("tiers_backup", "tiers backup", ("tiers", "backup"),
+         any(getattr(config.tiers, f"tier{n}").paths for n in (1, 2, 3))),
+        ("storage", "storage", ("storage",), "storage" in config.model_fields_set),
     ]  # fmt: skip
     out = [Job(key, job, argv, parse_cron(getattr(s, key))) for key, job, argv, used in table
            if used and getattr(s, key)]  # fmt: skip

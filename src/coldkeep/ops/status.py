@@ -177,23 +177,29 @@ def _holds_repository(config: Config, path: str) -> bool:
 
 
 def _storage(config: Config, inputs: metrics.Inputs, history: Points, now: float) -> list[dict[str, Any]]:
+    """Each allocation as :mod:`coldkeep.ops.storage` measured it for the metrics (one place); the
+    growth per day is its trend from the storage run records, or, for the allocation holding the
+    repository while those are too few, the trend of the bytes jobs newly stored this week."""
     rows = []
-    for location, name, path, allocated, used in inputs.storage:  # computed by metrics (one place)
+    for usage in inputs.storage:
+        used, allocated = usage.used, usage.allocated
         row: dict[str, Any] = {
-            "location": location, "allocation": name, "path": path, "allocated_bytes": int(allocated),
-            "used_bytes": int(used) if used is not None else None,
-            "used_pct": round(100.0 * used / allocated, 1) if used is not None and allocated else None,
-            "growth_per_day": None, "days_until_full": None,
+            "location": usage.location, "allocation": usage.name, "path": usage.path,
+            "allocated_bytes": int(allocated), "used_bytes": int(used) if used is not None else None,
+            "used_pct": round(usage.percent, 1) if usage.percent is not None else None,
+            "source": usage.source, "growth_per_day": None, "days_until_full": None,
         }  # fmt: skip
-        if used is not None and _holds_repository(config, path):
+        growth = usage.growth_per_day
+        if growth is None and used is not None and _holds_repository(config, usage.path):
             week = [(t, v) for t, v in history if now - 7 * DAY < t <= now]
             base, ahead = predict_linear(week, now, 0.0), predict_linear(week, now, DAY)
             if base is not None and ahead is not None:
                 growth = ahead - base
-                row["growth_per_day"] = round(growth)
-                days = max(0.0, allocated - used) / growth if growth > 0 else None
-                if days is not None and days <= FAR_DAYS:  # beyond: not a forecast worth a number
-                    row["days_until_full"] = round(days, 1)
+        if growth is not None and used is not None:
+            row["growth_per_day"] = round(growth)
+            days = max(0.0, allocated - used) / growth if growth > 0 else None
+            if days is not None and days <= FAR_DAYS:  # beyond: not a forecast worth a number
+                row["days_until_full"] = round(days, 1)
         rows.append(row)
     return rows
 
