@@ -38,6 +38,7 @@ from coldkeep.repository.fileread import WindowBuffers, open_regular, read_hook
 from coldkeep.repository.progress import Progress
 from coldkeep.repository.repository import Repository
 from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.sources import followed_sources, outermost
 from coldkeep.repository.tree import EntryType, TreeEntry
 
 SMALL_FILE = 4 * 1024 * 1024
@@ -181,41 +182,6 @@ def _meta(name: str, st: os.stat_result, kind: EntryType) -> TreeEntry:
         "mtime_ns": st.st_mtime_ns,
         "type": kind,
     }
-
-
-def _outermost(sources: list[Path]) -> tuple[list[Path], list[str]]:
-    """The sources without repeats and without those inside another source (each is stored once,
-    as part of the outer one), in the order given, and a note for each one left out."""
-    kept: list[Path] = []
-    notes: list[str] = []
-    for source in sources:
-        outer = next((k for k in kept if k == source or k in source.parents), None)
-        if outer is None:
-            inner = [k for k in kept if source in k.parents]
-            for k in inner:
-                notes.append(f"{k} is inside {source}: backed up once, as part of {source}")
-            kept = [k for k in kept if k not in inner] + [source]
-        elif outer == source:
-            notes.append(f"{source} was named twice: backed up once")
-        else:
-            notes.append(f"{source} is inside {outer}: backed up once, as part of {outer}")
-    return kept, notes
-
-
-def _followed_sources(paths: list[str]) -> tuple[dict[str, str], list[str]]:
-    """The sources that are symlinks to directories, each with the directory it names (read in
-    its place, as ``tar -h`` does for the top level and restic for its arguments), and a note for
-    each.  Dangling links and links to files stay links."""
-    read_from: dict[str, str] = {}
-    notes: list[str] = []
-    for path in paths:
-        if os.path.islink(path) and os.path.isdir(path):
-            read_from[path] = os.path.realpath(path)
-            notes.append(
-                f"{path} is a symlink to the directory {read_from[path]}: backed up that directory "
-                "under the link's name (symlinks inside it are kept as symlinks)"
-            )
-    return read_from, notes
 
 
 class _Member:
@@ -387,9 +353,9 @@ class Backup:
             for s in sources:
                 if s != base and base not in s.parents:
                     raise UsageError(f"{s} is not under {base}")
-        sources, nested = _outermost(sources)
+        sources, nested = outermost(sources)
         paths = [str(s) for s in sources]
-        read_from, notes = _followed_sources(paths)
+        read_from, notes = followed_sources(paths)
         notes = nested + notes
         base_str = str(base) if base is not None else None
         parent_snap = (
