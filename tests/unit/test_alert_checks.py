@@ -93,3 +93,12 @@ def test_a_drill_of_any_scenario_counts_for_the_drill_rules() -> None:
     m = Samples(40 * 86400.0)
     m.add("coldkeep_job_last_success_timestamp_seconds", {"type": "drill_database"}, 0.0)
     assert rule.check(m) == [{"type": "drill_database"}]
+
+
+def test_drill_rto_rule_follows_the_configured_objective() -> None:
+    config = parse_text(CONFIG + '\n[drill]\nrto_objective = "30m"\n')
+    rule = {r.alert: r for r in all_rules(config)}["ColdkeepDrillRtoOverObjective"]
+    assert rule.expr == "coldkeep_drill_rto_seconds > 1800"
+    at = Samples(0.0)
+    at.add("coldkeep_drill_rto_seconds", {}, 2000.0)  # over 30 min, under the default hour
+    assert rule.check is not None and rule.check(at) == [{}]

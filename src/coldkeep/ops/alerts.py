@@ -190,6 +190,7 @@ def _is_drill(lab: Labels) -> bool:
 
 
 def coldkeep_rules(config: Config) -> list[Rule]:
+    rto = float(config.drill.rto_objective_s or RTO_OBJECTIVE_S)  # [drill] rto_objective
     rules = [
         Rule("ColdkeepJobFailed", "coldkeep_job_last_run_success == 0", "5m", "warning",
              "coldkeep job {{ $labels.type }}: its last run failed (`coldkeep runs --job {{ $labels.type }}`)",
@@ -220,9 +221,9 @@ def coldkeep_rules(config: Config) -> list[Rule]:
              f'time() - coldkeep_job_last_success_timestamp_seconds{{type=~"drill|drill_.+"}} > {35 * DAY}',
              "1h", "warning", "No successful recovery drill for 35 days",
              check=lambda m: older_than(m, "coldkeep_job_last_success_timestamp_seconds", 35 * DAY, _is_drill)),
-        Rule("ColdkeepDrillRtoOverObjective", f"coldkeep_drill_rto_seconds > {RTO_OBJECTIVE_S}", "0m", "warning",
-             f"The last drill took longer to recover than the objective ({RTO_OBJECTIVE_S // 60} min)",
-             check=lambda m: compare(m, "coldkeep_drill_rto_seconds", lambda v: v > RTO_OBJECTIVE_S)),
+        Rule("ColdkeepDrillRtoOverObjective", f"coldkeep_drill_rto_seconds > {rto:g}", "0m", "warning",
+             f"The last drill took longer to recover than the objective ({config.drill.rto_objective})",
+             check=lambda m: compare(m, "coldkeep_drill_rto_seconds", lambda v: v > rto)),
         Rule("ColdkeepDrillFailed", "coldkeep_drill_passed == 0", "0m", "critical", "The last recovery drill failed",
              check=lambda m: compare(m, "coldkeep_drill_passed", lambda v: v == 0)),
     ]  # fmt: skip
