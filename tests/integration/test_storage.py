@@ -88,3 +88,14 @@ def test_storage_figures_growth_and_days_until_full(tmp_path: Path) -> None:
     )
     assert metrics[("coldkeep_storage_used_bytes", "repo")] == site.json("repo", "stats")["stored_bytes"]
     assert metrics[("coldkeep_storage_used_bytes", "repo")] > stats["stored_bytes"]  # the three records
+
+
+def test_no_growth_per_day_from_samples_within_a_day(tmp_path: Path) -> None:
+    """Two figures an hour apart are no trend: growing 100 KB in that hour is not "2.4 MB a day,
+    full in 10 days" (the demo's repository, minutes old, raised a false "full within 14 days")."""
+    site, data = _site(tmp_path)
+    site.ok("storage", env=DAY0)
+    (data / "c.bin").write_bytes(os.urandom(100_000))
+    hour = _by_key(site.json("storage", "--max-age", "0", env={"COLDKEEP_NOW": "2026-12-01T01:00:00Z"}))
+    assert hour["hot/data"]["source"] == "scan" and hour["hot/data"]["used_bytes"] == du(data)
+    assert hour["hot/data"]["growth_bytes_per_day"] is None and hour["hot/data"]["days_until_full"] is None

@@ -31,7 +31,7 @@ from coldkeep.config import Config
 from coldkeep.ops import metrics
 from coldkeep.ops.alerts import all_rules, cron_interval
 from coldkeep.ops.runs import RunRecord
-from coldkeep.ops.samples import Points, Samples, predict_linear
+from coldkeep.ops.samples import Points, Samples
 from coldkeep.ops.schedule import states
 
 if TYPE_CHECKING:
@@ -177,9 +177,8 @@ def _holds_repository(config: Config, path: str) -> bool:
 
 
 def _storage(config: Config, inputs: metrics.Inputs, history: Points, now: float) -> list[dict[str, Any]]:
-    """Each allocation as :mod:`coldkeep.ops.storage` measured it for the metrics (one place); the
-    growth per day is its trend from the storage run records, or, for the allocation holding the
-    repository while those are too few, the trend of the bytes jobs newly stored this week."""
+    """Each allocation as :mod:`coldkeep.ops.storage` measured it for the metrics (one place), its
+    growth per day and days until full included."""
     rows = []
     for usage in inputs.storage:
         used, allocated = usage.used, usage.allocated
@@ -189,12 +188,7 @@ def _storage(config: Config, inputs: metrics.Inputs, history: Points, now: float
             "used_pct": round(usage.percent, 1) if usage.percent is not None else None,
             "source": usage.source, "growth_per_day": None, "days_until_full": None,
         }  # fmt: skip
-        growth = usage.growth_per_day
-        if growth is None and used is not None and _holds_repository(config, usage.path):
-            week = [(t, v) for t, v in history if now - 7 * DAY < t <= now]
-            base, ahead = predict_linear(week, now, 0.0), predict_linear(week, now, DAY)
-            if base is not None and ahead is not None:
-                growth = ahead - base
+        growth = usage.growth_per_day  # ops.storage's: the same figure as `coldkeep storage` and the metrics
         if growth is not None and used is not None:
             row["growth_per_day"] = round(growth)
             days = max(0.0, allocated - used) / growth if growth > 0 else None

@@ -16,7 +16,7 @@ Used bytes, cheapest source first:
 Growth per day comes from the run records: every run of ``coldkeep storage`` (a recorded job)
 keeps each allocation's used bytes in its figures (``allocations``: ``{location/name: used}``);
 the growth is the least-squares slope of those samples over the last :data:`GROWTH_WINDOW_DAYS`
-days (the figure being computed now included).  For the allocation holding the repository, with
+days (the figure being computed now included), once they span a day (:data:`MIN_TREND_S`).  For the allocation holding the repository, with
 fewer than two samples, the bytes newly stored by every recorded job in the window, per day,
 stand in.  Days until full: the free bytes of the allocation divided by that growth (none when it
 does not grow).
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: the job whose records carry the allocations' used bytes
 STORAGE_JOB = "storage"
+#: the samples must span this long before their slope is a growth per day
+MIN_TREND_S = 86400.0
 #: how far back the growth looks
 GROWTH_WINDOW_DAYS = 30
 #: the scan cache, in the cache directory
@@ -271,7 +273,9 @@ def growth(
     if row.used is not None and row.measured_at is not None and all(t < row.measured_at for t, _ in points):
         points.append((row.measured_at, row.used))
     points.sort()
-    slope = slope_per_day(points)
+    # a trend over less than a day says more about the last hour's jobs than about growth
+    spread = (points[-1][0] - points[0][0]).total_seconds() if points else 0.0
+    slope = slope_per_day(points) if spread >= MIN_TREND_S else None
     if slope is not None or not holds_repository:
         return slope
     window = [r for r in records if r.end >= since and r.new_bytes is not None and r.succeeded]
