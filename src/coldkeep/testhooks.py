@@ -35,6 +35,7 @@ HOOKS: Final[Mapping[str, str]] = {
     "COLDKEEP_NOW": "freeze the clock (moves expiry and archive cut-offs)",
     "COLDKEEP_CONV_KILL_AT": "SIGKILL the process at a named conversations stage",
     "COLDKEEP_CKPT_KILL_AT": "SIGKILL the process at a named checkpoints stage",
+    "COLDKEEP_PREFETCH_KILL_AT": "SIGKILL the WAL prefetcher at a named stage",
     "COLDKEEP_PACK_TARGET": "pack size in bytes instead of 16 MiB",
     "COLDKEEP_CONV_EARLY_DIV": "size of the first conversation batches (batch rows / N)",
     "COLDKEEP_CONV_COMMITTERS": "number of conversation commit threads",
