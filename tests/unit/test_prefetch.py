@@ -29,7 +29,8 @@ def test_fill_and_take(tmp_path: Path) -> None:
     entries = sorted(os.listdir(spool.root))
     assert [e[:24] for e in entries] == NAMES  # no claims or temp files left
     data = segment(NAMES[0], seg_size=MiB)
-    bound = blake3.blake3(f"coldkeep-prefetch\0{0}\0{NAMES[0]}\0".encode() + data).hexdigest()
+    content = blake3.blake3(data).digest()
+    bound = blake3.blake3(f"coldkeep-prefetch\0{0}\0{NAMES[0]}\0".encode() + content).hexdigest()
     assert entries[0] == f"{NAMES[0]}.{bound}"  # bound to the segment name and the cluster
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     assert spool.take(NAMES[0], dest) == MiB

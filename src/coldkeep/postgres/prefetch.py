@@ -21,7 +21,8 @@ Safety, because a wrong segment served to PostgreSQL could end recovery early:
   the segment against the repository (chunk checksums, header, the lineage's system identifier)
   and, when the data directory's system identifier is known, after checking the header carries
   that one too.  The digest is BLAKE3 over ``coldkeep-prefetch\\0<system identifier>\\0<segment>\\0``
-  and the content, so it binds the bytes to the segment name and the cluster: a damaged,
+  and the content's BLAKE3 (the one the repository verified the segment against: spooling
+  hashes nothing again), so it binds the bytes to the segment name and the cluster: a damaged,
   truncated, renamed or foreign file does not match its name and is deleted instead of served
   (the segment is then fetched from the repository as usual);
 * files appear under their final name only through ``rename`` (readers never see partial files);
@@ -119,24 +120,27 @@ class Spool:
     def path(self, entry: str) -> str:
         return os.path.join(self.root, entry)
 
-    def _hasher(self, name: str) -> blake3.blake3:
-        return blake3.blake3(f"coldkeep-prefetch\0{self.system_identifier}\0{name}\0".encode(), max_threads=1)
+    def entry_digest(self, name: str, content: bytes) -> str:
+        """The digest in the name of a spooled copy of segment ``name`` whose content has the
+        BLAKE3 digest ``content``: BLAKE3 of ``coldkeep-prefetch\\0<system identifier>\\0<name>\\0``
+        and ``content`` (bound to the name and the cluster, not only to the bytes)."""
+        bound = f"coldkeep-prefetch\0{self.system_identifier}\0{name}\0".encode() + content
+        return str(blake3.blake3(bound).hexdigest())
 
     def digest(self, name: str, data: bytes | memoryview) -> str:
         """The digest a spooled copy of segment ``name`` with content ``data`` is named with."""
-        hasher = self._hasher(name)
-        hasher.update(data)
-        return str(hasher.hexdigest())
+        return self.entry_digest(name, blake3.blake3(data, max_threads=1).digest())
 
     def _verifies(self, name: str, entry: str) -> int | None:
         """The size of spool file ``entry`` when its content hashes to its name, else ``None``."""
         path = self.path(entry)
         try:
             size = os.stat(path).st_size
-            hasher = self._hasher(name)
-            if size:
-                hasher.update_mmap(path)  # no copy: the page cache is hashed in place
-            return size if hasher.hexdigest() == entry[len(name) + 1 :] and size else None
+            if not size:
+                return None
+            hasher = blake3.blake3(max_threads=1)
+            hasher.update_mmap(path)  # no copy: the page cache is hashed in place
+            return size if self.entry_digest(name, hasher.digest()) == entry[len(name) + 1 :] else None
         except Exception:  # unreadable, vanished: not served
             return None
 
@@ -259,10 +263,12 @@ class Spool:
                 return None
         return None
 
-    def put(self, name: str, data: bytes | memoryview) -> None:
+    def put(self, name: str, data: bytes | memoryview, content: bytes | None = None) -> None:
         """Spool ``data`` (verified by the caller) as segment ``name``: written under a temp
-        name, renamed to ``<name>.<digest>``."""
-        write_atomic(self.path(f"{name}.{self.digest(name, data)}"), data, sync=False)
+        name, renamed to ``<name>.<digest>``.  ``content``: the BLAKE3 digest of ``data`` when
+        the caller has it (the repository verified the bytes against it): no hashing here."""
+        digest = self.digest(name, data) if content is None else self.entry_digest(name, content)
+        write_atomic(self.path(f"{name}.{digest}"), data, sync=False)
 
     def fill(self, names: list[str], fetch: Callable[[str], bytes | None]) -> int:
         """Fetch ``names`` in order into the spool (``fetch`` returns verified bytes, or ``None``
@@ -374,7 +380,7 @@ class Prefetcher:
         from coldkeep import testhooks
         from coldkeep.lean.config import load_repository_section
         from coldkeep.postgres import wal
-        from coldkeep.postgres.archive import NotArchived, read_archived
+        from coldkeep.postgres.archive import NotArchived, read_archived_digest
         from coldkeep.repository.setup import open_repository_section
 
         spool = self.spool
@@ -391,7 +397,7 @@ class Prefetcher:
                     return True  # being fetched by someone else
                 try:
                     try:
-                        data = read_archived(repo, segment, prefix=self.lineage)[2]
+                        _, _, content, data = read_archived_digest(repo, segment, prefix=self.lineage)
                     except NotArchived:
                         self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
                         return False
@@ -403,7 +409,7 @@ class Prefetcher:
                     now_wanted = spool.wanted()
                     if now_wanted is not None and segment <= now_wanted[0]:
                         return True  # asked for meanwhile: served already (or fetched by the asker)
-                    spool.put(segment, data)
+                    spool.put(segment, data, content)  # the digest the repository verified: no extra pass
                     testhooks.kill_point(KILL_ENV, "spooled")
                     return True
                 finally:
