@@ -34,6 +34,61 @@ from coldkeep.repository.repository import Repository  # noqa: E402
 from coldkeep.storage import open_backend  # noqa: E402
 
 PG_USER = "postgres"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name (field 3 onwards)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat_fields(entry.name)[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def recovery_cpu_s(data_dir: Path) -> float:
+    """CPU seconds of a finished recovery: the postmaster's reaped children (the startup process,
+    which ran every ``restore_command`` and waited for it) plus the still-running detached
+    prefetchers (processes other than postgres whose working directory is ``data_dir``), which
+    are then told to stop by removing their spool."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the startup process exits (and is reaped) after promotion
+        names = []
+        for child in _children(postmaster):
+            try:
+                names.append(Path(f"/proc/{child}/cmdline").read_bytes())
+            except OSError:
+                continue
+        if not any(b"startup" in n for n in names):
+            break
+        time.sleep(0.05)
+    fields = _stat_fields(postmaster)
+    ticks = int(fields[13]) + int(fields[14])  # cutime + cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (
+                os.readlink(entry / "cwd") != str(data_dir)
+                or (entry / "comm").read_text().strip() == "postgres"
+            ):
+                continue
+            fields = _stat_fields(entry.name)
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        except (OSError, ValueError):
+            continue
+    shutil.rmtree(data_dir / "pg_wal" / ".coldkeep-prefetch", ignore_errors=True)
+    return ticks / TICK
 
 
 def main() -> None:
@@ -94,6 +149,7 @@ def main() -> None:
         builds = [tuple(item.split("=", 1)) for item in args.executable] or [("", coldkeep)]
         variants = [(label, path, prefetch) for prefetch in args.prefetch for label, path in builds]
         timings: dict[tuple[str, str, int], list[float]] = {v: [] for v in variants}
+        cpu: dict[tuple[str, str, int], list[float]] = {v: [] for v in variants}
         for run in range(args.runs):  # interleaved: every variant sees the same machine
             for label, executable, prefetch in variants:
                 base = work / f"restore-{label or 'x'}-{prefetch}-{run}"
@@ -116,19 +172,25 @@ def main() -> None:
                 while target.sql("SELECT pg_is_in_recovery()")[0][0]:
                     time.sleep(0.05)
                 timings[(label, executable, prefetch)].append(time.monotonic() - started)
+                cpu[(label, executable, prefetch)].append(recovery_cpu_s(target.data_dir))
                 assert target.sql("SELECT count(*) FROM t")[0][0] == rows
                 target.remove()
-        results = [(label, prefetch, timings[(label, path, prefetch)]) for label, path, prefetch in variants]
+        results = [
+            (label, prefetch, timings[(label, path, prefetch)], cpu[(label, path, prefetch)])
+            for label, path, prefetch in variants
+        ]
         print(f"{pushed} WAL files archived ({args.segments} written segments of md5-text rows), "
               f"{args.runs} recoveries per variant\n")  # fmt: skip
-        print("| restore_command | n | recovery s median | min-max | segments/s |")
-        print("|---|---|---|---|---|")
-        for build, prefetch, times in results:
-            med = statistics.median(times)
+        print("| restore_command | n | recovery s median | min-max | segments/s | wall ms/segment "
+              "| CPU s median (replay + restore_command + prefetcher) | CPU ms/segment |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for build, prefetch, times, cpus in results:
+            med, cpu_med = statistics.median(times), statistics.median(cpus)
             label = f"wal-fetch --prefetch {prefetch}" if prefetch else "wal-fetch"
             label = f"{build}: {label}" if build else label
             print(
-                f"| {label} | {len(times)} | {med:.2f} | {min(times):.2f}-{max(times):.2f} | {pushed / med:.1f} |"
+                f"| {label} | {len(times)} | {med:.2f} | {min(times):.2f}-{max(times):.2f} | {pushed / med:.1f} "
+                f"| {1000 * med / pushed:.0f} | {cpu_med:.2f} | {1000 * cpu_med / pushed:.0f} |"
             )
     finally:
         source.remove()

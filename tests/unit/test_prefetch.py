@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ NAMES = ["000000010000000000000003", "000000010000000000000004", "00000001000000
 
 def spool_with(tmp_path: Path, names: list[str]) -> Spool:
     spool = Spool.for_dest(tmp_path / "pg_wal" / "RECOVERYXLOG", str(tmp_path / "c.toml"), "wal")
-    spool.root.mkdir(parents=True)
+    os.makedirs(spool.root)
     spool.fill(names, lambda name: segment(name, seg_size=MiB))
     return spool
 
@@ -28,7 +29,9 @@ def test_fill_and_take(tmp_path: Path) -> None:
     entries = sorted(os.listdir(spool.root))
     assert [e[:24] for e in entries] == NAMES  # no claims or temp files left
     data = segment(NAMES[0], seg_size=MiB)
-    assert entries[0] == f"{NAMES[0]}.{blake3.blake3(data).hexdigest()}"
+    content = blake3.blake3(data).digest()
+    bound = blake3.blake3(f"coldkeep-prefetch\0{0}\0{NAMES[0]}\0".encode() + content).hexdigest()
+    assert entries[0] == f"{NAMES[0]}.{bound}"  # bound to the segment name and the cluster
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     assert spool.take(NAMES[0], dest) == MiB
     assert dest.read_bytes() == data
@@ -38,20 +41,28 @@ def test_fill_and_take(tmp_path: Path) -> None:
 
 def test_damaged_or_misnamed_spool_files_are_dropped(tmp_path: Path) -> None:
     spool = spool_with(tmp_path, NAMES[:2])
-    first = next(spool.root.glob(NAMES[0] + ".*"))
+    first = next(Path(spool.root).glob(NAMES[0] + ".*"))
     raw = bytearray(first.read_bytes())
     raw[MiB // 2] ^= 0xFF  # the header is intact: only the digest can tell
     first.write_bytes(bytes(raw))
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     assert spool.take(NAMES[0], dest) is None
     assert not first.exists() and not dest.exists()
-    # a file whose digest matches but which is another segment (renamed): refused by its header
-    second = next(spool.root.glob(NAMES[1] + ".*"))
+    # another segment's spool file renamed to this name (its digest kept): the digest covers the
+    # name, so it no longer matches
+    second = next(Path(spool.root).glob(NAMES[1] + ".*"))
     other = segment(NAMES[0], seg_size=MiB)
     second.unlink()
-    (spool.root / f"{NAMES[1]}.{blake3.blake3(other).hexdigest()}").write_bytes(other)
+    (Path(spool.root) / f"{NAMES[1]}.{spool.digest(NAMES[0], other)}").write_bytes(other)
+    # a plain content hash (what an older coldkeep wrote) is not the bound digest either
+    (Path(spool.root) / f"{NAMES[1]}.{blake3.blake3(other).hexdigest()}").write_bytes(other)
+    # truncated, and an empty file
+    third = spool.digest(NAMES[1], other)
+    (Path(spool.root) / f"{NAMES[1]}.{third}").write_bytes(other[:-1])
     assert spool.take(NAMES[1], dest) is None
-    assert os.listdir(spool.root) == []
+    (Path(spool.root) / f"{NAMES[1]}.{spool.digest(NAMES[1], b'')}").write_bytes(b"")
+    assert spool.take(NAMES[1], dest) is None
+    assert os.listdir(spool.root) == [] and not dest.exists()
 
 
 def test_spools_are_per_config_and_lineage(tmp_path: Path) -> None:
@@ -60,13 +71,39 @@ def test_spools_are_per_config_and_lineage(tmp_path: Path) -> None:
     b = Spool.for_dest(dest, str(tmp_path / "b.toml"), "wal")
     c = Spool.for_dest(dest, str(tmp_path / "a.toml"), "wal-7")
     assert len({a.root, b.root, c.root}) == 3
-    assert a.root.parent == dest.parent / prefetch.SPOOL_DIR
+    assert Path(a.root).parent == dest.parent / prefetch.SPOOL_DIR
+
+
+def data_dir_with_sysid(base: Path, sysid: int) -> Path:
+    """A directory shaped like a data directory: ``global/pg_control`` starting with ``sysid``."""
+    (base / "global").mkdir(parents=True)
+    (base / "global" / "pg_control").write_bytes(sysid.to_bytes(8, "little") + b"\0" * 8184)
+    (base / "pg_wal").mkdir()
+    return base
+
+
+def test_a_spool_is_bound_to_the_clusters_system_identifier(tmp_path: Path) -> None:
+    """The spool of another cluster's recovery into the same directory (same config and lineage)
+    is another directory, and its files do not verify under this cluster's identifier either."""
+    data = data_dir_with_sysid(tmp_path / "data", 1111)
+    dest = data / "pg_wal" / "RECOVERYXLOG"
+    assert prefetch.control_system_identifier(dest) == 1111
+    assert prefetch.control_system_identifier(tmp_path / "elsewhere" / "x") == 0  # not in pg_wal
+    earlier = Spool.for_dest(dest, str(tmp_path / "c.toml"), None)
+    os.makedirs(earlier.root)
+    earlier.fill(NAMES[:1], lambda name: segment(name, seg_size=MiB))
+    (data / "global" / "pg_control").write_bytes((2222).to_bytes(8, "little") + b"\0" * 8184)
+    now = Spool.for_dest(dest, str(tmp_path / "c.toml"), None)
+    assert now.system_identifier == 2222 and now.root != earlier.root
+    assert now.take(NAMES[0], dest) is None
+    os.rename(earlier.root, now.root)  # even in this cluster's spool directory: not served
+    assert now.take(NAMES[0], dest) is None and not dest.exists()
 
 
 def test_fill_stops_at_the_end_of_the_archive_and_skips_claimed(tmp_path: Path) -> None:
     spool = Spool.for_dest(tmp_path / "pg_wal" / "X", str(tmp_path / "c.toml"), None)
-    spool.root.mkdir(parents=True)
-    (spool.root / f".{NAMES[0]}.claim").write_text("")  # another prefetcher is on it
+    os.makedirs(spool.root)
+    (Path(spool.root) / f".{NAMES[0]}.claim").write_text("")  # another prefetcher is on it
     asked: list[str] = []
 
     def fetch(name: str) -> bytes | None:
@@ -80,7 +117,7 @@ def test_fill_stops_at_the_end_of_the_archive_and_skips_claimed(tmp_path: Path) 
 
 def test_clean_drops_passed_segments_and_stale_claims(tmp_path: Path) -> None:
     spool = spool_with(tmp_path, NAMES)
-    stale = spool.root / ".000000010000000000000009.claim"
+    stale = Path(spool.root) / ".000000010000000000000009.claim"
     stale.write_text("")
     old = time.time() - prefetch.CLAIM_TTL_S - 10
     os.utime(stale, (old, old))
@@ -94,3 +131,70 @@ def test_next_segments() -> None:
         "000000010000000100000000",
         "000000010000000100000001",
     ]
+
+
+#: the spool-hit path (``restore_command`` for a prefetched segment) runs once per 16 MiB of WAL:
+#: it imports none of these (issue 18: interpreter start + imports were most of its CPU)
+NOT_ON_THE_HIT_PATH = (
+    "pathlib",
+    "dataclasses",
+    "hashlib",
+    "re",
+    "contextlib",
+    "typing",
+    "coldkeep.postgres.wal",
+    "coldkeep.postgres.archive",
+    "coldkeep.repository.repository",
+    "coldkeep.cli.walfast",
+)
+
+HIT_PROBE = f"""
+import sys
+sys.argv[0] = "coldkeep"
+from coldkeep.cli.entry import main
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+loaded = [m for m in {NOT_ON_THE_HIT_PATH!r} if m in sys.modules]
+sys.stderr.write(f"\\nprobe: exit {{code}}, imported {{','.join(loaded)}}\\n")
+"""
+
+
+def test_a_spool_hit_imports_only_what_it_needs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import base_env, write_config
+
+    config = write_config(tmp_path / "c.toml", f"file://{tmp_path / 'repo'}")  # never opened
+    data = data_dir_with_sysid(tmp_path / "data", 1111)
+    dest = data / "pg_wal" / "RECOVERYXLOG"
+    spool = Spool.for_dest(dest, str(config), "wal")
+    os.makedirs(spool.root)
+    spool.fill(NAMES[:1], lambda name: segment(name, seg_size=MiB))
+    spool.want("000000010000000000000002", MiB, 2)
+    args = [
+        "--config",
+        str(config),
+        "pg",
+        "wal-fetch",
+        "--lineage",
+        "wal",
+        "--prefetch",
+        "2",
+        NAMES[0],
+        str(dest),
+    ]
+    lock = os.open(os.path.join(spool.root, prefetch.LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a prefetcher "runs": the probe starts none
+        proc = subprocess.run(
+            [sys.executable, "-c", HIT_PROBE, *args],
+            capture_output=True, text=True, timeout=120, env=base_env(), check=False,
+        )  # fmt: skip
+    finally:
+        os.close(lock)
+    assert proc.stderr.rstrip().rsplit("\n", 1)[-1] == "probe: exit 0, imported", proc.stderr[-3000:]
+    assert dest.read_bytes() == segment(NAMES[0], seg_size=MiB)

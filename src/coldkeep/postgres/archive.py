@@ -296,16 +296,25 @@ def read_archived(
     object, wrong passphrase, storage down, a segment whose header does not match its name or the
     lineage's system identifier) raises something else.
     """
+    parsed, key, _, data = read_archived_digest(repo, name, prefix=prefix)
+    return parsed, key, data
+
+
+def read_archived_digest(
+    repo: Repository, name: str, *, prefix: str | None = None
+) -> tuple[wal.WalName, str, bytes, bytes]:
+    """:func:`read_archived`, with the content's BLAKE3 digest (32 bytes) that the repository
+    verified the bytes against: ``(parsed name, object name, digest, bytes)``."""
     parsed = wal.parse_name(name)
     lineage = find_lineage(repo, prefix)
     key = wal.archive_key(parsed, str(lineage["prefix"]))
     try:
-        _, data = repo.get_named(key)
+        meta, data = repo.get_named(key)
     except NotFound:
         raise NotArchived(parsed.name) from None
     if parsed.is_segment_data:
         wal.check_segment(parsed, data, int(lineage["system_identifier"]))
-    return parsed, key, data
+    return parsed, key, bytes.fromhex(str(meta["blake3"])), data
 
 
 def _seg_size(parsed: wal.WalName, data: bytes) -> int | None:

@@ -7,21 +7,29 @@ for in a *spool* next to the destination, ``pg_wal/.coldkeep-prefetch/<tag>/`` (
 makes sure the spool's one long-lived :class:`Prefetcher` runs: a detached process that opens the
 repository once and keeps the K segments after the newest request fetched, verified and
 decompressed in the spool, two at a time, as recovery moves on (as pgBackRest's asynchronous
-archive-get does).  A request for a spooled segment is then a re-hash and a rename.
+archive-get does).  A request for a spooled segment is then one BLAKE3 pass over the file (read
+through ``mmap``: no copy) and a rename, in a process that imports nothing but ``os``, ``time``
+and ``blake3`` (:func:`serve_spooled`, called by :mod:`coldkeep.cli.entry` before anything else).
 
 Safety, because a wrong segment served to PostgreSQL could end recovery early:
 
-* a spooled file is named ``<segment>.<blake3 hex of its content>`` and was verified against the
-  repository (checksum, header, system identifier) before it was written; it is served only if
-  its content still hashes to its name and its header still matches the segment name — else it
-  is deleted and the segment is fetched from the repository as usual;
-* ``<tag>`` is derived from the config file and the lineage, so two restores into one directory
-  never share a spool;
+* the spool belongs to one recovery: ``<tag>`` is derived from the config file, the lineage and
+  the system identifier in the data directory's ``global/pg_control`` (when ``%p`` is in a data
+  directory's ``pg_wal``), so two restores into one directory, or a spool left by the recovery of
+  another cluster, never share it;
+* a spooled file is named ``<segment>.<digest>``; the prefetcher writes it only after verifying
+  the segment against the repository (chunk checksums, header, the lineage's system identifier)
+  and, when the data directory's system identifier is known, after checking the header carries
+  that one too.  The digest is BLAKE3 over ``coldkeep-prefetch\\0<system identifier>\\0<segment>\\0``
+  and the content's BLAKE3 (the one the repository verified the segment against: spooling
+  hashes nothing again), so it binds the bytes to the segment name and the cluster: a damaged,
+  truncated, renamed or foreign file does not match its name and is deleted instead of served
+  (the segment is then fetched from the repository as usual);
 * files appear under their final name only through ``rename`` (readers never see partial files);
   a prefetcher that dies leaves a claim file and at most a ``.tmp`` file, both ignored and
   cleaned up later;
 * the prefetcher never creates the spool directory's parents and gives up silently on any
-  error: the foreground fetch is always the fallback.
+  error: the foreground fetch is always the fallback, and only it answers "not archived" (exit 1).
 
 After recovery the spool holds at most K unused files: the ``recovery_end_command`` that ``pg
 restore`` writes deletes it (PostgreSQL itself ignores the directory).
@@ -29,15 +37,13 @@ restore`` writes deletes it (PostgreSQL itself ignores the directory).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+import blake3
 
 from coldkeep.durable import write_atomic
-from coldkeep.postgres import wal
 from coldkeep.processes import pid_alive
 
 SPOOL_DIR = ".coldkeep-prefetch"
@@ -51,24 +57,92 @@ LOCK_NAME = ".prefetcher"
 IDLE_S = 30.0
 #: how often a prefetcher with nothing to do looks for a new request
 POLL_S = 0.01
-#: a segment that was not archived is asked for again after this long
+#: a segment that was not archived (or not this cluster's) is asked for again after this long
 NOT_ARCHIVED_RETRY_S = 1.0
+#: test hook (:func:`coldkeep.testhooks.kill_point`): SIGKILL the prefetcher at ``fetched`` (a
+#: segment read and verified, its claim held, nothing written) or ``spooled`` (the file renamed
+#: into place, the claim not yet removed)
+KILL_ENV = "COLDKEEP_PREFETCH_KILL_AT"
+
+_HEX = frozenset("0123456789ABCDEF")
 
 
-def _digest(data: bytes) -> str:
-    import blake3
+def is_segment_name(name: str) -> bool:
+    """``name`` is a WAL segment's name (24 upper-case hex digits), checked without
+    :mod:`coldkeep.postgres.wal` (the spool-hit path does not import it)."""
+    return len(name) == 24 and _HEX.issuperset(name)
 
-    return str(blake3.blake3(data, max_threads=1).hexdigest())
+
+def control_system_identifier(dest: str | os.PathLike[str]) -> int:
+    """The system identifier in ``<data directory>/global/pg_control`` when ``dest`` (``%p``) is in
+    a data directory's ``pg_wal``; 0 when it is not or that cannot be read.  ``ControlFileData``
+    starts with the 64-bit ``system_identifier`` (native byte order)."""
+    pg_wal = os.path.dirname(os.path.abspath(dest))
+    if os.path.basename(pg_wal) != "pg_wal":
+        return 0
+    try:
+        fd = os.open(
+            os.path.join(os.path.dirname(pg_wal), "global", "pg_control"), os.O_RDONLY | os.O_CLOEXEC
+        )
+    except OSError:
+        return 0
+    try:
+        raw = os.pread(fd, 8, 0)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+
+
+def _unlink(path: str) -> None:
+    try:  # noqa: SIM105 (no contextlib on the per-segment path)
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class Spool:
-    def __init__(self, root: Path) -> None:
+    """One recovery's spool directory (``root``, a plain path string) for the cluster with
+    ``system_identifier`` (0: unknown)."""
+
+    def __init__(self, root: str, system_identifier: int = 0) -> None:
         self.root = root
+        self.system_identifier = system_identifier
 
     @classmethod
     def for_dest(cls, dest: str | os.PathLike[str], config_path: str, lineage: str | None) -> Spool:
-        tag = hashlib.sha256(f"{os.path.abspath(config_path)}\0{lineage or ''}".encode()).hexdigest()[:16]
-        return cls(Path(os.path.abspath(dest)).parent / SPOOL_DIR / tag)
+        sysid = control_system_identifier(dest)
+        identity = f"{os.path.abspath(config_path)}\0{lineage or ''}\0{sysid}".encode()
+        tag = blake3.blake3(identity).hexdigest()[:16]
+        return cls(os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR, tag), sysid)
+
+    def path(self, entry: str) -> str:
+        return os.path.join(self.root, entry)
+
+    def entry_digest(self, name: str, content: bytes) -> str:
+        """The digest in the name of a spooled copy of segment ``name`` whose content has the
+        BLAKE3 digest ``content``: BLAKE3 of ``coldkeep-prefetch\\0<system identifier>\\0<name>\\0``
+        and ``content`` (bound to the name and the cluster, not only to the bytes)."""
+        bound = f"coldkeep-prefetch\0{self.system_identifier}\0{name}\0".encode() + content
+        return str(blake3.blake3(bound).hexdigest())
+
+    def digest(self, name: str, data: bytes | memoryview) -> str:
+        """The digest a spooled copy of segment ``name`` with content ``data`` is named with."""
+        return self.entry_digest(name, blake3.blake3(data, max_threads=1).digest())
+
+    def _verifies(self, name: str, entry: str) -> int | None:
+        """The size of spool file ``entry`` when its content hashes to its name, else ``None``."""
+        path = self.path(entry)
+        try:
+            size = os.stat(path).st_size
+            if not size:
+                return None
+            hasher = blake3.blake3(max_threads=1)
+            hasher.update_mmap(path)  # no copy: the page cache is hashed in place
+            return size if self.entry_digest(name, hasher.digest()) == entry[len(name) + 1 :] else None
+        except Exception:  # unreadable, vanished: not served
+            return None
 
     def _entries(self) -> list[str]:
         try:
@@ -79,36 +153,27 @@ class Spool:
     def take(self, name: str, dest: str | os.PathLike[str]) -> int | None:
         """Move a verified spooled ``name`` to ``dest`` and return its segment size; ``None``
         when there is none (or it no longer verifies: then it is deleted)."""
-        parsed = wal.parse_name(name)
         for entry in self._entries():
             if not entry.startswith(name + "."):
                 continue
-            path = self.root / entry
-            seg_size = None
-            try:
-                data = path.read_bytes()
-                header = wal.check_segment(parsed, data)
-                if _digest(data) == entry[len(name) + 1 :]:
-                    seg_size = header.seg_size
-            except Exception:  # unreadable or not the segment: drop it, fetch from the repository
-                seg_size = None
+            seg_size = self._verifies(name, entry)
             if seg_size is not None:
                 try:
-                    os.replace(path, dest)
+                    os.replace(self.path(entry), dest)
                     return seg_size
                 except OSError:
                     return None
-            with contextlib.suppress(OSError):
-                path.unlink()
+            _unlink(self.path(entry))
         return None
 
     def in_flight(self, name: str) -> bool:
         """A live prefetcher is fetching ``name`` (its claim is fresh and its pid exists)."""
-        claim = self.root / f".{name}.claim"
+        claim = self.path(f".{name}.claim")
         try:
-            if time.time() - claim.stat().st_mtime > CLAIM_TTL_S:
+            if time.time() - os.stat(claim).st_mtime > CLAIM_TTL_S:
                 return False
-            pid = int(claim.read_text() or "0")
+            with open(claim, "rb") as fh:
+                pid = int(fh.read() or b"0")
         except (OSError, ValueError):
             return False
         if pid <= 0:
@@ -131,27 +196,29 @@ class Spool:
         claims and temp files."""
         now = time.time()
         for entry in self._entries():
-            path = self.root / entry
+            path = self.path(entry)
             try:
                 if entry in (WANTED_NAME, LOCK_NAME):
                     continue
                 if entry.startswith("."):
-                    if now - path.stat().st_mtime > CLAIM_TTL_S:
-                        path.unlink()
+                    if now - os.stat(path).st_mtime > CLAIM_TTL_S:
+                        os.unlink(path)
                 elif entry[:24] < before[:24]:
-                    path.unlink()
+                    os.unlink(path)
             except OSError:
                 continue
 
     def want(self, name: str, seg_size: int, count: int) -> None:
         """Record that PostgreSQL asked for segment ``name`` (the prefetcher keeps the ``count``
         after it spooled); a rename, so the prefetcher never reads half a line."""
-        write_atomic(self.root / WANTED_NAME, f"{name} {seg_size} {count}".encode(), sync=False)
+        write_atomic(self.path(WANTED_NAME), f"{name} {seg_size} {count}".encode(), sync=False)
 
     def wanted(self) -> tuple[str, int, int] | None:
         try:
-            name, seg_size, count = (self.root / WANTED_NAME).read_text().split()
-            wal.parse_name(name)
+            with open(self.path(WANTED_NAME), "rb") as fh:
+                name, seg_size, count = fh.read().decode().split()
+            if not is_segment_name(name):
+                return None
             return name, int(seg_size), max(1, min(int(count), 64))
         except (OSError, ValueError):
             return None
@@ -161,7 +228,7 @@ class Spool:
         import fcntl
 
         try:
-            fd = os.open(self.root / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path(LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return False
         try:
@@ -175,8 +242,8 @@ class Spool:
     def has(self, name: str) -> bool:
         return any(e.startswith(name + ".") for e in self._entries())
 
-    def _claim(self, name: str) -> Path | None:
-        claim = self.root / f".{name}.claim"
+    def _claim(self, name: str) -> str | None:
+        claim = self.path(f".{name}.claim")
         for _ in range(2):
             try:
                 fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -189,19 +256,26 @@ class Spool:
                 if self.in_flight(name):
                     return None
                 try:
-                    claim.unlink()
+                    os.unlink(claim)
                 except OSError:
                     return None
             except OSError:
                 return None
         return None
 
+    def put(self, name: str, data: bytes | memoryview, content: bytes | None = None) -> None:
+        """Spool ``data`` (verified by the caller) as segment ``name``: written under a temp
+        name, renamed to ``<name>.<digest>``.  ``content``: the BLAKE3 digest of ``data`` when
+        the caller has it (the repository verified the bytes against it): no hashing here."""
+        digest = self.digest(name, data) if content is None else self.entry_digest(name, content)
+        write_atomic(self.path(f"{name}.{digest}"), data, sync=False)
+
     def fill(self, names: list[str], fetch: Callable[[str], bytes | None]) -> int:
         """Fetch ``names`` in order into the spool (``fetch`` returns verified bytes, or ``None``
         when the segment is not archived: stop there).  Returns how many were spooled."""
         done = 0
         for name in names:
-            if not self.root.is_dir():
+            if not os.path.isdir(self.root):
                 break
             if self.has(name):
                 continue
@@ -212,15 +286,16 @@ class Spool:
                 data = fetch(name)
                 if data is None:
                     break
-                write_atomic(self.root / f"{name}.{_digest(data)}", data, sync=False)
+                self.put(name, data)
                 done += 1
             finally:
-                with contextlib.suppress(OSError):
-                    claim.unlink()
+                _unlink(claim)
         return done
 
 
 def next_segments(name: str, seg_size: int, count: int) -> list[str]:
+    from coldkeep.postgres import wal
+
     parsed = wal.parse_name(name)
     start = parsed.segno_for(seg_size)
     return [wal.segment_name(parsed.timeline, start + i, seg_size) for i in range(1, count + 1)]
@@ -242,8 +317,10 @@ def spawn(work: Callable[[], None]) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        with contextlib.suppress(BaseException):
+        try:  # noqa: SIM105 (no contextlib on the per-segment path)
             work()
+        except BaseException:
+            pass
     finally:
         os._exit(0)
 
@@ -253,9 +330,10 @@ def refill(spool: Spool, config_path: str, name: str, seg_size: int, count: int,
     segments after it spooled), starting one when none runs (best effort: any failure only means
     the next fetch goes to the repository itself)."""
     try:
-        spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(spool.root, mode=0o700, exist_ok=True)
         spool.clean(name)
-        spool.want(name, seg_size, count)
+        if spool.wanted() != (name, seg_size, count):
+            spool.want(name, seg_size, count)
         if spool.prefetcher_running():
             return
     except Exception:
@@ -271,7 +349,8 @@ class Prefetcher:
     It runs while it holds the spool's ``.prefetcher`` lock, and stops when the spool directory
     is gone (``recovery_end_command`` removes it once recovery ends), when no new request came
     for :data:`IDLE_S` seconds (recovery paused or over), or on any error.  A segment that is not
-    archived is tried again after :data:`NOT_ARCHIVED_RETRY_S` (the archive may still grow)."""
+    archived, or whose header names another cluster than the spool's, is tried again after
+    :data:`NOT_ARCHIVED_RETRY_S` (the archive may still grow)."""
 
     def __init__(self, spool: Spool, config_path: str, lineage: str | None) -> None:
         self.spool = spool
@@ -282,54 +361,64 @@ class Prefetcher:
     def run(self) -> None:
         import fcntl
 
-        fd = os.open(self.spool.root / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.spool.path(LOCK_NAME), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return  # another prefetcher has this spool
         try:
-            with contextlib.suppress(OSError):  # the spool removed under it: recovery is over
-                self._loop()
+            self._loop()
+        except OSError:
+            pass  # the spool removed under it: recovery is over
         finally:
             os.close(fd)
 
     def _loop(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        from coldkeep import testhooks
         from coldkeep.lean.config import load_repository_section
-        from coldkeep.postgres.archive import NotArchived, read_archived
+        from coldkeep.postgres import wal
+        from coldkeep.postgres.archive import NotArchived, read_archived_digest
         from coldkeep.repository.setup import open_repository_section
 
+        spool = self.spool
         with (
             open_repository_section(load_repository_section(self.config_path)) as repo,
             ThreadPoolExecutor(2) as pool,
         ):
 
             def fetch(segment: str) -> bool:
-                """Spool ``segment`` (verified); ``False`` when it is not archived."""
-                claim = self.spool._claim(segment)
+                """Spool ``segment`` (verified); ``False`` when it is not archived (or, with the
+                data directory's system identifier known, belongs to another cluster)."""
+                claim = spool._claim(segment)
                 if claim is None:
                     return True  # being fetched by someone else
                 try:
                     try:
-                        data = read_archived(repo, segment, prefix=self.lineage)[2]
+                        _, _, content, data = read_archived_digest(repo, segment, prefix=self.lineage)
                     except NotArchived:
                         self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
                         return False
-                    now_wanted = self.spool.wanted()
+                    sysid = spool.system_identifier
+                    if sysid and wal.read_header(data, segment).system_identifier != sysid:
+                        self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
+                        return False  # not the recovering cluster's: the foreground fetch reports it
+                    testhooks.kill_point(KILL_ENV, "fetched")
+                    now_wanted = spool.wanted()
                     if now_wanted is not None and segment <= now_wanted[0]:
                         return True  # asked for meanwhile: served already (or fetched by the asker)
-                    write_atomic(self.spool.root / f"{segment}.{_digest(data)}", data, sync=False)
+                    spool.put(segment, data, content)  # the digest the repository verified: no extra pass
+                    testhooks.kill_point(KILL_ENV, "spooled")
                     return True
                 finally:
-                    with contextlib.suppress(OSError):
-                        claim.unlink()
+                    _unlink(claim)
 
             last: tuple[str, int, int] | None = None
             idle_since = time.monotonic()
-            while self.spool.root.is_dir():
-                wanted = self.spool.wanted()
+            while os.path.isdir(spool.root):
+                wanted = spool.wanted()
                 now = time.monotonic()
                 if wanted != last:
                     last, idle_since = wanted, now
@@ -358,21 +447,26 @@ def serve_spooled(config_path: str, name: str, dest: str, lineage: str | None, c
     """Move a verified spooled copy of segment ``name`` to ``dest`` (waiting for a live
     prefetcher that is fetching it) and keep the spool ``count`` segments ahead (best effort: the
     segment is in place); ``False`` when there is none or ``name`` is not a segment: the caller
-    fetches it from the repository.  Imports neither click nor the repository modules:
+    fetches it from the repository.  Imports nothing but ``os``, ``time``, ``fcntl`` and
+    ``blake3`` (no click, no repository modules, not even :mod:`coldkeep.postgres.wal`):
     :mod:`coldkeep.cli.entry` calls it for ``wal-fetch --prefetch K`` before anything else."""
-    if wal.parse_name(name).kind != "segment":
+    if not is_segment_name(name):
         return False
     spool = Spool.for_dest(dest, config_path, lineage)
     before = spool.wanted()
     if before is not None:  # the request first: a prefetcher never spools what is taken now again
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (no contextlib on the per-segment path)
             spool.want(name, before[1], count)
+        except OSError:
+            pass
     spool.wait(name)  # being prefetched right now: wait rather than fetch it twice
     seg_size = spool.take(name, dest)
     if seg_size is None:
         return False
-    with contextlib.suppress(Exception):  # the segment is in place: refilling is best effort
+    try:  # noqa: SIM105 (the segment is in place: refilling is best effort)
         refill(spool, config_path, name, seg_size, count, lineage)
+    except Exception:
+        pass
     return True
 
 
@@ -380,4 +474,4 @@ def remove_spool(pg_wal: str | os.PathLike[str]) -> None:
     """Delete ``pg_wal/.coldkeep-prefetch`` (after recovery)."""
     import shutil
 
-    shutil.rmtree(Path(pg_wal) / SPOOL_DIR, ignore_errors=True)
+    shutil.rmtree(os.path.join(pg_wal, SPOOL_DIR), ignore_errors=True)
