@@ -10,8 +10,10 @@ the hot disk (headers only).
 
 1. makes sure it is stored (a backup as above when it is not);
 2. verifies the stored copy against the hot files: every file's stored bytes are streamed from
-   the repository (each chunk checked against its id) and each file's size and SHA-256 compared
-   with the live file (``Repository.verify_snapshot(snap, against=DIR)``).  A damaged stored copy
+   the repository and each file's size and SHA-256 compared with the live file's
+   (``Repository.verify_snapshot(snap, against=DIR)``; for a copy stored in step 1 the live
+   file's SHA-256 is the one the backup computed from the bytes it read, when the file's
+   ``lstat`` has not changed since: ``HotDigests``).  A damaged stored copy
    stops this checkpoint with exit 3, the files named, and the hot copy stays.  A hot copy that
    differs from an older stored copy (it was changed after it was stored) is stored again once;
    still different, it stays;
