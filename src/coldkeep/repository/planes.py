@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-#: chunks smaller than this are never split (the sample and the framing would not pay)
-MIN_SIZE = 64 * 1024
+#: chunks smaller than this are never split (the sample would cost more than it can save: the
+#: 128 KiB page chunks of PostgreSQL files are not sampled)
+MIN_SIZE = 256 * 1024
 #: bytes sampled from the start of a chunk to decide
 SAMPLE = 16 * 1024
 #: a chunk whose first bytes are all ASCII is text: plain zstd, nothing sampled
