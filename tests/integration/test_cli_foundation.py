@@ -110,7 +110,7 @@ def test_init_writes_config_creates_repo_and_refuses_overwrite(tmp_path: Path) -
                "--no-postgres", env={"COLDKEEP_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["repository_init"]["version"] == 1
+    assert out["repository_init"]["version"] == 2  # format version 2 (byte planes)
     assert (tmp_path / "repo" / "config").is_file()
     text = cfg.read_text()
     assert text.startswith("# coldkeep configuration") and "retention_days = 30" in text

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from coldkeep.repository.format import SNAPSHOT_PREFIX
 from coldkeep.repository.packer import pack_key
 from coldkeep.repository.repository import Repository
 from coldkeep.repository.snapshot import Snapshot
+from coldkeep.repository.verify import RACY_NS, HotDigests
 from coldkeep.storage.base import Backend
 from coldkeep.storage.local import LocalBackend
 from coldkeep.storage.wrappers import WrapperBackend
@@ -305,6 +307,38 @@ def test_verify_snapshot_names_every_difference_of_the_live_tree(tmp_path: Path)
     assert "'sub/b.bin'" in details["link"] and "a directory on disk" in details["empty"]
     # the stored copy itself is intact
     assert repo.verify_snapshot(snap).ok
+    repo.close()
+
+
+def test_verify_snapshot_trusts_what_the_backup_just_read_only_for_untouched_files(tmp_path: Path) -> None:
+    """``hashed`` (the backup's own SHA-256 of the hot bytes) spares reading an unchanged live file
+    again; a file written since (even with its size and mtime put back) or too recent is read."""
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    src.mkdir()
+    files = make_tree(src)
+    # a backup that started well after the files were written (none of them racy)
+    hashed = HotDigests(started_ns=time.time_ns() + 3 * RACY_NS)
+    snap = Backup(repo).run([src], base=src, kind="checkpoint", on_entry=hashed.add).snapshot
+    assert sorted(hashed.files) == sorted(files)
+    result = repo.verify_snapshot(snap, src, hashed=hashed)
+    assert result.ok and result.live_files == len(files) and result.live_read == 0, result
+    assert result.bytes == sum(len(d) for d in files.values())  # every stored byte still read back
+
+    big = src / "big2.bin"
+    before = big.stat()
+    data = bytearray(files["big2.bin"])
+    data[-1] ^= 0xFF
+    big.write_bytes(bytes(data))  # same size, other content ...
+    os.utime(big, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and the old mtime: ctime moved
+    result = repo.verify_snapshot(snap, src, hashed=hashed)
+    assert [(p.path, p.kind) for p in result.problems] == [("big2.bin", "different")]
+    assert result.live_read == 1
+
+    recent = HotDigests.started()  # files written less than RACY_NS before: read again
+    snap = Backup(repo).run([src], base=src, kind="checkpoint", on_entry=recent.add, parent=None).snapshot
+    result = repo.verify_snapshot(snap, src, hashed=recent)
+    assert result.ok and result.live_read == len(files)
     repo.close()
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyfastcdc import FastCDC
 from pyfastcdc.py import FastCDC as PurePythonFastCDC
 from safetensors.numpy import save as save_safetensors
 
@@ -696,3 +697,17 @@ def test_chunk_file_close_mid_iteration(tmp_path: Path) -> None:
     chunks.close()
     assert list(chunks) == []
     assert len(first) >= DEFAULT.min_size
+
+
+@pytest.mark.parametrize("params", [SMALL, DEFAULT], ids=["small", "default"])
+def test_buffers_up_to_min_size_are_one_chunk_as_fastcdc_cuts_them(params: ChunkerParams) -> None:
+    """The short cut for small buffers (no FastCDC object per small file) gives FastCDC's own
+    answer for every size up to and just past ``min_size``."""
+    rng = random.Random(3)
+    data = rng.randbytes(params.min_size + 2)
+    for n in (0, 1, 2, 63, params.min_size // 2, params.min_size - 1, params.min_size, params.min_size + 1):
+        expected = [(c.offset, c.length) for c in FastCDC(params.avg_size, min_size=params.min_size,
+                    max_size=params.max_size, normalized_chunking=NORMALIZED_CHUNKING,
+                    seed=params.seed).cut_buf(data[:n])]  # fmt: skip
+        assert list(chunk_buffer(data[:n], "cdc", params)) == expected, n
+        assert list(chunk_buffer(data[:n], "auto", params)) == expected, n

@@ -10,8 +10,10 @@ the hot disk (headers only).
 
 1. makes sure it is stored (a backup as above when it is not);
 2. verifies the stored copy against the hot files: every file's stored bytes are streamed from
-   the repository (each chunk checked against its id) and each file's size and SHA-256 compared
-   with the live file (``Repository.verify_snapshot(snap, against=DIR)``).  A damaged stored copy
+   the repository and each file's size and SHA-256 compared with the live file's
+   (``Repository.verify_snapshot(snap, against=DIR)``; for a copy stored in step 1 the live
+   file's SHA-256 is the one the backup computed from the bytes it read, when the file's
+   ``lstat`` has not changed since: ``HotDigests``).  A damaged stored copy
    stops this checkpoint with exit 3, the files named, and the hot copy stays.  A hot copy that
    differs from an older stored copy (it was changed after it was stored) is stored again once;
    still different, it stays;
@@ -44,7 +46,7 @@ from coldkeep.repository.locks import locked
 if TYPE_CHECKING:
     from coldkeep.repository.repository import Repository
     from coldkeep.repository.snapshot import Snapshot
-    from coldkeep.repository.verify import SnapshotVerification
+    from coldkeep.repository.verify import HotDigests, SnapshotVerification
 
 ASIDE = OWN_PREFIX + "archiving-"
 
@@ -77,15 +79,16 @@ def tags_for(name: CheckpointName) -> dict[str, str]:
     return {"name": name.name, "phase": name.phase, "type": name.type, "time": name.stamp}
 
 
-def store(repo: Repository, name: CheckpointName, path: str) -> Snapshot:
-    """One strict snapshot of the checkpoint directory ``path`` (its paths relative to it)."""
+def store(repo: Repository, name: CheckpointName, path: str, hashed: HotDigests | None = None) -> Snapshot:
+    """One strict snapshot of the checkpoint directory ``path`` (its paths relative to it);
+    ``hashed`` records what was read, for the verification that follows."""
     from coldkeep.repository.backup import Backup
 
     st = os.stat(path)
     meta = {"dir": {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}}
     result = Backup(repo).run(
         [Path(path)], base=Path(path), tags=tags_for(name), label=name.name, meta=meta, parent=None,
-        kind=KIND, strict=True,
+        kind=KIND, strict=True, on_entry=hashed.add if hashed is not None else None,
     )  # fmt: skip
     return result.snapshot
 
@@ -150,13 +153,19 @@ def _damage(name: str, verification: SnapshotVerification) -> CheckpointDamaged:
 
 
 def _verified_copy(svc: Service, entry: HotEntry, snaps: list[Snapshot]) -> Snapshot:
-    """The stored copy of ``entry``, proven equal to the hot files (steps 1–2)."""
+    """The stored copy of ``entry``, proven equal to the hot files (steps 1–2).  A copy stored by
+    this call is compared with the SHA-256 of the hot bytes it read (files that did not change
+    since are not read again: :class:`~coldkeep.repository.verify.HotDigests`); an older one
+    with the hot files read now."""
+    from coldkeep.repository.verify import HotDigests
+
     repo = svc.repo
     key = entry.name.name
     fresh = not snaps
-    snap = snaps[-1] if snaps else store(repo, entry.name, entry.path)
+    hashed = HotDigests.started() if fresh else None
+    snap = snaps[-1] if snaps else store(repo, entry.name, entry.path, hashed)
     for _attempt in range(2):
-        verification = repo.verify_snapshot(snap, against=entry.path)
+        verification = repo.verify_snapshot(snap, against=entry.path, hashed=hashed)
         if verification.ok:
             record_verified(repo, key, snap.id, "hot")
             return snap
@@ -167,7 +176,8 @@ def _verified_copy(svc: Service, entry: HotEntry, snaps: list[Snapshot]) -> Snap
         svc.log(
             f"{key}: the hot copy differs from its stored copy (changed after it was stored): storing it again"
         )
-        snap, fresh = store(repo, entry.name, entry.path), True
+        hashed = HotDigests.started()
+        snap, fresh = store(repo, entry.name, entry.path, hashed), True
     shown = "; ".join(p.line() for p in verification.problems[:5])
     raise ColdkeepError(f"{key}: the hot copy changed while it was archived ({shown}); kept",
                         hint="archive again once nothing writes to it")  # fmt: skip

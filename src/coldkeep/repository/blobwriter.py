@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coldkeep import testhooks
-from coldkeep.repository.format import INDEX_PREFIX, Buffer, seal_parts
+from coldkeep.repository.format import INDEX_PREFIX, PLANES_VERSION, Buffer, seal_parts
 from coldkeep.repository.index import encode_index
 from coldkeep.repository.packer import BlobEntry, PackBuilder, pack_key
 
@@ -59,6 +59,8 @@ class BlobWriter:
         self.repo = repo
         self.level = repo.config.compression_level if level is None else level  # zstd level of new chunks
         self.use_cache = use_cache
+        #: chunks of 16-bit data may be stored as byte planes (format version 2 on)
+        self.planes = repo.config.version >= PLANES_VERSION
         self._lock = threading.Lock()
         self.pack_target = pack_target()
         # room for a full pack plus one biggest chunk, its envelope and the pack header
@@ -117,7 +119,7 @@ class BlobWriter:
                 with self._lock:
                     if blob_id in self._session:
                         continue
-                parts, _, _ = seal_parts(self.repo.keys, data, level, blob_id)
+                parts, _, _ = seal_parts(self.repo.keys, data, level, blob_id, self.planes)
                 self.add(blob_id, kind, parts, len(data))
         return ids
 
@@ -128,7 +130,7 @@ class BlobWriter:
         a view of a mapped file may be released afterwards."""
         blob_id = self.repo.keys.chunk_id(data)  # type: ignore[arg-type]
         if not self.known(blob_id):
-            parts, _, _ = seal_parts(self.repo.keys, data, self.level, blob_id)
+            parts, _, _ = seal_parts(self.repo.keys, data, self.level, blob_id, self.planes)
             self.add(blob_id, kind, parts, len(data))
         return blob_id
 

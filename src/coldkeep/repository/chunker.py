@@ -345,6 +345,9 @@ class ChunkRanges(Iterator[tuple[int, int]]):
             if strategy == "safetensors":
                 self.fallback_reason = layout
         self.strategy = "cdc"
+        if len(mv) <= params.min_size:  # FastCDC never cuts before min_size: one chunk (or none)
+            self._it = iter([(0, len(mv))] if len(mv) else [])
+            return
         self._it = _cdc(_fastcdc(params), mv, 0)
 
     @property

@@ -1,4 +1,9 @@
-"""Repository format version 1: object layout, envelopes and footers.
+"""Repository format version 2: object layout, envelopes and footers.
+
+Version 2 adds one envelope flag to version 1: 2, a chunk of 16-bit data stored as byte planes
+(:mod:`~coldkeep.repository.planes`).  Readers read both; writers use flag 2 only in a repository
+whose config says version 2 or later (``repo init`` makes those), so a version-1 repository stays
+readable by the coldkeep that made it.
 
 Every object the repository stores ends with a 32-byte BLAKE3 digest of everything before it,
 so any object can be verified without the passphrase (``repo check``, ``repo copy``), and the
@@ -16,7 +21,7 @@ Keys::
     state/<name>                small mutable service records (e.g. restore-test results)
 
 An *envelope* is how a chunk or a document is stored: ``seal(flag || payload)`` where flag 0 = raw,
-1 = zstd, and ``seal`` is AES-256-GCM in encrypted repositories (identity otherwise), with the
+1 = zstd, 2 = byte planes (chunks only, see :func:`_encode`), and ``seal`` is AES-256-GCM in encrypted repositories (identity otherwise), with the
 blob id / object key as associated data so a blob cannot be swapped for another.
 """
 
@@ -31,12 +36,16 @@ import blake3
 import zstandard
 
 from coldkeep.errors import IntegrityError
+from coldkeep.repository import planes as _planes
 from coldkeep.repository.crypto import KeyRing
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the first format version whose writers may use :data:`FLAG_PLANES`
+PLANES_VERSION = 2
 DIGEST_SIZE = 32
 FLAG_RAW = 0
 FLAG_ZSTD = 1
+FLAG_PLANES = 2
 
 PACK_PREFIX = "data/"
 INDEX_PREFIX = "index/"
@@ -68,6 +77,15 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
         else:
             cache[level] = zstandard.ZstdCompressor(level=level)
     return cache[level]
+
+
+def _sample_size(data: Buffer) -> int:
+    """The size of ``data`` compressed by a cheap compressor (level 1, tables sized to the
+    input): how :mod:`~coldkeep.repository.planes` estimates a chunk from a sample."""
+    sampler: zstandard.ZstdCompressor | None = getattr(_local, "sampler", None)
+    if sampler is None:
+        sampler = _local.sampler = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    return len(sampler.compress(data))
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -103,7 +121,7 @@ def object_id(stored: bytes) -> str:
 #: a buffer the pack writer copies from: bytes, or a view (of a mapped file, say) that stays valid
 #: until the envelope has been copied into its pack
 Buffer = bytes | bytearray | memoryview
-_FLAG_BYTES = (bytes([FLAG_RAW]), bytes([FLAG_ZSTD]))
+_FLAG_BYTES = (bytes([FLAG_RAW]), bytes([FLAG_ZSTD]), bytes([FLAG_PLANES]))
 
 
 def _compress_view(data: Buffer, level: int) -> tuple[int, Buffer]:
@@ -116,10 +134,46 @@ def _compress_view(data: Buffer, level: int) -> tuple[int, Buffer]:
     return FLAG_ZSTD, packed
 
 
-def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
-    """zstd, or raw when compression saves less than 2 %."""
-    flag, payload = _compress_view(data, level)
-    return flag, bytes(payload)
+def _encode(data: Buffer, level: int, planes: bool) -> tuple[int, list[Buffer]]:
+    """(flag, the payload as buffers back to back): :func:`_compress_view`, or with ``planes`` a
+    chunk that :func:`~coldkeep.repository.planes.choose` finds to be 16-bit data as flag 2:
+    ``u32le length of A || A || B`` where A and B are the odd and the even byte plane, each as
+    ``flag (0 raw, 1 zstd) || payload``."""
+    choice = _planes.choose(data, _sample_size) if planes and level != 0 else None
+    if choice is None:
+        flag, payload = _compress_view(data, level)
+        return flag, [payload]
+    parts: list[Buffer] = []
+    for plane, try_zstd in zip(_planes.split(data), choice, strict=True):
+        sub, payload = _compress_view(memoryview(plane), level) if try_zstd else (FLAG_RAW, memoryview(plane))
+        parts += [_FLAG_BYTES[sub], payload]
+    return FLAG_PLANES, [(1 + len(parts[1])).to_bytes(4, "little"), *parts]
+
+
+def compress(data: bytes | memoryview, level: int, planes: bool = False) -> tuple[int, bytes]:
+    """zstd, or raw when compression saves less than 2 %; with ``planes``, byte planes for a
+    chunk of 16-bit data (see :func:`_encode`)."""
+    flag, payload = _encode(data, level, planes)
+    return flag, b"".join(payload)
+
+
+def _decompress_planes(payload: memoryview, raw_length: int | None, what: str) -> bytes:
+    """The content of a flag-2 payload (see :func:`_encode`)."""
+    first = int.from_bytes(payload[:4], "little") if len(payload) >= 4 else 0
+    odd_env, even_env = payload[4 : 4 + first], payload[4 + first :]
+    if len(odd_env) != first or not odd_env or not even_env:
+        raise IntegrityError(f"{what}: malformed byte planes")
+    sizes = (raw_length // 2, raw_length - raw_length // 2) if raw_length is not None else (None, None)
+    planes = []
+    for env, size in zip((odd_env, even_env), sizes, strict=True):
+        if env[0] not in (FLAG_RAW, FLAG_ZSTD):
+            raise IntegrityError(f"{what}: malformed byte planes (flag {env[0]})")
+        planes.append(env[1:] if env[0] == FLAG_RAW else decompress(env[0], env[1:], size, what))
+    if not 0 <= len(planes[1]) - len(planes[0]) <= 1 or (
+        raw_length is not None and len(planes[0]) + len(planes[1]) != raw_length
+    ):
+        raise IntegrityError(f"{what}: byte planes of different lengths (corrupt)")
+    return _planes.join(planes[0], planes[1])
 
 
 def decompress(flag: int, payload: bytes | memoryview, raw_length: int | None, what: str) -> bytes:
@@ -132,6 +186,8 @@ def decompress(flag: int, payload: bytes | memoryview, raw_length: int | None, w
             return bytes(_decompressor().stream_reader(payload).readall())
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+    if flag == FLAG_PLANES:
+        return _decompress_planes(memoryview(payload), raw_length, what)
     raise IntegrityError(f"{what}: unknown compression flag {flag}")
 
 
@@ -141,18 +197,21 @@ def seal_blob(keys: KeyRing, data: bytes | memoryview, level: int, aad: bytes) -
     return b"".join(parts), flag
 
 
-def seal_parts(keys: KeyRing, data: Buffer, level: int, aad: bytes) -> tuple[Sequence[Buffer], int, int]:
+def seal_parts(
+    keys: KeyRing, data: Buffer, level: int, aad: bytes, planes: bool = False
+) -> tuple[Sequence[Buffer], int, int]:
     """The envelope of one chunk as buffers to store back to back: (parts, total length, flag).
 
     Unencrypted, the parts are the flag byte and the payload, where a raw payload is ``data``
     itself: the only copy is the one into the pack (:class:`~coldkeep.repository.packer.PackBuilder`).
-    Encrypted, one part: ``seal`` needs the plaintext in one piece.
+    Encrypted, one part: ``seal`` needs the plaintext in one piece.  ``planes``: byte planes
+    allowed (a repository of format :data:`PLANES_VERSION` or later; see :func:`_encode`).
     """
-    flag, payload = _compress_view(data, level)
+    flag, payload = _encode(data, level, planes)
     if keys.encrypted:
-        stored = keys.seal(_FLAG_BYTES[flag] + payload, aad)
+        stored = keys.seal(b"".join([_FLAG_BYTES[flag], *payload]), aad)
         return (stored,), len(stored), flag
-    return (_FLAG_BYTES[flag], payload), 1 + len(payload), flag
+    return (_FLAG_BYTES[flag], *payload), 1 + sum(len(p) for p in payload), flag
 
 
 def open_blob(

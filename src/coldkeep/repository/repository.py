@@ -59,7 +59,7 @@ from coldkeep.storage.base import Backend
 if TYPE_CHECKING:
     from coldkeep.repository.catalog import SnapshotCatalog
     from coldkeep.repository.entries import EntryReader
-    from coldkeep.repository.verify import SnapshotVerification
+    from coldkeep.repository.verify import HotDigests, SnapshotVerification
 
 __all__ = [
     "NAMED_HEADER_MAX",
@@ -304,13 +304,18 @@ class Repository:
     # -- what services read (verify.py, entries.py) ----------------------------------------------
 
     def verify_snapshot(
-        self, snap: Snapshot, against: str | Path | None = None, *, threads: int | None = None
+        self,
+        snap: Snapshot,
+        against: str | Path | None = None,
+        *,
+        threads: int | None = None,
+        hashed: HotDigests | None = None,
     ) -> SnapshotVerification:
-        """Every stored byte of ``snap``, and with ``against`` the live tree there
-        (:func:`~coldkeep.repository.verify.verify_snapshot`)."""
+        """Every stored byte of ``snap``, and with ``against`` the live tree there (``hashed``:
+        what the backup that made it read there; :func:`~coldkeep.repository.verify.verify_snapshot`)."""
         from coldkeep.repository.verify import verify_snapshot
 
-        return verify_snapshot(self, snap, against, threads=threads)
+        return verify_snapshot(self, snap, against, threads=threads, hashed=hashed)
 
     def open_entry(self, snap: Snapshot, path: str | TreeEntry) -> EntryReader:
         """One file of ``snap`` as a verified byte stream
