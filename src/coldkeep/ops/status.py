@@ -33,6 +33,7 @@ from coldkeep.ops.alerts import all_rules, cron_interval
 from coldkeep.ops.runs import RunRecord
 from coldkeep.ops.samples import Points, Samples
 from coldkeep.ops.schedule import states
+from coldkeep.ops.storage import MIN_TREND_S
 
 if TYPE_CHECKING:
     from coldkeep.repository.repository import Repository
@@ -246,8 +247,11 @@ def samples(config: Config, inputs: metrics.Inputs, history: Points, now: float)
             sizes.setdefault(record.type, []).append((record.end.timestamp(), float(record.logical_bytes)))
     for kind, points in sizes.items():
         m.add_history("backup_size_bytes", {"type": kind}, points)
+    # the repository's stored bytes as the used bytes' history, once it spans a day (a trend of a
+    # few minutes of jobs is no growth rate: the rule's `for: 1h` keeps Prometheus quiet then too)
+    spans_a_day = len(history) > 1 and history[-1][0] - history[0][0] >= MIN_TREND_S
     for lab, _v in m.select("coldkeep_storage_used_bytes"):
-        if history and _holds_repository(config, lab.get("path", "")):
+        if spans_a_day and _holds_repository(config, lab.get("path", "")):
             m.add_history("coldkeep_storage_used_bytes", lab, history)
     return m
 
