@@ -1,6 +1,6 @@
 """`coldkeep drill --scenario database` on a real PostgreSQL 15 cluster archiving into coldkeep:
 under write load it passes with the counts bracketed at its restore point and an RPO measured;
-a damaged WAL segment fails it naming the segment; from the copy alone (the local repository
+a damaged WAL segment or base-backup pack fails it naming it; from the copy alone (the local repository
 gone) the full drill passes too, every scenario from the copy (issue 16)."""
 
 from __future__ import annotations
@@ -142,3 +142,18 @@ def test_full_drill_from_the_copy_alone_after_losing_the_repository(pgenv: Env) 
     assert "database: rows marks" in {c["name"] for c in result["checks"]}
     assert subs["checkpoint"]["recovered"]["production"]["name"] == "cet-d-phase1/production-20251010_000000"
     assert result["total_s"] >= sum(result["steps"].values()) - 0.01
+
+
+def test_a_damaged_base_backup_pack_fails_the_drill_naming_it(pgenv: Env) -> None:
+    env = pgenv
+    env.ck("pg", "backup")
+    packs = sorted(
+        (env.base / "repo" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0
+    )
+    victim = packs[-1]  # the biggest pack: base-backup data (WAL lives under named/wal)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    proc = env.ck("drill", "--no-live", expect=3, timeout=600)
+    assert "drill failed" in proc.stderr
+    assert victim.name[:8] in proc.stderr or victim.name in proc.stderr, proc.stderr
