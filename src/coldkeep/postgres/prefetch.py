@@ -76,7 +76,8 @@ def is_segment_name(name: str) -> bool:
 def control_system_identifier(dest: str | os.PathLike[str]) -> int:
     """The system identifier in ``<data directory>/global/pg_control`` when ``dest`` (``%p``) is in
     a data directory's ``pg_wal``; 0 when it is not or that cannot be read.  ``ControlFileData``
-    starts with the 64-bit ``system_identifier`` (native byte order)."""
+    starts with the 64-bit ``system_identifier`` (read little-endian, as
+    :mod:`coldkeep.postgres.wal` reads WAL page headers)."""
     pg_wal = os.path.dirname(os.path.abspath(dest))
     if os.path.basename(pg_wal) != "pg_wal":
         return 0
