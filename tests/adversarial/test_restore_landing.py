@@ -99,7 +99,11 @@ def test_nested_backed_up_paths_restore_each_file_once_and_leave_no_temporary(tm
             f"{stored}/train/a.json": b"a",
             f"{stored}/train/b.json": b"b",
         },
-        "relative": {"d/hl.json": b"a", "train/a.json": b"a", "train/b.json": b"b"},
+        "relative": {
+            "hl.json": b"a",
+            "train/a.json": b"a",
+            "train/b.json": b"b",
+        },  # d/train: stored once, inside d
     }
     for mode, want in expected.items():
         out = tmp_path / f"out-{mode}"
