@@ -42,7 +42,6 @@ from coldkeep.repository.snapshot import Snapshot
 TIERS = (1, 2, 3)
 #: the test hook that SIGKILLs ``tiers backup`` at a named stage (``stage:n,…``)
 KILL_HOOK = "COLDKEEP_TIERS_KILL_AT"
-_READ = 1024 * 1024
 
 
 def tier_section(config: Config, tier: int) -> Tier:
@@ -191,11 +190,8 @@ class CleanResult:
 
 
 def _sha256(path: str) -> str:
-    sha = hashlib.sha256()
     with open(path, "rb") as f:
-        while piece := f.read(_READ):
-            sha.update(piece)
-    return sha.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _held(
