@@ -26,7 +26,9 @@
 # Knobs: DB_MB=2000 DAYS=7 TPS_REPEATS=3 DURATION=60 RESTORE_REPEATS=2 BACKLOG_MB=1024 REPLAY_MB=1024
 #        TPS_VARIANTS="noop coldkeep coldkeep-async pgbackrest-sync pgbackrest-async" (also: cp)
 #        DRAIN_VARIANTS="cp coldkeep coldkeep-async pgbackrest-sync pgbackrest-async"
-#        REPLAY_VARIANTS="cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async"
+#        REPLAY_VARIANTS="cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async" REPLAY_REPEATS=1
+#          (coldkeep-prefetch is what `pg restore` writes: [postgres] restore_prefetch = 8; coldkeep is
+#          restore_prefetch = 0, one segment per call)
 #        BB_DAYS="0 DAYS-1" (days pg_basebackup -z runs; the others are interpolated in the summary; "all")
 #        BACKUP_TOOLS="coldkeep pgbackrest pg_basebackup" RESTORE_TOOLS="coldkeep pgbackrest pg_basebackup"
 #          (a subset skips the others, e.g. for a short coldkeep-vs-pgBackRest run; order still rotates)
@@ -48,6 +50,7 @@ DURATION=${DURATION:-60}
 RESTORE_REPEATS=${RESTORE_REPEATS:-2}
 BACKLOG_MB=${BACKLOG_MB:-1024}
 REPLAY_MB=${REPLAY_MB:-1024}
+REPLAY_REPEATS=${REPLAY_REPEATS:-1}
 BB_DAYS=${BB_DAYS:-"0 $((DAYS - 1))"}   # days pg_basebackup -z runs (gzip is slow); "all" for every day
 [ "$BB_DAYS" = all ] && BB_DAYS=$(seq -s " " 0 $((DAYS - 1)))
 TPS_VARIANTS=${TPS_VARIANTS:-"noop coldkeep coldkeep-async pgbackrest-sync pgbackrest-async"}
@@ -152,8 +155,8 @@ archive_cmd_for() {
 restore_cmd_for() {
   case $1 in
     cp) echo "cp $CPARCH/%f %p" ;;
-    coldkeep) echo "$CK --config $CFG pg wal-fetch --lineage wal %f %p" ;;   # what `pg restore` writes
-    coldkeep-prefetch) echo "$CK --config $CFG pg wal-fetch --lineage wal --prefetch $PREFETCH %f %p" ;;
+    coldkeep) echo "$CK --config $CFG pg wal-fetch --lineage wal %f %p" ;;   # `pg restore` with restore_prefetch = 0
+    coldkeep-prefetch) echo "$CK --config $CFG pg wal-fetch --lineage wal --prefetch $PREFETCH %f %p" ;;   # what `pg restore` writes
     pgbackrest-sync) echo "$PGBR archive-get %f \"%p\"" ;;
     pgbackrest-async) echo "$PGBR --archive-async --process-max=2 archive-get %f \"%p\"" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
@@ -501,8 +504,12 @@ if has_stage replay; then
   set_archive_command "$(archive_cmd_for noop)"
   nseg=$(find "$CPARCH" -name '????????????????????????' | wc -l)
   rec type=replay_wal wal_bytes="$walb" segments_archived="$nseg" archive_drain_s="$drained"
-  for v in $REPLAY_VARIANTS; do
-    log "replay through $v"
+  read -r -a RVARS <<<"$REPLAY_VARIANTS"
+  nrv=${#RVARS[@]}
+  for rep in $(seq 1 "$REPLAY_REPEATS"); do
+  for i in $(seq 0 $((nrv - 1))); do
+    v=${RVARS[$(( (i + rep - 1) % nrv ))]}   # the order rotates each round
+    log "replay round $rep through $v"
     rm -rf "$RP/data" "$RP/data.log"
     cp -a "$RP/base" "$RP/data"
     find "$WORK/pgbr-spool" -path '*/in/*' -type f -delete 2>/dev/null || true
@@ -511,12 +518,13 @@ if has_stage replay; then
     printf "restore_command = '%s'\n" "$(sqlq "$cmd")" >>"$RP/data/postgresql.auto.conf"
     touch "$RP/data/recovery.signal"
     chown -R postgres:postgres "$RP/data"
-    measure replay "$v" "replay to promoted" 1 -- "$START_WAIT" "$RP/data"
+    measure replay "$v" "replay to promoted" "$rep" -- "$START_WAIT" "$RP/data"
     restored=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$RP/data.log" || true)
     extra wal_bytes="$walb" segments_restored="$restored" \
       restore_command="\"$(printf '%s' "$cmd" | sed "s#$WORK#\$WORK#g; s#\"#'#g")\""
     echo "  $v: $restored segments restored in $("${UTIL[@]}" get "$RESULTS" wall_s)s" >&2
     pg_stop "$RP/data"
+  done
   done
   rm -rf "$RP/data"
 fi

@@ -403,16 +403,30 @@ class Summary:
             "a fresh copy of the backup, `recovery.signal` + `restore_command`, `pg_ctl start` until promoted "
             "(recovery to the end of the archive).",
             "",
-            "| restore_command | segments restored | wall s | WAL MB/s | segments/s | machine CPU s |",
-            "|---|---|---|---|---|---|",
+            "| restore_command | n | segments restored | wall s (median) | min–max | WAL MB/s | segments/s | machine CPU s |",
+            "|---|---|---|---|---|---|---|---|",
         )
-        for r in recs:
-            n = r.get("segments_restored") or 0
+        walls: dict[str, float] = {}
+        for tool in dict.fromkeys(r["tool"] for r in recs):  # first-seen order, one row per variant
+            rs = [r for r in recs if r["tool"] == tool]
+            n = rs[0].get("segments_restored") or 0
+            wall = statistics.median(r["wall_s"] for r in rs)
+            walls[tool] = wall
             self.out(
-                f"| {r['tool']} (`{r.get('restore_command', '')}`) | {n} | {f(r['wall_s'])} | "
-                f"{f((r.get('wal_bytes') or 0) / 1e6 / r['wall_s'], 1)} | {f(n / r['wall_s'], 1)} | {f(r['machine_cpu_s'], 1)} |"
+                f"| {tool} (`{rs[0].get('restore_command', '')}`) | {len(rs)} | {n} | {f(wall)} | "
+                f"{span([r['wall_s'] for r in rs])} | {f((rs[0].get('wal_bytes') or 0) / 1e6 / wall, 1)} | "
+                f"{f(n / wall, 1)} | {f(statistics.median(r['machine_cpu_s'] for r in rs), 1)} |"
             )
         self.out("")
+        a, b = walls.get("coldkeep-prefetch"), walls.get("pgbackrest-async")
+        if a is not None and b is not None:
+            self.targets.append(
+                (
+                    "replay through `pg restore`'s restore_command no slower than pgBackRest async archive-get",
+                    a <= b,
+                    f"coldkeep {a:.2f} s vs pgBackRest {b:.2f} s ({pct(a, b)})",
+                )
+            )
 
     # --------------------------------------------------------------------------------------------
 

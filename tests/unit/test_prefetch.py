@@ -142,6 +142,7 @@ NOT_ON_THE_HIT_PATH = (
     "re",
     "contextlib",
     "typing",
+    "collections",
     "coldkeep.postgres.wal",
     "coldkeep.postgres.archive",
     "coldkeep.repository.repository",

@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 import blake3
 
 from coldkeep.durable import write_atomic
 from coldkeep.processes import pid_alive
+
+TYPE_CHECKING = False  # not ``typing``'s: the spool-hit path imports neither it nor ``collections``
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SPOOL_DIR = ".coldkeep-prefetch"
 #: a claim older than this belongs to a prefetcher that died
