@@ -96,10 +96,10 @@ def main() -> None:
     for row in rows:
         a, b = row.get("restore_coldkeep"), row.get("restore_pgbackrest")
         c, d = row.get("replay_coldkeep-prefetch"), row.get("replay_pgbackrest-async")
-        load = f"{row['load'][0]:.2f} / {row['load'][1]:.2f}" if row["load"] else "–"
+        machine = f"{row['load'][0]:.2f} / {row['load'][1]:.2f}" if row["load"] else "–"
         p(f"| {row['size']} MB | {a['wall'] / b['wall']:.2f} × ({a['wall']:.2f} vs {b['wall']:.2f} s) | "
-          f"{a['cpu'] / b['cpu']:.2f} × | {c['wall'] / d['wall']:.2f} × ({c['wall']:.2f} vs {d['wall']:.2f} s) | {load} |"
-          if a and b and c and d else f"| {row['size']} MB | incomplete | | | {load} |")  # fmt: skip
+          f"{a['cpu'] / b['cpu']:.2f} × | {c['wall'] / d['wall']:.2f} × ({c['wall']:.2f} vs {d['wall']:.2f} s) | {machine} |"
+          if a and b and c and d else f"| {row['size']} MB | incomplete | | | {machine} |")  # fmt: skip
     big = rows[-1]
     p("")
     for tool in ("coldkeep", "pgbackrest"):
