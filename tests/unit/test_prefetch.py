@@ -199,3 +199,64 @@ def test_a_spool_hit_imports_only_what_it_needs(tmp_path: Path) -> None:
         os.close(lock)
     assert proc.stderr.rstrip().rsplit("\n", 1)[-1] == "probe: exit 0, imported", proc.stderr[-3000:]
     assert dest.read_bytes() == segment(NAMES[0], seg_size=MiB)
+
+
+def test_a_ready_segment_is_verified_again_and_served_once_by_either_path(tmp_path: Path) -> None:
+    """``place`` links a spooled segment as ``ready/<name>`` only when it still verifies; the
+    shell fast path (``mv``) or the foreground ``take`` serve it, and the other name goes."""
+    spool = spool_with(tmp_path, NAMES)
+    dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
+    assert spool.place(NAMES[0])
+    ready = Path(spool.ready_path(NAMES[0]))
+    assert ready.read_bytes() == segment(NAMES[0], seg_size=MiB)
+    assert spool.place(NAMES[0])  # already there: unchanged
+    assert not spool.taken(NAMES[0])
+    # taken by the foreground path: its ready name is dropped with it
+    assert spool.take(NAMES[0], dest) == MiB and not ready.exists()
+    # taken by the shell fast path: the prefetcher sees it and drops the spool name
+    assert spool.place(NAMES[1])
+    os.replace(spool.ready_path(NAMES[1]), dest)
+    assert dest.read_bytes() == segment(NAMES[1], seg_size=MiB)
+    assert spool.taken(NAMES[1]) and not spool.has(NAMES[1])
+    assert not spool.taken(NAMES[1])  # once
+    # a damaged spool file is never made ready (and is dropped)
+    victim = next(Path(spool.root).glob(NAMES[2] + ".*"))
+    raw = bytearray(victim.read_bytes())
+    raw[MiB // 3] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    assert not spool.place(NAMES[2])
+    assert not Path(spool.ready_path(NAMES[2])).exists() and not spool.has(NAMES[2])
+    assert not spool.place("000000010000000000000009")  # not spooled
+
+
+def test_clean_drops_ready_segments_recovery_is_past(tmp_path: Path) -> None:
+    spool = spool_with(tmp_path, NAMES)
+    assert spool.place(NAMES[1]) and spool.place(NAMES[2])
+    spool.clean(NAMES[1])  # PostgreSQL asked for NAMES[1] through the foreground path
+    assert not Path(spool.ready_path(NAMES[1])).exists()
+    assert Path(spool.ready_path(NAMES[2])).exists()
+
+
+def test_the_fast_path_of_restore_command_names_the_spool_recovery_uses(tmp_path: Path) -> None:
+    """``ready_fast_path`` (written by ``pg restore``) points at the ready directory that
+    ``Spool.for_dest`` derives at recovery time, relative to the data directory; run through
+    ``sh`` there it serves a ready segment with ``mv`` and falls through otherwise."""
+    import subprocess
+
+    data = data_dir_with_sysid(tmp_path / "data", 4242)
+    config = str(tmp_path / "c.toml")
+    prefix = prefetch.ready_fast_path(data, config, "wal")
+    spool = Spool.for_dest(data / "pg_wal" / "RECOVERYXLOG", config, "wal")
+    assert prefix.startswith("mv -f -- pg_wal/.coldkeep-prefetch/") and prefix.endswith(" || ")
+    os.makedirs(spool.root)
+    spool.fill(NAMES[:1], lambda name: segment(name, seg_size=MiB))
+    assert spool.place(NAMES[0])
+
+    def run(name: str) -> int:
+        command = (prefix + "exit 7").replace("%f", name).replace("%p", "pg_wal/RECOVERYXLOG")
+        return subprocess.run(["sh", "-c", command], cwd=data, check=False).returncode
+
+    assert run(NAMES[0]) == 0
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment(NAMES[0], seg_size=MiB)
+    assert run(NAMES[0]) == 7  # served once; then the fallback runs (here: exit 7)
+    assert run(NAMES[1]) == 7

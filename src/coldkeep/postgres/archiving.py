@@ -113,9 +113,13 @@ def archive_command(executable: str, config_path: str, *, async_push: bool = Fal
     return " ".join(_pg_quote(p) for p in parts) + " %p"
 
 
-def restore_command(executable: str, config_path: str, lineage: str | None = None, prefetch: int = 0) -> str:
+def restore_command(
+    executable: str, config_path: str, lineage: str | None = None, prefetch: int = 0, fast_path: str = ""
+) -> str:
     """``restore_command`` for a restore: ``wal-fetch`` exits 1 only for "not archived";
-    ``prefetch`` > 0 fetches that many segments ahead (:mod:`coldkeep.postgres.prefetch`)."""
+    ``prefetch`` > 0 fetches that many segments ahead (:mod:`coldkeep.postgres.prefetch`);
+    ``fast_path``: a shell prefix that serves a ready segment first
+    (:func:`~coldkeep.postgres.prefetch.ready_fast_path`)."""
     if not os.path.isabs(executable) or not os.path.isabs(config_path):
         raise UsageError("restore_command needs absolute paths (PostgreSQL does not have our PATH or cwd)")
     parts = [executable, "--config", config_path, "pg", "wal-fetch"]
@@ -123,7 +127,7 @@ def restore_command(executable: str, config_path: str, lineage: str | None = Non
         parts += ["--lineage", lineage]
     if prefetch:
         parts += ["--prefetch", str(int(prefetch))]
-    return " ".join(_pg_quote(p) for p in parts) + " %f %p"
+    return fast_path + " ".join(_pg_quote(p) for p in parts) + " %f %p"
 
 
 # ------------------------------------------------------------------------------------------------

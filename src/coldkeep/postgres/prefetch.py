@@ -47,6 +47,7 @@ from coldkeep.processes import pid_alive
 
 TYPE_CHECKING = False  # not ``typing``'s: the spool-hit path imports neither it nor ``collections``
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
 SPOOL_DIR = ".coldkeep-prefetch"
@@ -56,6 +57,11 @@ CLAIM_TTL_S = 120.0
 WANTED_NAME = ".wanted"
 #: flock'ed by the one running prefetcher of a spool
 LOCK_NAME = ".prefetcher"
+#: the spool's subdirectory holding the one segment PostgreSQL will ask for next, under its plain
+#: name, for the shell fast path of ``restore_command`` (:func:`ready_fast_path`)
+READY_DIR = "ready"
+#: how often the prefetcher's placer looks whether the ready segment was taken
+PLACE_POLL_S = 0.005
 #: a prefetcher with no new request for this long stops (recovery paused or over)
 IDLE_S = 30.0
 #: how often a prefetcher with nothing to do looks for a new request
@@ -164,11 +170,48 @@ class Spool:
             if seg_size is not None:
                 try:
                     os.replace(self.path(entry), dest)
-                    return seg_size
                 except OSError:
                     return None
+                _unlink(self.ready_path(name))  # the same file: never served a second time
+                return seg_size
             _unlink(self.path(entry))
         return None
+
+    def ready_path(self, name: str) -> str:
+        return os.path.join(self.root, READY_DIR, name)
+
+    def place(self, name: str) -> bool:
+        """Make the spooled segment ``name`` ready for the shell fast path: verify its spool file
+        again (BLAKE3, bound to the name and the cluster) and hard-link it as ``ready/<name>``
+        (one file, two names: whichever path takes it, the other name is dropped).  ``False`` when
+        it is not spooled or no longer verifies (then it is deleted and not made ready)."""
+        for entry in self._entries():
+            if not entry.startswith(name + "."):
+                continue
+            if self._verifies(name, entry) is None:
+                _unlink(self.path(entry))
+                return False
+            try:
+                os.makedirs(os.path.join(self.root, READY_DIR), mode=0o700, exist_ok=True)
+                os.link(self.path(entry), self.ready_path(name))
+            except FileExistsError:
+                return True
+            except OSError:
+                return False
+            return True
+        return False
+
+    def taken(self, name: str) -> bool:
+        """``ready/<name>`` was moved away (by the shell fast path) while its spool file is still
+        here: PostgreSQL has it.  The spool file is then dropped."""
+        if os.path.lexists(self.ready_path(name)):
+            return False
+        gone = False
+        for entry in self._entries():
+            if entry.startswith(name + "."):
+                _unlink(self.path(entry))
+                gone = True
+        return gone
 
     def in_flight(self, name: str) -> bool:
         """A live prefetcher is fetching ``name`` (its claim is fresh and its pid exists)."""
@@ -196,13 +239,19 @@ class Spool:
             time.sleep(poll)
 
     def clean(self, before: str) -> None:
-        """Drop spooled segments that sort before ``before`` (recovery is past them) and stale
-        claims and temp files."""
+        """Drop spooled segments that sort before ``before`` (recovery is past them), ready
+        segments other than ``before``'s successors, and stale claims and temp files."""
         now = time.time()
+        try:
+            for entry in os.listdir(os.path.join(self.root, READY_DIR)):
+                if entry[:24] <= before[:24]:
+                    _unlink(self.ready_path(entry))
+        except OSError:
+            pass
         for entry in self._entries():
             path = self.path(entry)
             try:
-                if entry in (WANTED_NAME, LOCK_NAME):
+                if entry in (WANTED_NAME, LOCK_NAME, READY_DIR):
                     continue
                 if entry.startswith("."):
                     if now - os.stat(path).st_mtime > CLAIM_TTL_S:
@@ -378,7 +427,43 @@ class Prefetcher:
         finally:
             os.close(fd)
 
+    def _place_loop(self, stop: threading.Event) -> None:
+        """Keep ``ready/`` holding the segment after PostgreSQL's newest request, verified again
+        right before it is linked there (:meth:`Spool.place`); when the shell fast path took it,
+        record that as the newest request (the fetch loop then moves on)."""
+        spool = self.spool
+        placed: str | None = None
+        while not stop.is_set():
+            try:
+                wanted = spool.wanted()
+                if placed is not None and wanted is not None and spool.taken(placed):
+                    if wanted[0] < placed:
+                        spool.want(placed, wanted[1], wanted[2])
+                    wanted = (placed, wanted[1], wanted[2])
+                if wanted is not None:
+                    following = next_segments(wanted[0], wanted[1], 1)[0]
+                    if following != placed and spool.place(following):
+                        placed = following
+            except Exception:  # best effort: a miss only means a fetch in the foreground
+                pass
+            stop.wait(PLACE_POLL_S)
+
     def _loop(self) -> None:
+        import threading
+
+        spool = self.spool
+        stop = threading.Event()
+        placer = threading.Thread(
+            target=self._place_loop, args=(stop,), name="coldkeep-prefetch-place", daemon=True
+        )
+        placer.start()
+        try:
+            self._fetch_loop(spool)
+        finally:
+            stop.set()
+            placer.join()
+
+    def _fetch_loop(self, spool: Spool) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from coldkeep import testhooks
@@ -387,7 +472,6 @@ class Prefetcher:
         from coldkeep.postgres.archive import NotArchived, read_archived_digest
         from coldkeep.repository.setup import open_repository_section
 
-        spool = self.spool
         with (
             open_repository_section(load_repository_section(self.config_path)) as repo,
             ThreadPoolExecutor(2) as pool,
@@ -472,6 +556,18 @@ def serve_spooled(config_path: str, name: str, dest: str, lineage: str | None, c
     except Exception:
         pass
     return True
+
+
+def ready_fast_path(data_dir: str | os.PathLike[str], config_path: str, lineage: str | None) -> str:
+    """The shell prefix of ``restore_command`` that serves the segment the prefetcher made ready
+    (:meth:`Spool.place`) with one ``mv``, no interpreter: ``mv -f -- <ready>/%f %p 2>/dev/null
+    || `` (PostgreSQL runs ``restore_command`` through ``sh`` in the data directory; anything else
+    falls through to ``wal-fetch``).  ``<ready>`` is relative to the data directory, in the spool
+    of this config, lineage and cluster (``data_dir``'s ``global/pg_control``), as
+    :meth:`Spool.for_dest` names it at recovery time."""
+    spool = Spool.for_dest(os.path.join(os.fspath(data_dir), "pg_wal", "RECOVERYXLOG"), config_path, lineage)
+    ready = "/".join(("pg_wal", SPOOL_DIR, os.path.basename(spool.root), READY_DIR))
+    return f"mv -f -- {ready}/%f %p 2>/dev/null || "
 
 
 def remove_spool(pg_wal: str | os.PathLike[str]) -> None:

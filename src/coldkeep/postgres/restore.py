@@ -103,18 +103,25 @@ class RestoreReport:
         return dict(self.__dict__)
 
 
-def restore_command(config: Config, lineage: str) -> str:
+def restore_command(config: Config, lineage: str, data_dir: Path | None = None) -> str:
     """``wal-fetch`` with ``--prefetch [postgres].restore_prefetch`` (8 by default: the next
-    segments are fetched, decompressed and verified into a spool while the server replays)."""
-    from coldkeep.postgres import archiving
+    segments are fetched, decompressed and verified into a spool while the server replays),
+    behind the shell fast path that serves the segment the prefetcher made ready with one ``mv``
+    (:func:`~coldkeep.postgres.prefetch.ready_fast_path`; needs the restored ``data_dir``)."""
+    from coldkeep.postgres import archiving, prefetch
 
     if not config.source:
         raise UsageError("restore needs a config file (PostgreSQL runs wal-fetch with --config)")
+    config_path = os.path.abspath(config.source)
+    fast = ""
+    if config.postgres.restore_prefetch and data_dir is not None:
+        fast = prefetch.ready_fast_path(data_dir, config_path, lineage)
     return archiving.restore_command(
         archiving.coldkeep_executable(),
-        os.path.abspath(config.source),
+        config_path,
         lineage,
         prefetch=config.postgres.restore_prefetch,
+        fast_path=fast,
     )
 
 
@@ -343,7 +350,7 @@ class PgRestore:
         report.files, report.bytes = result.files, result.bytes
         report.files_s = round(time.monotonic() - started, 3)
         settings = {
-            "restore_command": restore_command(self.config, str(backup.meta["wal_lineage"])),
+            "restore_command": restore_command(self.config, str(backup.meta["wal_lineage"]), data_dir),
             **({"recovery_end_command": SPOOL_CLEANUP} if self.config.postgres.restore_prefetch else {}),
             "recovery_target_timeline": timeline,
             "recovery_target_action": "promote",
