@@ -519,6 +519,9 @@ if has_stage replay; then
     find "$WORK/pgbr-spool" -path '*/in/*' -type f -delete 2>/dev/null || true
     cmd=$(restore_cmd_for "$v")
     [[ $v == pgbackrest* ]] && cmd=${cmd/archive-get/--pg1-path=$RP/data archive-get}
+    if [ "$v" = coldkeep-prefetch ]; then   # behind the ready segment's shell fast path, as `pg restore` writes it
+      cmd="$("$PY" -c 'import sys; from coldkeep.postgres.prefetch import ready_fast_path as f; print(f(*sys.argv[1:]), end="")' "$RP/data" "$CFG" wal)$cmd"
+    fi
     printf "restore_command = '%s'\n" "$(sqlq "$cmd")" >>"$RP/data/postgresql.auto.conf"
     touch "$RP/data/recovery.signal"
     chown -R postgres:postgres "$RP/data"

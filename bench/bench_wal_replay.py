@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tests.fixtures.pg_exec import build_postgres_runnable  # noqa: E402
 
 from coldkeep.postgres import archive, archiving  # noqa: E402
+from coldkeep.postgres import prefetch as prefetch_mod  # noqa: E402
 from coldkeep.postgres.cluster import TempCluster, chown_to, free_port  # noqa: E402
 from coldkeep.repository.repository import Repository  # noqa: E402
 from coldkeep.storage import open_backend  # noqa: E402
@@ -157,7 +158,8 @@ def main() -> None:
                 subprocess.run(["cp", "-a", str(backup), str(base / "data")], check=True)
                 chown_to(base, PG_USER)
                 target = TempCluster(base, bin_dir=source.bin_dir, port=free_port())
-                command = archiving.restore_command(executable, str(config), "wal", prefetch)
+                fast = prefetch_mod.ready_fast_path(base / "data", str(config), "wal") if prefetch else ""
+                command = archiving.restore_command(executable, str(config), "wal", prefetch, fast_path=fast)
                 with open(target.data_dir / "postgresql.auto.conf", "a") as fh:
                     fh.write(f"restore_command = '{command}'\narchive_mode = off\n")
                 (target.data_dir / "recovery.signal").touch()

@@ -247,7 +247,8 @@ def test_the_fast_path_of_restore_command_names_the_spool_recovery_uses(tmp_path
     config = str(tmp_path / "c.toml")
     prefix = prefetch.ready_fast_path(data, config, "wal")
     spool = Spool.for_dest(data / "pg_wal" / "RECOVERYXLOG", config, "wal")
-    assert prefix.startswith("mv -f -- pg_wal/.coldkeep-prefetch/") and prefix.endswith(" || ")
+    assert prefix.startswith(f"r=pg_wal/.coldkeep-prefetch/{Path(spool.root).name}/ready/%f; ")
+    assert prefix.endswith(" || ")
     os.makedirs(spool.root)
     spool.fill(NAMES[:1], lambda name: segment(name, seg_size=MiB))
     assert spool.place(NAMES[0])
@@ -260,3 +261,17 @@ def test_the_fast_path_of_restore_command_names_the_spool_recovery_uses(tmp_path
     assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment(NAMES[0], seg_size=MiB)
     assert run(NAMES[0]) == 7  # served once; then the fallback runs (here: exit 7)
     assert run(NAMES[1]) == 7
+    # a byte that changes after the segment was made ready: the fast path's cksum refuses it
+    spool.fill(NAMES[1:3], lambda name: segment(name, seg_size=MiB))
+    assert spool.place(NAMES[1]) and spool.place(NAMES[2])
+    flip = Path(spool.ready_path(NAMES[1]))
+    raw = bytearray(flip.read_bytes())
+    raw[MiB // 2 + 3] ^= 0x10
+    flip.write_bytes(bytes(raw))
+    (data / "pg_wal" / "RECOVERYXLOG").unlink()
+    assert run(NAMES[1]) == 7 and not (data / "pg_wal" / "RECOVERYXLOG").exists()
+    assert spool.take(NAMES[1], data / "pg_wal" / "RECOVERYXLOG") is None  # the foreground re-hash drops it
+    assert not flip.exists() and not spool.has(NAMES[1])
+    # a ready file without its checksum (a placement cut short) is not served by the fast path
+    os.unlink(spool.ready_path(NAMES[2]) + ".crc")
+    assert run(NAMES[2]) == 7

@@ -172,28 +172,45 @@ class Spool:
                     os.replace(self.path(entry), dest)
                 except OSError:
                     return None
-                _unlink(self.ready_path(name))  # the same file: never served a second time
+                self.unready(name)  # the same file: never served a second time
                 return seg_size
             _unlink(self.path(entry))
+            self.unready(name)  # the same (damaged) file, if it was made ready
         return None
 
     def ready_path(self, name: str) -> str:
         return os.path.join(self.root, READY_DIR, name)
 
     def place(self, name: str) -> bool:
-        """Make the spooled segment ``name`` ready for the shell fast path: verify its spool file
-        again (BLAKE3, bound to the name and the cluster) and hard-link it as ``ready/<name>``
-        (one file, two names: whichever path takes it, the other name is dropped).  ``False`` when
-        it is not spooled or no longer verifies (then it is deleted and not made ready)."""
+        """Make the spooled segment ``name`` ready for the shell fast path: its POSIX ``cksum``
+        (CRC-32 and size, what the fast path checks again when it serves the file) is taken
+        first, then the spool file is verified again (BLAKE3, bound to the name and the cluster),
+        then the checksum is written as ``ready/<name>.crc`` and the file hard-linked as
+        ``ready/<name>`` (one file, two names: whichever path takes it, the other name is
+        dropped).  A byte that changes after the BLAKE3 check fails the fast path's ``cksum``:
+        it falls through to ``wal-fetch``, which re-hashes and refetches.  ``False`` when it is
+        not spooled or no longer verifies (then it is deleted and not made ready), or when
+        ``cksum`` cannot be run (no fast path: every request takes the foreground path)."""
+        import subprocess
+
         for entry in self._entries():
             if not entry.startswith(name + "."):
                 continue
+            path = self.path(entry)
+            try:
+                with open(path, "rb") as fh:
+                    crc = subprocess.run(
+                        ["cksum"], stdin=fh, capture_output=True, check=True, timeout=60
+                    ).stdout
+            except (OSError, subprocess.SubprocessError):
+                return False
             if self._verifies(name, entry) is None:
-                _unlink(self.path(entry))
+                _unlink(path)
                 return False
             try:
                 os.makedirs(os.path.join(self.root, READY_DIR), mode=0o700, exist_ok=True)
-                os.link(self.path(entry), self.ready_path(name))
+                write_atomic(self.ready_path(name) + ".crc", crc, sync=False)
+                os.link(path, self.ready_path(name))
             except FileExistsError:
                 return True
             except OSError:
@@ -201,11 +218,17 @@ class Spool:
             return True
         return False
 
+    def unready(self, name: str) -> None:
+        """Drop ``ready/<name>`` and its checksum."""
+        _unlink(self.ready_path(name))
+        _unlink(self.ready_path(name) + ".crc")
+
     def taken(self, name: str) -> bool:
         """``ready/<name>`` was moved away (by the shell fast path) while its spool file is still
         here: PostgreSQL has it.  The spool file is then dropped."""
         if os.path.lexists(self.ready_path(name)):
             return False
+        _unlink(self.ready_path(name) + ".crc")
         gone = False
         for entry in self._entries():
             if entry.startswith(name + "."):
@@ -560,14 +583,15 @@ def serve_spooled(config_path: str, name: str, dest: str, lineage: str | None, c
 
 def ready_fast_path(data_dir: str | os.PathLike[str], config_path: str, lineage: str | None) -> str:
     """The shell prefix of ``restore_command`` that serves the segment the prefetcher made ready
-    (:meth:`Spool.place`) with one ``mv``, no interpreter: ``mv -f -- <ready>/%f %p 2>/dev/null
-    || `` (PostgreSQL runs ``restore_command`` through ``sh`` in the data directory; anything else
-    falls through to ``wal-fetch``).  ``<ready>`` is relative to the data directory, in the spool
+    (:meth:`Spool.place`) with ``cksum`` and ``mv``, no interpreter: ``r=<ready>/%f; { read -r c
+    < $r.crc && [ "$(cksum < $r)" = "$c" ] && mv -f -- $r %p; } 2>/dev/null || `` (PostgreSQL
+    runs ``restore_command`` through ``sh`` in the data directory; a missing or changed file falls
+    through to ``wal-fetch``).  ``<ready>`` is relative to the data directory, in the spool
     of this config, lineage and cluster (``data_dir``'s ``global/pg_control``), as
     :meth:`Spool.for_dest` names it at recovery time."""
     spool = Spool.for_dest(os.path.join(os.fspath(data_dir), "pg_wal", "RECOVERYXLOG"), config_path, lineage)
     ready = "/".join(("pg_wal", SPOOL_DIR, os.path.basename(spool.root), READY_DIR))
-    return f"mv -f -- {ready}/%f %p 2>/dev/null || "
+    return f'r={ready}/%f; {{ read -r c < $r.crc && [ "$(cksum < $r)" = "$c" ] && mv -f -- $r %p; }} 2>/dev/null || '
 
 
 def remove_spool(pg_wal: str | os.PathLike[str]) -> None:
