@@ -81,3 +81,40 @@ def test_genuine_objects_still_round_trip(repo: Repository, size: int) -> None:
     meta, back = repo.get_named(f"obj/{size}")
     assert back == data and meta["size"] == size and meta["meta"] == {"k": size}
     assert repo.put_named(f"obj/{size}", data) is False  # identical: already there
+
+
+def test_stream_named_yields_the_verified_bytes_in_pieces_and_refuses_what_get_named_refuses(
+    repo: Repository,
+) -> None:
+    """``stream_named`` (the prefetcher's read: one reused buffer) gives the same bytes as
+    ``get_named`` and fails, naming the object, on everything ``get_named`` fails on; a failure
+    comes after pieces were passed on, which the caller discards."""
+    from coldkeep.errors import NotFound
+    from coldkeep.repository.named import put_named, stream_named
+
+    data = bytes(range(256)) * (5 * 4096 + 7)  # ~5 MiB: several pieces, the last a short one
+    put_named(repo, "wal/00000001/000000010000000000000007", data)
+    pieces: list[bytes] = []
+    meta = stream_named(
+        repo, "wal/00000001/000000010000000000000007", lambda p: pieces.append(bytes(p)), piece=MiB
+    )
+    assert b"".join(pieces) == data and len(pieces) == 6 and meta["size"] == len(data)
+    assert meta == repo.get_named("wal/00000001/000000010000000000000007")[0]
+    with pytest.raises(NotFound):
+        stream_named(repo, "wal/00000001/000000010000000000000008", lambda p: None)
+    # more than the header records (bounded as get_named is)
+    repo.backend.put(NAMED_PREFIX + NAME, crafted(recorded_size=31, zeros=8 * MiB))
+    with pytest.raises(IntegrityError, match=f"named object {NAME}: holds more than the 31 bytes"):
+        stream_named(repo, NAME, lambda p: None)
+    # content that does not match the digest its header records
+    repo.backend.put(NAMED_PREFIX + NAME, crafted(recorded_size=31 + MiB, zeros=MiB))
+    with pytest.raises(IntegrityError, match="content does not match its checksum"):
+        stream_named(repo, NAME, lambda p: None)
+    # a flipped byte in the stored object: the footer names it before anything is passed on
+    stored = bytearray(repo.backend.get(NAMED_PREFIX + "wal/00000001/000000010000000000000007"))
+    stored[len(stored) // 2] ^= 0x01
+    repo.backend.put(NAMED_PREFIX + "wal/00000001/000000010000000000000007", bytes(stored))
+    got: list[bytes] = []
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        stream_named(repo, "wal/00000001/000000010000000000000007", got.append)
+    assert got == []

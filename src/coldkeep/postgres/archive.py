@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,6 +316,37 @@ def read_archived_digest(
     if parsed.is_segment_data:
         wal.check_segment(parsed, data, int(lineage["system_identifier"]))
     return parsed, key, bytes.fromhex(str(meta["blake3"])), data
+
+
+def stream_archived(
+    repo: Repository, name: str, write: Callable[[memoryview], object], *, prefix: str | None = None
+) -> tuple[wal.WalName, bytes, int, wal.WalHeader | None]:
+    """:func:`read_archived_digest` a piece at a time (:func:`~coldkeep.repository.named.stream_named`:
+    no buffer the size of the segment): ``write`` gets the bytes, then the checks run (content
+    BLAKE3 and size at the end, the segment's header from its first page), so on any error the
+    caller discards what it wrote.  Returns ``(parsed name, content digest, size, segment header
+    or None for a history file)``."""
+    from coldkeep.repository.named import stream_named
+
+    parsed = wal.parse_name(name)
+    lineage = find_lineage(repo, prefix)
+    key = wal.archive_key(parsed, str(lineage["prefix"]))
+    head = bytearray()
+
+    def keep(piece: memoryview) -> None:
+        if len(head) < wal.LONG_HEADER_SIZE:
+            head.extend(piece[: wal.LONG_HEADER_SIZE - len(head)])
+        write(piece)
+
+    try:
+        meta = stream_named(repo, key, keep)
+    except NotFound:
+        raise NotArchived(parsed.name) from None
+    size = int(meta["size"])
+    header = None
+    if parsed.is_segment_data:
+        header = wal.check_segment(parsed, bytes(head), int(lineage["system_identifier"]), size=size)
+    return parsed, bytes.fromhex(str(meta["blake3"])), size, header
 
 
 def _seg_size(parsed: wal.WalName, data: bytes) -> int | None:

@@ -253,9 +253,14 @@ def read_header(data: bytes | memoryview, name: str = "WAL file") -> WalHeader:
 
 
 def check_segment(
-    parsed: WalName, data: bytes | memoryview, system_identifier: int | None = None
+    parsed: WalName,
+    data: bytes | memoryview,
+    system_identifier: int | None = None,
+    *,
+    size: int | None = None,
 ) -> WalHeader:
-    """Check that ``data`` is the segment ``parsed`` names; return its header.
+    """Check that ``data`` is the segment ``parsed`` names; return its header.  ``size``: the
+    segment's length when ``data`` is only its start (a streamed read).
 
     * the header parses (:func:`read_header`);
     * the page address is the start of the named segment (a renamed or recycled file fails);
@@ -281,10 +286,11 @@ def check_segment(
         raise BadWalFile(
             f"header timeline {header.timeline} is after the name's {parsed.timeline}", name=parsed.name
         )
-    if parsed.kind == "segment" and len(data) != header.seg_size:
-        raise BadWalFile(f"{len(data)} bytes, a segment has {header.seg_size} (truncated?)", name=parsed.name)
-    if len(data) > header.seg_size:
-        raise BadWalFile(f"{len(data)} bytes, more than a segment ({header.seg_size})", name=parsed.name)
+    length = len(data) if size is None else size
+    if parsed.kind == "segment" and length != header.seg_size:
+        raise BadWalFile(f"{length} bytes, a segment has {header.seg_size} (truncated?)", name=parsed.name)
+    if length > header.seg_size:
+        raise BadWalFile(f"{length} bytes, more than a segment ({header.seg_size})", name=parsed.name)
     if system_identifier is not None and header.system_identifier != system_identifier:
         raise BadWalFile(
             f"belongs to the cluster with system identifier {header.system_identifier}, "

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import blake3
 import zstandard
 
 from coldkeep import clock
 from coldkeep.errors import IntegrityError, NotFound, ObjectExists, ObjectNotFound, UsageError
 from coldkeep.repository.format import (
+    DIGEST_SIZE,
     FLAG_RAW,
     FLAG_ZSTD,
     NAMED_PREFIX,
@@ -104,6 +106,57 @@ def decode_named(repo: Repository, name: str, obj: bytes) -> tuple[dict[str, Any
     return meta, data
 
 
+def stream_named(
+    repo: Repository, name: str, write: Callable[[memoryview], object], *, piece: int = 1024 * 1024
+) -> dict[str, Any]:
+    """Pass the data of the named object ``name`` to ``write`` a piece at a time (at most
+    ``piece`` bytes, one reused buffer: no allocation the size of the object) and return its
+    header; :class:`NotFound` if absent.  Verified as :func:`decode_named` verifies, but the
+    content's size and BLAKE3 can only be checked at the end: on :class:`IntegrityError` the
+    caller discards what ``write`` received (the prefetcher writes a temp file it then deletes)."""
+    key = named_key(name)
+    what = f"named object {name}"
+    try:
+        obj = repo.backend.get(key)
+    except ObjectNotFound:
+        raise NotFound(f"no named object {name}") from None
+    if len(obj) < DIGEST_SIZE:
+        raise IntegrityError(f"{what}: truncated ({len(obj)} bytes)")
+    body = memoryview(obj)[:-DIGEST_SIZE]
+    if digest(body) != obj[-DIGEST_SIZE:]:
+        raise IntegrityError(f"{what}: checksum mismatch (object damaged)")
+    plain = repo.keys.open(body, key.encode(), what)
+    if not plain:
+        raise IntegrityError(f"{what}: empty envelope")
+    payload = memoryview(plain)[1:]
+    stream: BinaryIO
+    if plain[0] == FLAG_RAW:
+        stream = io.BytesIO(payload)
+    elif plain[0] == FLAG_ZSTD:
+        stream = zstandard.ZstdDecompressor().stream_reader(payload)
+    else:
+        raise IntegrityError(f"{what}: unknown compression flag {plain[0]}")
+    try:
+        meta, size = _read_named_header(stream, what)
+        hasher = blake3.blake3(max_threads=1)
+        buffer = memoryview(bytearray(min(piece, max(size, 1))))
+        got = 0
+        while got < size:
+            n = stream.readinto(buffer[: min(len(buffer), size - got)])
+            if not n:
+                raise IntegrityError(f"{what}: shorter than its header records ({got} of {size} bytes)")
+            hasher.update(buffer[:n])
+            write(buffer[:n])
+            got += n
+        if stream.read(1):
+            raise IntegrityError(f"{what}: holds more than the {size} bytes its header records (refused)")
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+    if hasher.hexdigest() != meta.get("blake3"):
+        raise IntegrityError(f"{what}: content does not match its checksum")
+    return meta
+
+
 def list_named(repo: Repository, prefix: str = "") -> Iterator[tuple[str, int]]:
     """``(name, stored size)`` of every named object whose name starts with ``prefix``."""
     for info in repo.backend.list(NAMED_PREFIX + prefix):
@@ -127,22 +180,29 @@ def _read_named(flag: int, payload: memoryview, what: str) -> tuple[dict[str, An
     else:
         raise IntegrityError(f"{what}: unknown compression flag {flag}")
     try:
-        hlen = int.from_bytes(_read_exact(stream, 4, what), "little")
-        if hlen > NAMED_HEADER_MAX:
-            raise IntegrityError(f"{what}: bad header (it says {hlen} bytes)")
-        try:
-            meta = json.loads(_read_exact(stream, hlen, what))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"{what}: bad header ({exc})") from None
-        size = meta.get("size") if isinstance(meta, dict) else None
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= NAMED_MAX:
-            raise IntegrityError(f"{what}: bad header (size {size!r}; at most {NAMED_MAX})")
+        meta, size = _read_named_header(stream, what)
         data = _read_exact(stream, size, what)
         if stream.read(1):
             raise IntegrityError(f"{what}: holds more than the {size} bytes its header records (refused)")
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
     return meta, data
+
+
+def _read_named_header(stream: BinaryIO, what: str) -> tuple[dict[str, Any], int]:
+    """The header of a named object's decompressed stream and the data size it records
+    (bounded: at most :data:`NAMED_HEADER_MAX` header bytes, :data:`NAMED_MAX` data bytes)."""
+    hlen = int.from_bytes(_read_exact(stream, 4, what), "little")
+    if hlen > NAMED_HEADER_MAX:
+        raise IntegrityError(f"{what}: bad header (it says {hlen} bytes)")
+    try:
+        meta = json.loads(_read_exact(stream, hlen, what))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{what}: bad header ({exc})") from None
+    size = meta.get("size") if isinstance(meta, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= NAMED_MAX:
+        raise IntegrityError(f"{what}: bad header (size {size!r}; at most {NAMED_MAX})")
+    return meta, size
 
 
 def _read_exact(stream: BinaryIO, size: int, what: str) -> bytes:
