@@ -25,6 +25,22 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def summary(rs: list[dict]) -> dict:
+    """Medians (and the wall spread) of one tool's records of one step."""
+    out = lambda key: [(r.get("output") or {}).get(key, 0) for r in rs]  # noqa: E731
+    return {
+        "n": len(rs),
+        "wall": med([r["wall_s"] for r in rs]),
+        "min": min(r["wall_s"] for r in rs),
+        "max": max(r["wall_s"] for r in rs),
+        "files": med(out("files_s")),
+        "promote": med(out("replay_s")),
+        "cpu": med([r["cpu_s"] for r in rs]),
+        "machine_cpu": med([r["machine_cpu_s"] for r in rs]),
+        "segments": rs[0].get("segments_restored"),
+    }
+
+
 def main() -> None:
     out, sizes = Path(sys.argv[1]), sys.argv[2:]
     rows = []
@@ -35,30 +51,12 @@ def main() -> None:
         db_bytes = float(db.get("database_bytes") or 0)
         wal_bytes = float(wal.get("wal_bytes") or 0)
         row: dict = {"size": size, "db_bytes": db_bytes, "wal_bytes": wal_bytes}
-        for tool in ("coldkeep", "pgbackrest"):
-            rs = [r for r in recs if r.get("workload") == "restore" and r.get("tool") == tool and r.get("rc") == 0]
-            if rs:
-                row[f"restore_{tool}"] = {
-                    "n": len(rs),
-                    "wall": med([r["wall_s"] for r in rs]),
-                    "min": min(r["wall_s"] for r in rs),
-                    "max": max(r["wall_s"] for r in rs),
-                    "files": med([(r.get("output") or {}).get("files_s", 0) for r in rs]),
-                    "promote": med([(r.get("output") or {}).get("replay_s", 0) for r in rs]),
-                    "cpu": med([r["cpu_s"] for r in rs]),
-                    "machine_cpu": med([r["machine_cpu_s"] for r in rs]),
-                }
-        for tool in ("cp", "coldkeep-prefetch", "pgbackrest-async"):
-            rs = [r for r in recs if r.get("workload") == "replay" and r.get("tool") == tool and r.get("rc") == 0]
-            if rs:
-                row[f"replay_{tool}"] = {
-                    "n": len(rs),
-                    "wall": med([r["wall_s"] for r in rs]),
-                    "min": min(r["wall_s"] for r in rs),
-                    "max": max(r["wall_s"] for r in rs),
-                    "machine_cpu": med([r["machine_cpu_s"] for r in rs]),
-                    "segments": rs[0].get("segments_restored"),
-                }
+        for workload, tools in (("restore", ("coldkeep", "pgbackrest")),
+                                ("replay", ("cp", "coldkeep-prefetch", "pgbackrest-async"))):  # fmt: skip
+            for tool in tools:
+                rs = [r for r in recs if r.get("workload") == workload and r.get("tool") == tool and r.get("rc") == 0]
+                if rs:
+                    row[f"{workload}_{tool}"] = summary(rs)
         loads = [float(x.split()[1]) for x in (out / size / "pg-loadavg.log").read_text().splitlines()
                  if len(x.split()) > 1 and x.split()[1].replace(".", "", 1).isdigit()] \
             if (out / size / "pg-loadavg.log").exists() else []  # fmt: skip
@@ -91,15 +89,17 @@ def main() -> None:
             p(f"| {row['size']} MB | {row['wal_bytes'] / 1e6:,.0f} | {tool} | {r['n']} | {r['segments']} | {r['wall']:.2f} | "
               f"{r['min']:.2f}–{r['max']:.2f} | {row['wal_bytes'] / 1e6 / r['wall']:,.1f} | {r['machine_cpu']:.1f} | {vs} |")  # fmt: skip
     p("\n### Targets and projection\n")
-    p("| size | restore: coldkeep / pgBackRest | restore CPU: coldkeep / pgBackRest | replay: coldkeep / pgBackRest | machine load (1-min mean / max) |")
-    p("|---|---|---|---|---|")
+    p("| size | restore: coldkeep / pgBackRest | files phase | start→promoted | restore CPU | replay: coldkeep / pgBackRest | machine load (1-min mean / max) |")
+    p("|---|---|---|---|---|---|---|")
     for row in rows:
         a, b = row.get("restore_coldkeep"), row.get("restore_pgbackrest")
         c, d = row.get("replay_coldkeep-prefetch"), row.get("replay_pgbackrest-async")
         machine = f"{row['load'][0]:.2f} / {row['load'][1]:.2f}" if row["load"] else "–"
         p(f"| {row['size']} MB | {a['wall'] / b['wall']:.2f} × ({a['wall']:.2f} vs {b['wall']:.2f} s) | "
-          f"{a['cpu'] / b['cpu']:.2f} × | {c['wall'] / d['wall']:.2f} × ({c['wall']:.2f} vs {d['wall']:.2f} s) | {machine} |"
-          if a and b and c and d else f"| {row['size']} MB | incomplete | | | {machine} |")  # fmt: skip
+          f"{a['files'] / b['files']:.2f} × ({a['files']:.2f} vs {b['files']:.2f} s) | "
+          f"{a['promote']:.2f} vs {b['promote']:.2f} s | {a['cpu'] / b['cpu']:.2f} × | "
+          f"{c['wall'] / d['wall']:.2f} × ({c['wall']:.2f} vs {d['wall']:.2f} s) | {machine} |"
+          if a and b and c and d and b['files'] else f"| {row['size']} MB | incomplete | | | | | {machine} |")  # fmt: skip
     big = rows[-1]
     p("")
     for tool in ("coldkeep", "pgbackrest"):
