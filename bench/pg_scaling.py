@@ -54,7 +54,11 @@ def main() -> None:
         for workload, tools in (("restore", ("coldkeep", "pgbackrest")),
                                 ("replay", ("cp", "coldkeep-prefetch", "pgbackrest-async"))):  # fmt: skip
             for tool in tools:
-                rs = [r for r in recs if r.get("workload") == workload and r.get("tool") == tool and r.get("rc") == 0]
+                rs = [
+                    r
+                    for r in recs
+                    if r.get("workload") == workload and r.get("tool") == tool and r.get("rc") == 0
+                ]
                 if rs:
                     row[f"{workload}_{tool}"] = summary(rs)
         loads = [float(x.split()[1]) for x in (out / size / "pg-loadavg.log").read_text().splitlines()
@@ -64,8 +68,12 @@ def main() -> None:
         rows.append(row)
 
     p = print
-    p("### Restore to a promoted server (median; files = writing the data directory, promote = start → promoted)\n")
-    p("| size | database MB | tool | n | wall s | min–max | files s | start→promoted s | CPU s | machine CPU s | MB/s | s per GB |")
+    p(
+        "### Restore to a promoted server (median; files = writing the data directory, promote = start → promoted)\n"
+    )
+    p(
+        "| size | database MB | tool | n | wall s | min–max | files s | start→promoted s | CPU s | machine CPU s | MB/s | s per GB |"
+    )
     p("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         for tool in ("coldkeep", "pgbackrest"):
@@ -76,8 +84,12 @@ def main() -> None:
             p(f"| {row['size']} MB | {row['db_bytes'] / 1e6:,.0f} | {tool} | {r['n']} | {r['wall']:.2f} | "
               f"{r['min']:.2f}–{r['max']:.2f} | {r['files']:.2f} | {r['promote']:.2f} | {r['cpu']:.2f} | "
               f"{r['machine_cpu']:.1f} | {mbs:,.0f} | {r['wall'] / (row['db_bytes'] / 1e9):.2f} |")  # fmt: skip
-    p("\n### WAL replay through restore_command (median; recovery of a `-X none` base backup to the end of the archive)\n")
-    p("| size | WAL MB | restore_command | n | segments | wall s | min–max | WAL MB/s | machine CPU s | vs cp |")
+    p(
+        "\n### WAL replay through restore_command (median; recovery of a `-X none` base backup to the end of the archive)\n"
+    )
+    p(
+        "| size | WAL MB | restore_command | n | segments | wall s | min–max | WAL MB/s | machine CPU s | vs cp |"
+    )
     p("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         cp = (row.get("replay_cp") or {}).get("wall")
@@ -89,7 +101,9 @@ def main() -> None:
             p(f"| {row['size']} MB | {row['wal_bytes'] / 1e6:,.0f} | {tool} | {r['n']} | {r['segments']} | {r['wall']:.2f} | "
               f"{r['min']:.2f}–{r['max']:.2f} | {row['wal_bytes'] / 1e6 / r['wall']:,.1f} | {r['machine_cpu']:.1f} | {vs} |")  # fmt: skip
     p("\n### Targets and projection\n")
-    p("| size | restore: coldkeep / pgBackRest | files phase | start→promoted | restore CPU | replay: coldkeep / pgBackRest | machine load (1-min mean / max) |")
+    p(
+        "| size | restore: coldkeep / pgBackRest | files phase | start→promoted | restore CPU | replay: coldkeep / pgBackRest | machine load (1-min mean / max) |"
+    )
     p("|---|---|---|---|---|---|---|")
     for row in rows:
         a, b = row.get("restore_coldkeep"), row.get("restore_pgbackrest")
@@ -106,18 +120,28 @@ def main() -> None:
         r = big.get(f"restore_{tool}")
         if r:
             mbs = big["db_bytes"] / 1e6 / r["wall"]
-            p(f"- {tool} restore at {big['size']} MB: {mbs:,.0f} MB/s → 1 TB in {TB / 1e6 / mbs / 60:,.0f} min "
-              f"({'above' if mbs >= HOUR_LINE else 'below'} the {HOUR_LINE:.0f} MB/s a one-hour RTO needs)")
+            p(
+                f"- {tool} restore at {big['size']} MB: {mbs:,.0f} MB/s → 1 TB in {TB / 1e6 / mbs / 60:,.0f} min "
+                f"({'above' if mbs >= HOUR_LINE else 'below'} the {HOUR_LINE:.0f} MB/s a one-hour RTO needs)"
+            )
     for tool in ("coldkeep-prefetch", "pgbackrest-async"):
         r = big.get(f"replay_{tool}")
         if r:
             mbs = big["wal_bytes"] / 1e6 / r["wall"]
-            p(f"- {tool} replay at {big['size']} MB of WAL: {mbs:,.1f} MB/s → 1 TB of WAL in {TB / 1e6 / mbs / 3600:,.1f} h")
+            p(
+                f"- {tool} replay at {big['size']} MB of WAL: {mbs:,.1f} MB/s → 1 TB of WAL in {TB / 1e6 / mbs / 3600:,.1f} h"
+            )
     first = rows[0].get("restore_coldkeep")
     if first and big.get("restore_coldkeep") and len(rows) > 1:
-        per = [row["restore_coldkeep"]["wall"] / (row["db_bytes"] / 1e9) for row in rows if row.get("restore_coldkeep")]
-        p(f"- coldkeep restore seconds per GB across sizes: {', '.join(f'{x:.2f}' for x in per)} "
-          "(linear growth: constant per GB, falling when a fixed start-up cost is spread)")
+        per = [
+            row["restore_coldkeep"]["wall"] / (row["db_bytes"] / 1e9)
+            for row in rows
+            if row.get("restore_coldkeep")
+        ]
+        p(
+            f"- coldkeep restore seconds per GB across sizes: {', '.join(f'{x:.2f}' for x in per)} "
+            "(linear growth: constant per GB, falling when a fixed start-up cost is spread)"
+        )
 
 
 if __name__ == "__main__":

@@ -382,7 +382,10 @@ def test_fetch_prefetches_the_next_segments(registered: WalSite, tmp_path: Path)
 
     def spooled() -> list[str]:
         return sorted(
-            p.name[:24] for d in spool_root.iterdir() for p in d.iterdir() if not p.name.startswith(".") and p.is_file()
+            p.name[:24]
+            for d in spool_root.iterdir()
+            for p in d.iterdir()
+            if not p.name.startswith(".") and p.is_file()
         )
 
     wait_for(lambda: spooled() == rest[:2])
@@ -444,7 +447,10 @@ def test_one_long_lived_prefetcher_keeps_ahead_survives_a_kill_and_stops_with_re
 
     def spooled() -> list[str]:
         return sorted(
-            p.name[:24] for d in spool_root.iterdir() for p in d.iterdir() if not p.name.startswith(".") and p.is_file()
+            p.name[:24]
+            for d in spool_root.iterdir()
+            for p in d.iterdir()
+            if not p.name.startswith(".") and p.is_file()
         )
 
     def fetch(name: str) -> None:
