@@ -17,6 +17,7 @@ from tests.helpers import flip_byte
 from tests.pgsite import Env, archiving_env
 from tests.walsite import WalSite, generate_wal, make_site, remove_site
 
+from coldkeep.errors import PostgresError
 from coldkeep.postgres import wal
 from coldkeep.postgres.cluster import TempCluster, chown_to, free_port
 from coldkeep.postgres.prefetch import KILL_ENV, LOCK_NAME, SPOOL_DIR, Spool, is_segment_name
@@ -298,3 +299,72 @@ def test_recovery_ending_with_segments_still_prefetched_leaves_no_spool_and_no_p
     assert not [p.name for p in pg_wal.iterdir() if p.name.startswith(SPOOL_DIR)]
     # the prefetcher stops (its spool is gone) well before its 30 s idle timeout
     wait_for(lambda: not processes_in(data), timeout=20)
+
+
+def test_pg_restore_stages_the_backups_own_wal_and_the_fast_path_serves_only_intact_copies(
+    pgenv: Env,
+) -> None:
+    """``pg restore`` stages the backup's own first segments ready for the shell fast path (the
+    copy equals what ``wal-fetch`` returns, owned by the server's OS user).  Served from there, a
+    recovery needs no archive access for them (proved by removing the archived start segment);
+    a staged copy whose byte changed after staging is refused by the fast path's CRC and fetched
+    from the repository instead; with the copy damaged and the archived segment gone, the server
+    never promotes."""
+    env, c = pgenv, pgenv.cluster
+    c.sql("INSERT INTO marks (label) VALUES ('in-backup')")
+    backup = env.ckj("pg", "backup")
+    env.switch_and_wait()
+    first = backup["start_wal"]
+    archived = next((env.base / "repo" / "named" / "wal").rglob(first))
+    saved = archived.read_bytes()
+    fetched = env.base / "fetched"
+    env.ck("pg", "wal-fetch", first, str(fetched))
+
+    def prepare(name: str) -> tuple[Path, Path, TempCluster]:
+        report = env.ckj("pg", "restore", "--target-dir", str(env.base / name), "--immediate")
+        assert report["wal_staged"] >= 1
+        data = Path(report["data_dir"])
+        (ready,) = (data / "pg_wal" / SPOOL_DIR).glob(f"*/ready/{first}")
+        assert ready.read_bytes() == fetched.read_bytes()
+        assert ready.stat().st_uid == c.data_dir.stat().st_uid
+        server = TempCluster(
+            data.with_name(name + ".run"), bin_dir=c.bin_dir, data_dir=data, port=free_port()
+        )
+        chown_to(server.base, server.os_user)
+        return data, ready, server
+
+    def promoted(server: TempCluster) -> list[str]:
+        server.start(timeout=300)
+        try:
+            wait_for(lambda: server.sql("SELECT pg_is_in_recovery()")[0][0] is False, timeout=300)
+            return [r[0] for r in server.sql("SELECT label FROM marks ORDER BY id")]
+        finally:
+            server.stop()
+
+    def archive_back() -> None:
+        archived.write_bytes(saved)
+        chown_to(archived, c.os_user)
+
+    # the staged copy is what recovery gets: the archived segment is not needed
+    _, _, server = prepare("staged")
+    archived.unlink()
+    try:
+        assert promoted(server) == ["in-backup"]
+    finally:
+        archive_back()
+    # a staged copy damaged after staging, the archived segment gone: recovery stops unpromoted
+    data, ready, server = prepare("nowhere")
+    flip_byte(ready)
+    archived.unlink()
+    try:
+        with pytest.raises(PostgresError):
+            server.start(timeout=120)
+        assert "selected new timeline ID" not in server.log_text()
+        assert not (data / "postmaster.pid").exists()
+    finally:
+        server.stop()
+        archive_back()
+    # a damaged staged copy with the archive intact: wal-fetch serves the archived bytes
+    _, ready, server = prepare("refetched")
+    flip_byte(ready)
+    assert promoted(server) == ["in-backup"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 from tests.unit.test_wal import segment
 
-from coldkeep.postgres import prefetch
+from coldkeep.postgres import prefetch, prefetcher
 from coldkeep.postgres.prefetch import Spool
 
 MiB = 1024 * 1024
@@ -275,3 +275,32 @@ def test_the_fast_path_of_restore_command_names_the_spool_recovery_uses(tmp_path
     # a ready file without its checksum (a placement cut short) is not served by the fast path
     os.unlink(spool.ready_path(NAMES[2]) + ".crc")
     assert run(NAMES[2]) == 7
+
+
+def test_stage_ready_makes_only_bytes_that_still_hash_to_their_verified_digest_ready(tmp_path: Path) -> None:
+    """``pg restore`` stages the backup's first segments with ``stage_ready``: a ``ready/`` name and
+    its ``.crc``, no spool name; a file whose bytes no longer hash to the digest the repository
+    verified is dropped, never made ready; the prefetcher does not fetch a staged segment again."""
+    spool = Spool.for_dest(tmp_path / "pg_wal" / "RECOVERYXLOG", str(tmp_path / "c.toml"), "wal")
+    os.makedirs(spool.root)
+    good, bad = segment(NAMES[0], seg_size=MiB), segment(NAMES[1], seg_size=MiB)
+    temp = Path(spool.path(f".{NAMES[0]}.staged.tmp"))
+    temp.write_bytes(good)
+    assert spool.stage_ready(NAMES[0], str(temp), blake3.blake3(good).digest())
+    ready = Path(spool.ready_path(NAMES[0]))
+    assert ready.read_bytes() == good and not temp.exists() and not spool.has(NAMES[0])
+    crc = Path(str(ready) + ".crc").read_text().split()
+    assert crc[1] == str(MiB) and crc[0].isdigit()
+    # changed after the repository verified it: not made ready, the temp file is gone
+    temp = Path(spool.path(f".{NAMES[1]}.staged.tmp"))
+    changed = bytearray(bad)
+    changed[MiB // 4] ^= 0x01
+    temp.write_bytes(bytes(changed))
+    assert not spool.stage_ready(NAMES[1], str(temp), blake3.blake3(bad).digest())
+    assert not temp.exists() and not Path(spool.ready_path(NAMES[1])).exists()
+    # the prefetcher skips what is staged (it is served by the fast path) and fetches the rest
+    spool.want("000000010000000000000002", MiB, 3)
+    todo = prefetcher.Prefetcher(spool, str(tmp_path / "c.toml"), "wal")._todo(
+        spool.wanted() or ("", 0, 0), 0.0
+    )
+    assert todo == NAMES[1:]

@@ -4,7 +4,7 @@ PostgreSQL's startup process runs ``restore_command`` for one segment at a time 
 before asking for the next, so every fetch (interpreter start, repository read, decompress,
 verify) adds to the recovery time.  With ``--prefetch K``, every fetch records the segment asked
 for in a *spool* next to the destination, ``pg_wal/.coldkeep-prefetch/<tag>/`` (``.wanted``), and
-makes sure the spool's one long-lived :class:`Prefetcher` runs: a detached process that opens the
+makes sure the spool's one long-lived :class:`~coldkeep.postgres.prefetcher.Prefetcher` runs: a detached process that opens the
 repository once and keeps the K segments after the newest request fetched, verified and
 decompressed in the spool, two at a time, as recovery moves on (as pgBackRest's asynchronous
 archive-get does).  A request for a spooled segment is then one BLAKE3 pass over the file (read
@@ -47,7 +47,6 @@ from coldkeep.processes import pid_alive
 
 TYPE_CHECKING = False  # not ``typing``'s: the spool-hit path imports neither it nor ``collections``
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable
 
 SPOOL_DIR = ".coldkeep-prefetch"
@@ -60,14 +59,6 @@ LOCK_NAME = ".prefetcher"
 #: the spool's subdirectory holding the one segment PostgreSQL will ask for next, under its plain
 #: name, for the shell fast path of ``restore_command`` (:func:`ready_fast_path`)
 READY_DIR = "ready"
-#: how often the prefetcher's placer looks whether the ready segment was taken
-PLACE_POLL_S = 0.005
-#: a prefetcher with no new request for this long stops (recovery paused or over)
-IDLE_S = 30.0
-#: how often a prefetcher with nothing to do looks for a new request
-POLL_S = 0.01
-#: a segment that was not archived (or not this cluster's) is asked for again after this long
-NOT_ARCHIVED_RETRY_S = 1.0
 #: test hook (:func:`coldkeep.testhooks.kill_point`): SIGKILL the prefetcher at ``fetched`` (a
 #: segment read and verified, its claim held, nothing written) or ``spooled`` (the file renamed
 #: into place, the claim not yet removed)
@@ -103,6 +94,18 @@ def control_system_identifier(dest: str | os.PathLike[str]) -> int:
     finally:
         os.close(fd)
     return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+
+
+def _cksum(path: str) -> bytes | None:
+    """POSIX ``cksum`` of ``path`` (``"<CRC-32> <size>\\n"``, what the fast path compares); ``None``
+    when it cannot be run."""
+    import subprocess
+
+    try:
+        with open(path, "rb") as fh:
+            return subprocess.run(["cksum"], stdin=fh, capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _unlink(path: str) -> None:
@@ -191,18 +194,12 @@ class Spool:
         it falls through to ``wal-fetch``, which re-hashes and refetches.  ``False`` when it is
         not spooled or no longer verifies (then it is deleted and not made ready), or when
         ``cksum`` cannot be run (no fast path: every request takes the foreground path)."""
-        import subprocess
-
         for entry in self._entries():
             if not entry.startswith(name + "."):
                 continue
             path = self.path(entry)
-            try:
-                with open(path, "rb") as fh:
-                    crc = subprocess.run(
-                        ["cksum"], stdin=fh, capture_output=True, check=True, timeout=60
-                    ).stdout
-            except (OSError, subprocess.SubprocessError):
+            crc = _cksum(path)
+            if crc is None:
                 return False
             if self._verifies(name, entry) is None:
                 _unlink(path)
@@ -217,6 +214,34 @@ class Spool:
                 return False
             return True
         return False
+
+    def stage_ready(self, name: str, temp: str, content: bytes, owner: tuple[int, int] | None = None) -> bool:
+        """Make ``temp`` (a file in this spool holding segment ``name``, whose content's BLAKE3
+        digest the repository verified as ``content``) ready for the shell fast path, with no
+        spool name: its ``cksum`` first, then BLAKE3 again against ``content`` (the same order as
+        :meth:`place`), then ``ready/<name>.crc`` and a rename of ``temp`` to ``ready/<name>``.
+        ``pg restore`` stages the backup's own first segments this way, so even the first
+        requests of a recovery take no interpreter.  ``False`` (``temp`` deleted, nothing made
+        ready) when ``cksum`` cannot be run or the file no longer hashes to ``content``."""
+        try:
+            crc = _cksum(temp)
+            if crc is None:
+                return False
+            hasher = blake3.blake3(max_threads=1)
+            hasher.update_mmap(temp)
+            if hasher.digest() != content:
+                return False
+            ready = os.path.join(self.root, READY_DIR)
+            os.makedirs(ready, mode=0o700, exist_ok=True)
+            if owner is not None:
+                os.chown(ready, *owner)
+            write_atomic(self.ready_path(name) + ".crc", crc, sync=False, owner=owner)
+            os.rename(temp, self.ready_path(name))
+            return True
+        except OSError:
+            return False
+        finally:
+            _unlink(temp)  # gone after the rename
 
     def unready(self, name: str) -> None:
         """Drop ``ready/<name>`` and its checksum."""
@@ -414,162 +439,13 @@ def refill(spool: Spool, config_path: str, name: str, seg_size: int, count: int,
             return
     except Exception:
         return
-    spawn(lambda: Prefetcher(spool, config_path, lineage).run())
+    spawn(lambda: _run_prefetcher(spool, config_path, lineage))
 
 
-class Prefetcher:
-    """The one long-lived prefetcher of a spool: opens the repository once and keeps the segments
-    after the newest one PostgreSQL asked for (:meth:`Spool.wanted`) spooled, two at a time, as
-    recovery moves on (across timeline switches: it follows the timeline of the request).
+def _run_prefetcher(spool: Spool, config_path: str, lineage: str | None) -> None:
+    from coldkeep.postgres.prefetcher import Prefetcher
 
-    It runs while it holds the spool's ``.prefetcher`` lock, and stops when the spool directory
-    is gone (``recovery_end_command`` removes it once recovery ends), when no new request came
-    for :data:`IDLE_S` seconds (recovery paused or over), or on any error.  A segment that is not
-    archived, or whose header names another cluster than the spool's, is tried again after
-    :data:`NOT_ARCHIVED_RETRY_S` (the archive may still grow)."""
-
-    def __init__(self, spool: Spool, config_path: str, lineage: str | None) -> None:
-        self.spool = spool
-        self.config_path = config_path
-        self.lineage = lineage
-        self.not_archived: dict[str, float] = {}
-
-    def run(self) -> None:
-        import fcntl
-
-        fd = os.open(self.spool.path(LOCK_NAME), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return  # another prefetcher has this spool
-        try:
-            self._loop()
-        except OSError:
-            pass  # the spool removed under it: recovery is over
-        finally:
-            os.close(fd)
-
-    def _place_loop(self, stop: threading.Event) -> None:
-        """Keep ``ready/`` holding the segment after PostgreSQL's newest request, verified again
-        right before it is linked there (:meth:`Spool.place`); when the shell fast path took it,
-        record that as the newest request (the fetch loop then moves on)."""
-        spool = self.spool
-        placed: str | None = None
-        while not stop.is_set():
-            try:
-                wanted = spool.wanted()
-                if placed is not None and wanted is not None and spool.taken(placed):
-                    if wanted[0] < placed:
-                        spool.want(placed, wanted[1], wanted[2])
-                    wanted = (placed, wanted[1], wanted[2])
-                if wanted is not None:
-                    following = next_segments(wanted[0], wanted[1], 1)[0]
-                    if following != placed and spool.place(following):
-                        placed = following
-            except Exception:  # best effort: a miss only means a fetch in the foreground
-                pass
-            stop.wait(PLACE_POLL_S)
-
-    def _loop(self) -> None:
-        import threading
-
-        spool = self.spool
-        stop = threading.Event()
-        placer = threading.Thread(
-            target=self._place_loop, args=(stop,), name="coldkeep-prefetch-place", daemon=True
-        )
-        placer.start()
-        try:
-            self._fetch_loop(spool)
-        finally:
-            stop.set()
-            placer.join()
-
-    def _fetch_loop(self, spool: Spool) -> None:
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        from coldkeep import testhooks
-        from coldkeep.lean.config import load_repository_section
-        from coldkeep.postgres.archive import NotArchived, stream_archived
-        from coldkeep.repository.setup import open_repository_section
-
-        with (
-            open_repository_section(load_repository_section(self.config_path)) as repo,
-            ThreadPoolExecutor(2) as pool,
-        ):
-
-            def fetch(segment: str) -> bool:
-                """Spool ``segment`` (verified); ``False`` when it is not archived (or, with the
-                data directory's system identifier known, belongs to another cluster)."""
-                claim = spool._claim(segment)
-                if claim is None:
-                    return True  # being fetched by someone else
-                try:
-                    # streamed into a temp file through one reused buffer (no 16 MiB allocation per
-                    # segment: fresh memory is what a VM's page faults make expensive), named for the
-                    # content digest the repository verified the bytes against once they all verified
-                    temp = spool.path(f".{segment}.{os.getpid()}.{threading.get_ident()}.tmp")
-                    try:
-                        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                        try:
-
-                            def write(piece: memoryview) -> None:
-                                while piece:
-                                    piece = piece[os.write(fd, piece) :]
-
-                            try:
-                                _, content, _, header = stream_archived(
-                                    repo, segment, write, prefix=self.lineage
-                                )
-                            except NotArchived:
-                                self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
-                                return False
-                        finally:
-                            os.close(fd)
-                        sysid = spool.system_identifier
-                        if sysid and header is not None and header.system_identifier != sysid:
-                            self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
-                            return False  # not the recovering cluster's: the foreground fetch reports it
-                        testhooks.kill_point(KILL_ENV, "fetched")
-                        now_wanted = spool.wanted()
-                        if now_wanted is not None and segment <= now_wanted[0]:
-                            return True  # asked for meanwhile: served already (or fetched by the asker)
-                        os.rename(temp, spool.path(f"{segment}.{spool.entry_digest(segment, content)}"))
-                        testhooks.kill_point(KILL_ENV, "spooled")
-                        return True
-                    finally:
-                        _unlink(temp)  # gone after the rename; a failed or unwanted fetch leaves nothing
-                finally:
-                    _unlink(claim)
-
-            last: tuple[str, int, int] | None = None
-            idle_since = time.monotonic()
-            while os.path.isdir(spool.root):
-                wanted = spool.wanted()
-                now = time.monotonic()
-                if wanted != last:
-                    last, idle_since = wanted, now
-                elif now - idle_since > IDLE_S:
-                    return
-                todo = self._todo(wanted, now) if wanted else []
-                if not todo:
-                    time.sleep(POLL_S)
-                    continue
-                for ok in pool.map(fetch, todo[:2]):  # in order: the first is needed first
-                    if not ok:
-                        break
-
-    def _todo(self, wanted: tuple[str, int, int], now: float) -> list[str]:
-        name, seg_size, count = wanted
-        todo = []
-        for segment in next_segments(name, seg_size, count):
-            if self.not_archived.get(segment, 0.0) > now:
-                break  # not archived a moment ago: nothing after it either
-            if not self.spool.pending(segment):
-                todo.append(segment)
-        return todo
+    Prefetcher(spool, config_path, lineage).run()
 
 
 def serve_spooled(config_path: str, name: str, dest: str, lineage: str | None, count: int) -> bool:

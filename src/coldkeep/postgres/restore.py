@@ -91,6 +91,7 @@ class RestoreReport:
     files: int = 0
     bytes: int = 0
     files_s: float = 0.0
+    wal_staged: int = 0
     started: bool = False
     replay_s: float | None = None
     wal_segments_replayed: int | None = None
@@ -123,6 +124,71 @@ def restore_command(config: Config, lineage: str, data_dir: Path | None = None) 
         prefetch=config.postgres.restore_prefetch,
         fast_path=fast,
     )
+
+
+#: how many of the backup's own WAL segments ``pg restore`` stages for the fast path (at most)
+STAGE_SEGMENTS = 4
+
+
+def stage_backup_wal(repo: Repository, config: Config, backup: Snapshot, data_dir: Path) -> int:
+    """Stage the first WAL segments of ``backup`` (from the one holding its start LSN; at most
+    :data:`STAGE_SEGMENTS`) ready for the ``restore_command``'s shell fast path
+    (:meth:`~coldkeep.postgres.prefetch.Spool.stage_ready`): recovery's first requests are
+    exactly these, and without them each is an interpreter start plus a repository open on the
+    startup process's critical path.  Each is read and verified as ``wal-fetch`` would (content
+    BLAKE3, size, the header's segment and the lineage's system identifier), checked against the
+    restored ``global/pg_control``'s system identifier, and owned by the server's OS user.  Best
+    effort: a segment that is not archived (streamed only), damaged or unreadable is left to
+    ``wal-fetch``, which reports it as it always did.  Returns how many were staged."""
+    from coldkeep.postgres import archive, prefetch, walchain
+
+    if not config.postgres.restore_prefetch or not config.source:
+        return 0
+    lineage = str(backup.meta["wal_lineage"])
+    try:
+        names = walchain.segments_for_backup(int(backup.meta["timeline"]), str(backup.meta["start_lsn"]),
+                                             str(backup.meta["stop_lsn"]), int(backup.meta["wal_segment_size"]))  # fmt: skip
+    except (KeyError, ValueError, ColdkeepError):
+        return 0
+    spool = prefetch.Spool.for_dest(
+        data_dir / "pg_wal" / "RECOVERYXLOG", os.path.abspath(config.source), lineage
+    )
+    if not spool.system_identifier:
+        return 0
+    owner = None
+    if running_as_root():
+        pw = pwd.getpwnam(config.postgres.os_user)
+        owner = (pw.pw_uid, pw.pw_gid)
+    staged = 0
+    for name in names[:STAGE_SEGMENTS]:
+        os.makedirs(spool.root, mode=0o700, exist_ok=True)
+        temp = spool.path(f".{name}.{os.getpid()}.staged.tmp")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                if owner is not None:
+                    os.fchown(fd, *owner)
+
+                def write(piece: memoryview, fd: int = fd) -> None:
+                    while piece:
+                        piece = piece[os.write(fd, piece) :]
+
+                _, content, _, header = archive.stream_archived(repo, name, write, prefix=lineage)
+            finally:
+                os.close(fd)
+            if header is None or header.system_identifier != spool.system_identifier:
+                raise PostgresError(f"{name} is not this cluster's")
+        except (ColdkeepError, OSError):
+            Path(temp).unlink(missing_ok=True)
+            break  # wal-fetch fetches (or reports) it
+        if not spool.stage_ready(name, temp, content, owner):  # (removes temp either way)
+            break
+        staged += 1
+    if owner is not None:
+        for path in (data_dir / "pg_wal" / prefetch.SPOOL_DIR, Path(spool.root)):
+            if path.exists():
+                os.chown(path, *owner)
+    return staged
 
 
 #: ``recovery_end_command``: once recovery ends, the segments still prefetched are not needed
@@ -345,6 +411,7 @@ class PgRestore:
                                      f"fix permissions in {data_dir.parent}, or restore elsewhere")  # fmt: skip
         for sub in ("pg_wal", "pg_wal/archive_status"):
             (data_dir / sub).mkdir(exist_ok=True)
+        report.wal_staged = stage_backup_wal(self.repo, self.config, backup, data_dir)
         _chown_tree(data_dir, self.pg.os_user)
         os.chmod(data_dir, 0o700)
         report.files, report.bytes = result.files, result.bytes
