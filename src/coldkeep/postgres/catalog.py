@@ -8,7 +8,6 @@ from typing import Any
 from coldkeep import clock
 from coldkeep.errors import NotFound, UsageError
 from coldkeep.postgres import wal
-from coldkeep.postgres.basebackup import backup_json
 from coldkeep.repository.repository import Repository
 from coldkeep.repository.snapshot import MIN_PREFIX, Snapshot
 
@@ -70,6 +69,8 @@ def record_status(repo: Repository, backup_id: str, **fields: Any) -> None:
 
 
 def listing(repo: Repository) -> list[dict[str, Any]]:
+    from coldkeep.postgres.basebackup import backup_json  # (psycopg: not for `pg restore`'s start)
+
     status = statuses(repo)
     rows = []
     for snap in list_backups(repo):
