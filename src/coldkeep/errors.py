@@ -105,6 +105,15 @@ class NotFound(ColdkeepError):
     hint = "list what exists with the matching list command (e.g. `coldkeep snapshots`)"
 
 
+class NotArchived(NotFound):
+    """A WAL file (segment or history file) is not in the archive: ``wal-fetch``'s exit 1."""
+
+    template = "{detail} is not in the WAL archive"
+    hint = (
+        "check the archiver with `coldkeep pg check`; PostgreSQL asks for files past the end of the archive"
+    )
+
+
 # --- storage ------------------------------------------------------------------------------------
 
 

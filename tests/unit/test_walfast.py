@@ -291,3 +291,35 @@ def test_wal_push_and_fetch_import_no_click_rich_or_pydantic(tmp_path: Path) -> 
     assert (restored / "a").read_bytes() == (pg_wal / names[0]).read_bytes()
     assert (restored / "b").read_bytes() == (pg_wal / names[1]).read_bytes()
     assert (pg_wal / "RECOVERYXLOG").read_bytes() == (pg_wal / names[0]).read_bytes()
+
+
+def test_the_lean_history_miss_says_not_archived_only_when_the_storage_is_sure(tmp_path: Path) -> None:
+    """``wal-fetch`` answers a history probe from the storage alone (no repository open) only
+    when the repository's config object is there and the file's named object is not; an
+    archived file, a repository that is not there (unmounted, wrong URL) or a segment name
+    leave the answer to the full path."""
+    from coldkeep.cli import walfast
+    from coldkeep.repository import format as repo_format
+    from coldkeep.repository.repository import Repository
+    from coldkeep.storage.local import LocalBackend
+
+    assert walfast.REPOSITORY_CONFIG_KEY == repo_format.CONFIG_KEY
+    assert walfast.NAMED_OBJECT_PREFIX == repo_format.NAMED_PREFIX
+    repo = Repository.init(LocalBackend(tmp_path / "repo"))
+    config = tmp_path / "c.toml"
+    config.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\n')
+    assert walfast.history_not_archived(str(config), "00000002.history", "wal")
+    repo.put_named("wal/00000002/00000002.history", b"1\t0/3000000\tno recovery target\n")
+    assert not walfast.history_not_archived(str(config), "00000002.history", "wal")
+    assert walfast.history_not_archived(str(config), "00000003.history", "wal")
+    assert not walfast.history_not_archived(str(config), "000000010000000000000003", "wal")
+    # the same lookups in another lineage's names: not this one's file
+    assert walfast.history_not_archived(str(config), "00000002.history", "wal-2")
+    # the repository is not there: never "not archived" from the lean path
+    config.write_text(f'[repository]\nurl = "file://{tmp_path}/unmounted"\n')
+    assert not walfast.history_not_archived(str(config), "00000003.history", "wal")
+    (tmp_path / "repo" / "config").rename(tmp_path / "config.aside")
+    config.write_text(f'[repository]\nurl = "file://{tmp_path}/repo"\n')
+    assert not walfast.history_not_archived(str(config), "00000003.history", "wal")
+    config.write_text("[repository]\nurl = 5\n")  # a broken config: the full path reports it (126)
+    assert not walfast.history_not_archived(str(config), "00000003.history", "wal")

@@ -29,6 +29,10 @@ from coldkeep.lean import GlobalOptions, WalCommand
 from coldkeep.lean.config import find_config_path, load_repository_section
 
 EXIT_NOT_ARCHIVED = 1
+#: :data:`coldkeep.repository.format.CONFIG_KEY` and ``NAMED_PREFIX`` (that module imports the
+#: crypto stack; tests/unit/test_walfast.py checks they agree)
+REPOSITORY_CONFIG_KEY = "config"
+NAMED_OBJECT_PREFIX = "named/"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,6 +138,12 @@ def fetch_main(
                 )
                 return 0
 
+        if lineage and name.endswith(".history") and history_not_archived(flags.config, name, lineage):
+            from coldkeep.errors import NotArchived as Missing
+
+            _report_error(flags, Missing(name))
+            return EXIT_NOT_ARCHIVED
+
         from coldkeep.postgres.archive import NotArchived, wal_fetch
         from coldkeep.repository.setup import open_repository_section
 
@@ -166,6 +176,44 @@ def fetch_main(
             traceback.print_exc()
         _report_error(flags, _internal(exc), f"cannot restore WAL file {name}: {type(exc).__name__}: {exc}")
         return RESTORE_COMMAND_FATAL
+
+
+def history_not_archived(config: str | None, name: str, lineage: str) -> bool:
+    """The lean miss path of ``wal-fetch`` for a timeline history file (PostgreSQL probes the
+    next timeline's at the start and end of every recovery, and the answer is nearly always
+    "not archived"): ``True`` only when the storage says for sure that the repository is there
+    (its ``config`` object exists) and the file's named object is not (the same key the full
+    path reads), without opening the repository (no key slots, no Repository: ~50 ms of imports
+    less per probe).  Any other answer (the object exists, an error of any kind, a storage that
+    cannot be reached) is ``False``: the full path decides, so "not archived" (exit 1) is never
+    said for a repository that is unreachable, unmounted or unreadable."""
+    try:
+        from coldkeep.errors import ObjectNotFound
+        from coldkeep.postgres.wal import archive_key, parse_name
+        from coldkeep.storage import open_backend
+
+        parsed = parse_name(name)
+        if parsed.kind != "history":
+            return False
+        section = load_repository_section(config)
+        backend = open_backend(
+            section.url,
+            endpoint_url=section.endpoint_url,
+            region=section.region,
+            connect_timeout=section.connect_timeout,
+            read_timeout=section.read_timeout,
+        )
+        try:
+            backend.stat(REPOSITORY_CONFIG_KEY)  # the repository is there (ObjectNotFound here: not sure)
+            try:
+                backend.stat(NAMED_OBJECT_PREFIX + archive_key(parsed, lineage))
+            except ObjectNotFound:
+                return True
+            return False
+        finally:
+            backend.close()
+    except Exception:
+        return False
 
 
 def _start_prefetch(

@@ -43,6 +43,7 @@ from coldkeep.errors import (
     PostgresError,
     UsageError,
 )
+from coldkeep.errors import NotArchived as NotArchived  # (defined there for wal-fetch's lean miss path)
 from coldkeep.postgres import wal
 from coldkeep.repository.repository import Repository
 
@@ -83,13 +84,6 @@ class WalExists(IntegrityError):
     hint = (
         "two clusters may archive into one repository, or a restored copy archives into production's "
         "archive; stop that server's archiving and compare the system identifiers (`coldkeep pg check`)"
-    )
-
-
-class NotArchived(NotFound):
-    template = "{detail} is not in the WAL archive"
-    hint = (
-        "check the archiver with `coldkeep pg check`; PostgreSQL asks for files past the end of the archive"
     )
 
 
