@@ -35,6 +35,7 @@ from pathlib import Path
 
 from coldkeep.durable import fsync_dir
 from coldkeep.errors import IntegrityError, NotFound, UsageError
+from coldkeep.heap import keep_freed_memory
 from coldkeep.repository.locks import locked
 from coldkeep.repository.packer import BlobEntry
 from coldkeep.repository.progress import Progress
@@ -400,6 +401,7 @@ class Restorer:
         """Restore ``snap`` (the entries matching ``includes``, or ``selection``, which replaces
         them: :mod:`~coldkeep.repository.restore_select`) into ``target``, under a shared
         repository lock (a prune cannot remove packs under it)."""
+        keep_freed_memory()  # chunk buffers are reused, not faulted in afresh (coldkeep.heap)
         with locked(self.repo.backend, "restore", exclusive=False):
             return self._run(snap, target, includes, selection)
 
