@@ -113,11 +113,9 @@ class Restorer:
     as ``pg restore`` does): each chunk is still checked against its id, and the chunk list comes
     from a tree blob that is itself checked against its id, so the file is still proved to be the
     one backed up.  Chunks stored back to back in one pack are read with one request per run of
-    up to :data:`RUN_BYTES` and written with one ``writev``.
-    """
+    up to :data:`RUN_BYTES` and written with one ``writev``."""
 
-    #: tasks (a big file, or a group of small ones) whose chunk locations are looked up in one
-    #: index query
+    #: tasks (a big file, or a group of small ones) whose chunks are looked up in one index query
     LOOKUP_TASKS = 16
     #: chunks of one file read, decompressed and verified ahead of the one being written
     PREFETCH = 4
