@@ -36,7 +36,7 @@ HOOKS: Final[Mapping[str, str]] = {
     "COLDKEEP_CONV_KILL_AT": "SIGKILL the process at a named conversations stage",
     "COLDKEEP_CKPT_KILL_AT": "SIGKILL the process at a named checkpoints stage",
     "COLDKEEP_TIERS_KILL_AT": "SIGKILL the process at a named tiers backup stage",
-    "COLDKEEP_PREFETCH_KILL_AT": "SIGKILL the WAL prefetcher at a named stage",
+    "COLDKEEP_PREFETCH_KILL_AT": "SIGKILL the WAL prefetcher (or pg restore's WAL staging) at a named stage",
     "COLDKEEP_PACK_TARGET": "pack size in bytes instead of 16 MiB",
     "COLDKEEP_CONV_EARLY_DIV": "size of the first conversation batches (batch rows / N)",
     "COLDKEEP_CONV_COMMITTERS": "number of conversation commit threads",

@@ -368,3 +368,47 @@ def test_pg_restore_stages_the_backups_own_wal_and_the_fast_path_serves_only_int
     _, ready, server = prepare("refetched")
     flip_byte(ready)
     assert promoted(server) == ["in-backup"]
+
+
+@pytest.mark.parametrize("stage", ["stage-streamed", "stage-ready"])
+def test_pg_restore_killed_while_staging_leaves_no_servable_partial_and_a_rerun_recovers(
+    pgenv: Env, stage: str
+) -> None:
+    """``pg restore`` SIGKILLed while it stages the backup's first segment: with the segment only
+    streamed, the spool holds its ``.staged.tmp`` and nothing ready (the fast path has nothing to
+    serve); right after it was made ready, the ready copy is complete and exact.  Either way a
+    rerun into the same target moves the killed directory aside, stages again and promotes."""
+    env, c = pgenv, pgenv.cluster
+    c.sql("INSERT INTO marks (label) VALUES ('in-backup')")
+    backup = env.ckj("pg", "backup")
+    env.switch_and_wait()
+    first = backup["start_wal"]
+    fetched = env.base / "fetched"
+    env.ck("pg", "wal-fetch", first, str(fetched))
+    target = env.base / "r"
+
+    killed = env.ck("pg", "restore", "--target-dir", str(target), "--immediate", expect=None,
+                    extra_env={KILL_ENV: f"{stage}:1"})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    (spool,) = (target / "pg_wal" / SPOOL_DIR).iterdir()
+    ready = sorted(p.name for p in (spool / "ready").iterdir()) if (spool / "ready").exists() else []
+    temps = [p.name for p in spool.iterdir() if p.name.endswith(".staged.tmp")]
+    if stage == "stage-streamed":
+        assert ready == [] and temps == [f".{first}.{temps[0].split('.')[2]}.staged.tmp"], (ready, temps)
+    else:
+        assert ready == [first, first + ".crc"] and temps == [], (ready, temps)
+        assert (spool / "ready" / first).read_bytes() == fetched.read_bytes()
+
+    report = env.ckj("pg", "restore", "--target-dir", str(target), "--immediate")
+    assert report["moved_aside"] and Path(report["moved_aside"]).is_dir()
+    assert report["wal_staged"] >= 1
+    data = Path(report["data_dir"])
+    assert not list((data / "pg_wal" / SPOOL_DIR).glob("*/*.staged.tmp"))
+    server = TempCluster(data.with_name("r.run"), bin_dir=c.bin_dir, data_dir=data, port=free_port())
+    chown_to(server.base, server.os_user)
+    server.start(timeout=300)
+    try:
+        wait_for(lambda: server.sql("SELECT pg_is_in_recovery()")[0][0] is False, timeout=300)
+        assert [r[0] for r in server.sql("SELECT label FROM marks ORDER BY id")] == ["in-backup"]
+    finally:
+        server.stop()

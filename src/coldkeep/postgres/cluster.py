@@ -79,10 +79,18 @@ def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
+def os_owner(os_user: str) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``os_user`` when files must be given to it (running as root); else ``None``."""
+    if not running_as_root():
+        return None
+    pw = pwd.getpwnam(os_user)
+    return pw.pw_uid, pw.pw_gid
+
+
 def chown_to(path: Path, os_user: str) -> None:
-    if running_as_root():
-        pw = pwd.getpwnam(os_user)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
+    owner = os_owner(os_user)
+    if owner is not None:
+        os.chown(path, *owner)
 
 
 def free_port() -> int:

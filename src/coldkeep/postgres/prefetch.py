@@ -49,6 +49,8 @@ TYPE_CHECKING = False  # not ``typing``'s: the spool-hit path imports neither it
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from coldkeep.repository.repository import Repository
+
 SPOOL_DIR = ".coldkeep-prefetch"
 #: a claim older than this belongs to a prefetcher that died
 CLAIM_TTL_S = 120.0
@@ -214,6 +216,40 @@ class Spool:
                 return False
             return True
         return False
+
+    def stream_in(
+        self,
+        repo: Repository,
+        name: str,
+        lineage: str | None,
+        temp: str,
+        owner: tuple[int, int] | None = None,
+    ) -> bytes | None:
+        """Stream archived segment ``name`` from ``repo`` into ``temp``, a new file of this spool
+        (created exclusively, mode 0600, given to ``owner``), through one reused buffer, verified as
+        ``wal-fetch`` verifies it (chunk checksums, size, header, the lineage's system identifier).
+        Returns the content digest the bytes verified against; ``None`` when this spool's system
+        identifier is known and the segment's header names another.  Raises what the read raises
+        (:class:`~coldkeep.errors.NotArchived`, any ``ColdkeepError``, ``OSError``).  In every case
+        ``temp`` is the caller's to rename or delete (it may hold part of a segment)."""
+        from coldkeep.postgres.archive import stream_archived
+
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+
+            def write(piece: memoryview) -> None:
+                while piece:
+                    piece = piece[os.write(fd, piece) :]
+
+            _, content, _, header = stream_archived(repo, name, write, prefix=lineage)
+        finally:
+            os.close(fd)
+        sysid = self.system_identifier
+        if sysid and (header is None or header.system_identifier != sysid):
+            return None
+        return content
 
     def stage_ready(self, name: str, temp: str, content: bytes, owner: tuple[int, int] | None = None) -> bool:
         """Make ``temp`` (a file in this spool holding segment ``name``, whose content's BLAKE3

@@ -95,7 +95,7 @@ class Prefetcher:
 
         from coldkeep import testhooks
         from coldkeep.lean.config import load_repository_section
-        from coldkeep.postgres.archive import NotArchived, stream_archived
+        from coldkeep.postgres.archive import NotArchived
         from coldkeep.repository.setup import open_repository_section
 
         with (
@@ -115,26 +115,14 @@ class Prefetcher:
                     # content digest the repository verified the bytes against once they all verified
                     temp = spool.path(f".{segment}.{os.getpid()}.{threading.get_ident()}.tmp")
                     try:
-                        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                         try:
-
-                            def write(piece: memoryview) -> None:
-                                while piece:
-                                    piece = piece[os.write(fd, piece) :]
-
-                            try:
-                                _, content, _, header = stream_archived(
-                                    repo, segment, write, prefix=self.lineage
-                                )
-                            except NotArchived:
-                                self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
-                                return False
-                        finally:
-                            os.close(fd)
-                        sysid = spool.system_identifier
-                        if sysid and header is not None and header.system_identifier != sysid:
+                            content = spool.stream_in(repo, segment, self.lineage, temp)
+                        except NotArchived:
+                            content = None
+                        if content is None:  # not archived, or not the recovering cluster's (the
+                            # foreground fetch reports it): asked for again after a while
                             self.not_archived[segment] = time.monotonic() + NOT_ARCHIVED_RETRY_S
-                            return False  # not the recovering cluster's: the foreground fetch reports it
+                            return False
                         testhooks.kill_point(KILL_ENV, "fetched")
                         now_wanted = spool.wanted()
                         if now_wanted is not None and segment <= now_wanted[0]:

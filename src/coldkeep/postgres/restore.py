@@ -12,7 +12,6 @@ deleted.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shutil
 import stat
@@ -28,7 +27,7 @@ from coldkeep.config import Config, parse_size
 from coldkeep.durable import fsync_file
 from coldkeep.errors import ColdkeepError, PostgresError, UsageError
 from coldkeep.postgres import catalog, wal
-from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, free_port, running_as_root
+from coldkeep.postgres.cluster import TempCluster, chown_to, find_bin_dir, free_port, os_owner
 from coldkeep.processes import pid_alive
 from coldkeep.repository.locks import locked
 from coldkeep.repository.repository import Repository
@@ -141,7 +140,8 @@ def stage_backup_wal(repo: Repository, config: Config, backup: Snapshot, data_di
     restored ``global/pg_control``'s system identifier, and owned by the server's OS user.  Best
     effort: a segment that is not archived (streamed only), damaged or unreadable is left to
     ``wal-fetch``, which reports it as it always did.  Returns how many were staged."""
-    from coldkeep.postgres import archive, prefetch, walchain
+    from coldkeep import testhooks
+    from coldkeep.postgres import prefetch, walchain
 
     if not config.postgres.restore_prefetch or not config.source:
         return 0
@@ -156,34 +156,21 @@ def stage_backup_wal(repo: Repository, config: Config, backup: Snapshot, data_di
     )
     if not spool.system_identifier:
         return 0
-    owner = None
-    if running_as_root():
-        pw = pwd.getpwnam(config.postgres.os_user)
-        owner = (pw.pw_uid, pw.pw_gid)
+    owner = os_owner(config.postgres.os_user)
+    os.makedirs(spool.root, mode=0o700, exist_ok=True)
     staged = 0
     for name in names[:STAGE_SEGMENTS]:
-        os.makedirs(spool.root, mode=0o700, exist_ok=True)
         temp = spool.path(f".{name}.{os.getpid()}.staged.tmp")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                if owner is not None:
-                    os.fchown(fd, *owner)
-
-                def write(piece: memoryview, fd: int = fd) -> None:
-                    while piece:
-                        piece = piece[os.write(fd, piece) :]
-
-                _, content, _, header = archive.stream_archived(repo, name, write, prefix=lineage)
-            finally:
-                os.close(fd)
-            if header is None or header.system_identifier != spool.system_identifier:
-                raise PostgresError(f"{name} is not this cluster's")
+            content = spool.stream_in(repo, name, lineage, temp, owner)
         except (ColdkeepError, OSError):
+            content = None
+        testhooks.kill_point(prefetch.KILL_ENV, "stage-streamed")
+        # not archived (streamed only), damaged or another cluster's: wal-fetch fetches (or reports) it
+        if content is None or not spool.stage_ready(name, temp, content, owner):  # (removes temp)
             Path(temp).unlink(missing_ok=True)
-            break  # wal-fetch fetches (or reports) it
-        if not spool.stage_ready(name, temp, content, owner):  # (removes temp either way)
             break
+        testhooks.kill_point(prefetch.KILL_ENV, "stage-ready")
         staged += 1
     if owner is not None:
         for path in (data_dir / "pg_wal" / prefetch.SPOOL_DIR, Path(spool.root)):
@@ -336,10 +323,9 @@ def _chown_tree(root: Path, os_user: str) -> None:
     """Give everything under ``root`` to ``os_user``, touching only what is owned by someone else:
     a chown dirties the inode even when nothing changes, and PostgreSQL's start-up sync would then
     commit the file system journal once per file of the freshly fsynced data directory."""
-    if not running_as_root():
+    want = os_owner(os_user)
+    if want is None:
         return
-    pw = pwd.getpwnam(os_user)
-    want = (pw.pw_uid, pw.pw_gid)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [".", *dirnames, *filenames]:
             path = os.path.join(dirpath, name)
