@@ -29,10 +29,13 @@
 #        REPLAY_VARIANTS="cp coldkeep coldkeep-prefetch pgbackrest-sync pgbackrest-async" REPLAY_REPEATS=1
 #          (coldkeep-prefetch is what `pg restore` writes: [postgres] restore_prefetch = 8; coldkeep is
 #          restore_prefetch = 0, one segment per call)
+#        REPLAY_SWITCHES=0 (timeline switches spread over the replayed WAL: the primary ends an archive
+#          recovery and promotes, archiving a .history file and the old timeline's .partial segment)
 #        BB_DAYS="0 DAYS-1" (days pg_basebackup -z runs; the others are interpolated in the summary; "all")
 #        BACKUP_TOOLS="coldkeep pgbackrest pg_basebackup" RESTORE_TOOLS="coldkeep pgbackrest pg_basebackup"
 #          (a subset skips the others, e.g. for a short coldkeep-vs-pgBackRest run; order still rotates)
 #        PAGE_CHUNK= (bytes; setup creates the coldkeep repository with this page-chunk size)
+#        RESTORE_WARMUP=1 (an untimed copy of the data directory before the first timed restore)
 #        PREFETCH=8 SEGCOST_N=12 QUIET_WAIT=5 (seconds each timed step may wait for an idle machine)
 #        WORK=/tmp/coldkeep-pgbench PORT=55440 STAGES="load setup days restore tps drain replay segcost"
 set -euo pipefail
@@ -48,9 +51,11 @@ DAYS=${DAYS:-7}
 TPS_REPEATS=${TPS_REPEATS:-3}
 DURATION=${DURATION:-60}
 RESTORE_REPEATS=${RESTORE_REPEATS:-2}
+RESTORE_WARMUP=${RESTORE_WARMUP:-1}   # 1: copy the data directory once, untimed, before the timed restores
 BACKLOG_MB=${BACKLOG_MB:-1024}
 REPLAY_MB=${REPLAY_MB:-1024}
 REPLAY_REPEATS=${REPLAY_REPEATS:-1}
+REPLAY_SWITCHES=${REPLAY_SWITCHES:-0}   # timeline switches in the replayed WAL (each archives a .history and a .partial)
 BB_DAYS=${BB_DAYS:-"0 $((DAYS - 1))"}   # days pg_basebackup -z runs (gzip is slow); "all" for every day
 [ "$BB_DAYS" = all ] && BB_DAYS=$(seq -s " " 0 $((DAYS - 1)))
 TPS_VARIANTS=${TPS_VARIANTS:-"noop coldkeep coldkeep-async pgbackrest-sync pgbackrest-async"}
@@ -366,6 +371,13 @@ if has_stage restore; then
   LASTBB=$(ls -d "$BB"/day* 2>/dev/null | sort -V | tail -1 || true)
   read -r -a TOOLS <<<"$RESTORE_TOOLS"
   NT=${#TOOLS[@]}
+  if [ "$RESTORE_WARMUP" = 1 ]; then
+    # Untimed: the run's first restore would pay the VM's first touch of fresh page-cache memory
+    # (7-13 s instead of 4-6 s in earlier runs), and the first tool in the rotation is always the same.
+    log "restore warm-up (untimed, not recorded): a plain copy of the data directory"
+    rm -rf "$R/data"
+    cp -a "$DATA" "$R/data" && sync && rm -rf "$R/data"
+  fi
   for rep in $(seq 1 "$RESTORE_REPEATS"); do
     for i in $(seq 0 $((NT - 1))); do
       tool=${TOOLS[$(( (i + rep - 1) % NT ))]}
@@ -490,24 +502,44 @@ if has_stage replay; then
   rm -rf "$RP/base"
   as_pg pg_basebackup -h "$SOCK" -p "$PORT" -U postgres -D "$RP/base" -Fp -X none -c fast --no-sync
   lsn0=$(q "SELECT pg_current_wal_lsn()")
+  walb=0
   # the same WAL records, written ~5x faster: a commit no longer waits for its WAL flush (this VM's
   # fsync held pgbench at ~2 MB/s of WAL, 8 min per GB)
   set_conf synchronous_commit off
-  pgbench -c 4 -j 2 -T 1800 -h "$SOCK" -p "$PORT" -U postgres "$DB" >"$LOGS/replay-pgbench.out" 2>&1 &
-  PGB=$!
-  while [ "$(q "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')::bigint")" -lt $((REPLAY_MB * 1000000)) ]; do
-    kill -0 "$PGB" 2>/dev/null || { echo "pgbench stopped early" >&2; exit 1; }
-    sleep 0.5
+  for part in $(seq 0 "$REPLAY_SWITCHES"); do
+    if [ "$part" -gt 0 ]; then   # a timeline switch: the primary ends an archive recovery of its own
+      # WAL (restore_command fails: pg_wal is read) and promotes; it archives the new timeline's
+      # history file and the old timeline's last segment as .partial (recovery skips both halves)
+      lsnb=$(q "SELECT pg_current_wal_lsn()")
+      walb=$((walb + $(q "SELECT pg_wal_lsn_diff('$lsnb', '$lsn0')::bigint")))
+      pg_stop "$DATA"
+      printf "restore_command = '/bin/false'\n" >>"$DATA/postgresql.auto.conf"
+      as_pg touch "$DATA/recovery.signal"
+      as_pg pg_ctl -D "$DATA" -l "$WORK/pg/server.log" -w -t 300 start >/dev/null
+      until [ "$(q "SELECT pg_is_in_recovery()")" = f ]; do sleep 0.1; done
+      q "ALTER SYSTEM RESET restore_command" >/dev/null
+      lsn0=$(q "SELECT pg_current_wal_lsn()")
+      log "replay: switched to timeline $(q "SELECT timeline_id FROM pg_control_checkpoint()") at $lsn0"
+    fi
+    pgbench -c 4 -j 2 -T 1800 -h "$SOCK" -p "$PORT" -U postgres "$DB" >"$LOGS/replay-pgbench.out" 2>&1 &
+    PGB=$!
+    while [ "$(q "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')::bigint")" -lt $((REPLAY_MB * 1000000 / (REPLAY_SWITCHES + 1))) ]; do
+      kill -0 "$PGB" 2>/dev/null || { echo "pgbench stopped early" >&2; exit 1; }
+      sleep 0.5
+    done
+    kill -TERM "$PGB"; wait "$PGB" || true   # (SIGINT is ignored by background jobs of a script)
   done
-  kill -TERM "$PGB"; wait "$PGB" || true   # (SIGINT is ignored by background jobs of a script)
   set_conf synchronous_commit on
   q "SELECT pg_switch_wal()" >/dev/null
   lsn1=$(q "SELECT pg_current_wal_lsn()")
-  walb=$(q "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")
+  walb=$((walb + $(q "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")))
   drained=$(wait_drain 1800)
   set_archive_command "$(archive_cmd_for noop)"
   nseg=$(find "$CPARCH" -name '????????????????????????' | wc -l)
-  rec type=replay_wal wal_bytes="$walb" segments_archived="$nseg" archive_drain_s="$drained"
+  npartial=$(find "$CPARCH" -name '*.partial' | wc -l)
+  nhist=$(find "$CPARCH" -name '*.history' | wc -l)
+  rec type=replay_wal wal_bytes="$walb" segments_archived="$nseg" archive_drain_s="$drained" \
+    timeline_switches="$REPLAY_SWITCHES" partial_archived="$npartial" history_archived="$nhist"
   read -r -a RVARS <<<"$REPLAY_VARIANTS"
   nrv=${#RVARS[@]}
   for rep in $(seq 1 "$REPLAY_REPEATS"); do

@@ -391,6 +391,16 @@ class Summary:
     # --------------------------------------------------------------------------------------------
 
     def replay(self) -> None:
+        def switches(wal: dict[str, Any]) -> str:
+            n = int(wal.get("timeline_switches") or 0)
+            if not n:
+                return ""
+            return (
+                f"; {n} timeline switch{'es' if n > 1 else ''} on the way: {wal.get('history_archived')} history "
+                f"file(s) and {wal.get('partial_archived')} `.partial` segment(s) archived, recovery follows the "
+                "latest timeline"
+            )
+
         recs = [r for r in self.of("replay") if r.get("rc") == 0]
         if not recs:
             return
@@ -399,7 +409,7 @@ class Summary:
             "### WAL replay through restore_command",
             "",
             f"A plain base backup (`pg_basebackup -Fp -X none`), then {mb(wal.get('wal_bytes'), 0)} MB of pgbench WAL "
-            f"({wal.get('segments_archived')} segments) archived by `cp`, coldkeep and pgBackRest at once. Each variant: "
+            f"({wal.get('segments_archived')} segments{switches(wal)}) archived by `cp`, coldkeep and pgBackRest at once. Each variant: "
             "a fresh copy of the backup, `recovery.signal` + `restore_command`, `pg_ctl start` until promoted "
             "(recovery to the end of the archive).",
             "",
