@@ -239,6 +239,39 @@ def test_damaged_spooled_segments_are_refetched_never_served(registered: WalSite
     assert not dest.exists()
 
 
+def test_the_prefetcher_follows_a_timeline_switch_as_recovery_will(
+    registered: WalSite, tmp_path: Path
+) -> None:
+    """With ``00000002.history`` archived (timeline 2 begins inside the fourth segment), a
+    recovery on timeline 1 asks for the segments from that one on under timeline 2's names
+    (PostgreSQL tries the newest timeline begun by a segment's start): the prefetcher spools
+    those, not timeline 1's, and serves them exactly."""
+    site = registered
+    names, sources = push_segments(site, 5)
+    seg_size = len(sources[names[0]])
+    switch = wal.parse_name(names[3]).start_lsn(seg_size) + 0x118
+    history = tmp_path / wal.history_name(2)
+    history.write_text(f"1\t{switch >> 32:X}/{switch & 0xFFFFFFFF:08X}\tno recovery target specified\n")
+    site.ok("pg", "wal-push", str(history))
+    on_2 = {n: wal.segment_name(2, wal.parse_name(n).segno_for(seg_size), seg_size) for n in names[3:]}
+    for (
+        name,
+        renamed,
+    ) in on_2.items():  # timeline 2's copies (the first page keeps timeline 1, as at a switch)
+        (tmp_path / renamed).write_bytes(sources[name])
+        site.ok("pg", "wal-push", str(tmp_path / renamed))
+    data = data_dir_of(site, tmp_path / "data")
+    dest, spool_dir = data / "pg_wal" / "RECOVERYXLOG", data / "pg_wal" / SPOOL_DIR
+
+    site.ok("pg", "wal-fetch", "--prefetch", "3", names[1], str(dest))
+    wait_for(lambda: spooled(spool_dir) == sorted([names[2], *on_2.values()]))
+    asked = [(names[2], names[2]), *((renamed, name) for name, renamed in on_2.items())]
+    for name, source in asked:  # served from the spool, byte for byte
+        proc = site.ok("--json", "pg", "wal-fetch", "--prefetch", "3", name, str(dest))
+        assert json.loads(proc.stdout).get("prefetched"), name
+        assert dest.read_bytes() == sources[source], name
+
+
 # ------------------------------------------------------------------------------------------------
 # a real recovery
 

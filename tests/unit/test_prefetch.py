@@ -133,6 +133,32 @@ def test_next_segments() -> None:
     ]
 
 
+def test_segments_ahead_follow_the_timelines_recovery_switches_to() -> None:
+    """Timeline 2 begins inside segment 0x25, timeline 3 exactly at the start of 0x28 (history
+    files as PostgreSQL 15 writes them): the segments after 0x23 on timeline 1 are asked for as
+    1/0x24, 2/0x25, 2/0x26, 2/0x27, 3/0x28 (the newest timeline begun by a segment's start)."""
+    h2 = b"1\t0/25000118\tno recovery target specified\n"
+    h3 = h2 + b"\n2\t0/28000000\tbefore 2000-01-01 00:00:00+00\n"
+    histories = {2: h2, 3: h3}
+    assert prefetcher.parse_history(h3) == [(1, 0x25000118), (2, 0x28000000)]
+    switches = prefetcher.switches_after(1, histories, 16 * MiB)
+    assert switches == [(2, 0x25), (3, 0x28)]
+    assert prefetcher.segments_ahead("000000010000000000000023", 16 * MiB, 5, switches) == [
+        "000000010000000000000024",
+        "000000020000000000000025",
+        "000000020000000000000026",
+        "000000020000000000000027",
+        "000000030000000000000028",
+    ]
+    assert prefetcher.switches_after(2, histories, 16 * MiB) == [(3, 0x28)]
+    # a timeline no archived history descends from, a file that is not a history: its own names
+    assert prefetcher.switches_after(4, histories, 16 * MiB) == []
+    assert prefetcher.switches_after(1, {2: b"not a history file"}, 16 * MiB) == []
+    assert prefetcher.segments_ahead("000000040000000000000023", 16 * MiB, 1, []) == [
+        "000000040000000000000024"
+    ]
+
+
 #: the spool-hit path (``restore_command`` for a prefetched segment) runs once per 16 MiB of WAL:
 #: it imports none of these (issue 18: interpreter start + imports were most of its CPU)
 NOT_ON_THE_HIT_PATH = (

@@ -12,6 +12,10 @@ import time
 
 from coldkeep.postgres.prefetch import KILL_ENV, LOCK_NAME, Spool, _unlink, next_segments
 
+TYPE_CHECKING = False  # not ``typing``'s (see prefetch.py)
+if TYPE_CHECKING:
+    from coldkeep.repository.repository import Repository
+
 #: how often the prefetcher's placer looks whether the ready segment was taken
 PLACE_POLL_S = 0.005
 #: a prefetcher with no new request for this long stops (recovery paused or over)
@@ -20,12 +24,15 @@ IDLE_S = 30.0
 POLL_S = 0.01
 #: a segment that was not archived (or not this cluster's) is asked for again after this long
 NOT_ARCHIVED_RETRY_S = 1.0
+#: history files probed after the timeline of a request (a recovery crosses a few switches at most)
+MAX_TIMELINES_AHEAD = 64
 
 
 class Prefetcher:
     """The one long-lived prefetcher of a spool: opens the repository once and keeps the segments
     after the newest one PostgreSQL asked for (:meth:`Spool.wanted`) spooled, two at a time, as
-    recovery moves on (across timeline switches: it follows the timeline of the request).
+    recovery moves on (across timeline switches: ahead of a request, each segment is named on the
+    timeline recovery will ask for it on, from the archived history files; :func:`segments_ahead`).
 
     It runs while it holds the spool's ``.prefetcher`` lock, and stops when the spool directory
     is gone (``recovery_end_command`` removes it once recovery ends), when no new request came
@@ -38,6 +45,9 @@ class Prefetcher:
         self.config_path = config_path
         self.lineage = lineage
         self.not_archived: dict[str, float] = {}
+        #: (request timeline, its switches ahead: [(timeline, first segment number)]), set by the
+        #: fetch loop (which has the repository) and read by the placer
+        self.chain: tuple[int, list[tuple[int, int]]] = (0, [])
 
     def run(self) -> None:
         import fcntl
@@ -69,7 +79,7 @@ class Prefetcher:
                         spool.want(placed, wanted[1], wanted[2])
                     wanted = (placed, wanted[1], wanted[2])
                 if wanted is not None:
-                    following = next_segments(wanted[0], wanted[1], 1)[0]
+                    following = self._ahead(wanted[0], wanted[1], 1)[0]
                     if following != placed and spool.place(following):
                         placed = following
             except Exception:  # best effort: a miss only means a fetch in the foreground
@@ -95,6 +105,7 @@ class Prefetcher:
 
         from coldkeep import testhooks
         from coldkeep.lean.config import load_repository_section
+        from coldkeep.postgres import wal
         from coldkeep.postgres.archive import NotArchived
         from coldkeep.repository.setup import open_repository_section
 
@@ -144,6 +155,9 @@ class Prefetcher:
                     last, idle_since = wanted, now
                 elif now - idle_since > IDLE_S:
                     return
+                if wanted and wal.parse_name(wanted[0]).timeline != self.chain[0]:
+                    tli = wal.parse_name(wanted[0]).timeline
+                    self.chain = (tli, switches_after(tli, self._histories(repo, tli), wanted[1]))
                 todo = self._todo(wanted, now) if wanted else []
                 if not todo:
                     time.sleep(POLL_S)
@@ -155,9 +169,85 @@ class Prefetcher:
     def _todo(self, wanted: tuple[str, int, int], now: float) -> list[str]:
         name, seg_size, count = wanted
         todo = []
-        for segment in next_segments(name, seg_size, count):
+        for segment in self._ahead(name, seg_size, count):
             if self.not_archived.get(segment, 0.0) > now:
                 break  # not archived a moment ago: nothing after it either
             if not self.spool.pending(segment) and not os.path.lexists(self.spool.ready_path(segment)):
                 todo.append(segment)  # (a ready segment `pg restore` staged is served already)
         return todo
+
+    def _ahead(self, name: str, seg_size: int, count: int) -> list[str]:
+        """The ``count`` segments recovery asks for after ``name``: on its timeline, then on the
+        timelines it switches to (:attr:`chain`) from their first segment on."""
+        tli, switches = self.chain
+        return segments_ahead(name, seg_size, count, switches if tli == int(name[:8], 16) else [])
+
+    def _histories(self, repo: Repository, timeline: int) -> dict[int, bytes]:
+        """The archived history files of the timelines after ``timeline``, probed one by one
+        until one is missing (as PostgreSQL finds the newest timeline); none on any error."""
+        from coldkeep.errors import ColdkeepError
+        from coldkeep.postgres import wal
+        from coldkeep.postgres.archive import NotArchived, read_archived
+
+        found: dict[int, bytes] = {}
+        for tli in range(timeline + 1, timeline + 1 + MAX_TIMELINES_AHEAD):
+            try:
+                found[tli] = read_archived(repo, wal.history_name(tli), prefix=self.lineage)[2]
+            except NotArchived:
+                break
+            except ColdkeepError:
+                return {}
+        return found
+
+
+def parse_history(data: bytes) -> list[tuple[int, int]]:
+    """A timeline history file's entries, oldest first: ``(timeline, LSN where it ended)``
+    (the next entry's timeline, or the file's own, begins there)."""
+    entries = []
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        hi, _, lo = fields[1].partition("/")
+        entries.append((int(fields[0]), (int(hi, 16) << 32) | int(lo, 16)))
+    return entries
+
+
+def switches_after(timeline: int, histories: dict[int, bytes], seg_size: int) -> list[tuple[int, int]]:
+    """The timelines a recovery to the newest timeline descending from ``timeline`` switches to
+    after it, oldest first, each with the first segment number recovery asks for on it (the one
+    holding its starting point: PostgreSQL tries the newest timeline that has begun by a segment's
+    start, XLogFileReadAnyTLI).  ``[]`` when no archived history descends from ``timeline``."""
+    for newest in sorted(histories, reverse=True):
+        try:
+            entries = parse_history(histories[newest])
+        except (ValueError, IndexError):
+            continue  # not a history file: the foreground fetch reports it
+        parents = [tli for tli, _ in entries]
+        if timeline not in parents:
+            continue
+        first = parents.index(timeline)
+        return [
+            (entries[k + 1][0] if k + 1 < len(entries) else newest, entries[k][1] // seg_size)
+            for k in range(first, len(entries))
+        ]
+    return []
+
+
+def segments_ahead(name: str, seg_size: int, count: int, switches: list[tuple[int, int]]) -> list[str]:
+    """The ``count`` segment names after ``name``, each on the timeline recovery asks for it:
+    ``name``'s own, or the newest of ``switches`` (from :func:`switches_after`) begun by then."""
+    if not switches:
+        return next_segments(name, seg_size, count)
+    from coldkeep.postgres import wal
+
+    parsed = wal.parse_name(name)
+    start = parsed.segno_for(seg_size)
+    out = []
+    for segno in range(start + 1, start + count + 1):
+        tli = parsed.timeline
+        for child, begins in switches:
+            if segno >= begins:
+                tli = child
+        out.append(wal.segment_name(tli, segno, seg_size))
+    return out
