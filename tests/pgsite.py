@@ -69,14 +69,23 @@ def _config(base: Path, cluster: TempCluster, extra: str = "") -> str:
     )
 
 
-def archiving_env(pg_cluster: TempCluster, pg_coldkeep: str, *, password: str | None = None) -> Iterator[Env]:
+def archiving_env(
+    pg_cluster: TempCluster,
+    pg_coldkeep: str,
+    *,
+    password: str | None = None,
+    archive_async: bool | None = None,
+) -> Iterator[Env]:
     """Repository + config in a directory the server's OS user can use, archiving switched on;
-    with ``password``, an encrypted repository whose passphrase is in a file only that user reads."""
+    with ``password``, an encrypted repository whose passphrase is in a file only that user reads;
+    ``archive_async`` set: ``[postgres] archive_async`` (default: the config's default, true)."""
     base = Path(tempfile.mkdtemp(prefix="coldkeep-pitr-"))
     os.chmod(base, 0o755)  # the server's OS user reads the config and writes the repository
     chown_to(base, pg_cluster.os_user)
     config = base / "coldkeep.toml"
-    text = _config(base, pg_cluster)
+    text = _config(
+        base, pg_cluster, "" if archive_async is None else f"archive_async = {str(archive_async).lower()}\n"
+    )
     if password is not None:
         secret = base / "passphrase"
         secret.write_text(password + "\n")

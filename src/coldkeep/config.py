@@ -181,7 +181,10 @@ class PostgresConfig(ServiceSection):
     # `pg backup`: the most seconds its WAL may take to be archived (the server's wait at the end
     # of pg_basebackup, then the wait for the segments in the repository) before the backup fails
     backup_wal_timeout: Annotated[int, Field(ge=1, le=86400)] = 300
-    archive_async: bool = False  # archive_command = wal-push --async (postgres/spool.py)
+    # archive_command = wal-push --async (postgres/spool.py): one long-lived pusher instead of an
+    # interpreter per segment; a segment is still acknowledged only once durable in the repository.
+    # false: one `wal-push` process per segment (~0.13 s CPU each: -11 % TPS on a busy 2-core box)
+    archive_async: bool = True
     # restore_command of `pg restore` / restore tests: wal-fetch --prefetch N (0: one segment at a time)
     restore_prefetch: int = Field(default=8, ge=0, le=64)
     archive_async_workers: int = Field(default=0, ge=0, le=64)  # 0: CPUs, at most 4

@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
 @pytest.fixture
 def pgenv(pg_cluster: TempCluster, pg_coldkeep: str) -> Iterator[Env]:
-    yield from archiving_env(pg_cluster, pg_coldkeep)
+    # one wal-push per segment: "archiving broke" is simulated by archive_command = /bin/false,
+    # which a live `wal-push --async` pusher (it archives `.ready` segments ahead of the archiver
+    # for up to 5 s of idleness) would not notice
+    yield from archiving_env(pg_cluster, pg_coldkeep, archive_async=False)
 
 
 def test_a_restore_point_never_archived_fails_the_drill(pgenv: Env) -> None:

@@ -27,6 +27,12 @@ def pgenv(pg_cluster: TempCluster, pg_coldkeep: str) -> Iterator[Env]:
 
 
 @pytest.fixture
+def pgenv_sync(pg_cluster: TempCluster, pg_coldkeep: str) -> Iterator[Env]:
+    """One ``wal-push`` per segment (``archive_async = false``): its messages are in the server log."""
+    yield from archiving_env(pg_cluster, pg_coldkeep, archive_async=False)
+
+
+@pytest.fixture
 def receivers() -> Iterator[list[Receiver]]:
     made: list[Receiver] = []
     yield made
@@ -99,9 +105,9 @@ def test_synchronous_commit_survives_losing_the_primary(pgenv: Env, receivers: l
 
 
 def test_archiver_and_receiver_push_the_same_segment(
-    pgenv: Env, receivers: list[Receiver], tmp_path: Path
+    pgenv_sync: Env, receivers: list[Receiver], tmp_path: Path
 ) -> None:
-    env, c = pgenv, pgenv.cluster
+    env, c = pgenv_sync, pgenv_sync.cluster
     spool = use_spool(env)
     receiver = Receiver(env, ()).start()
     receivers.append(receiver)

@@ -73,7 +73,7 @@ def test_setup_check_and_real_archiving(
     assert shown["applied"] is False and shown["restart_needed"] is True
     assert shown["lineage_action"] == "would-record"
     assert settings["archive_mode"]["desired"] == "on" and settings["archive_mode"]["needs_restart"]
-    assert settings["archive_command"]["desired"].endswith(f"--config {site.config} pg wal-push %p")
+    assert settings["archive_command"]["desired"].endswith(f"--config {site.config} pg wal-push --async %p")
     assert settings["archive_timeout"]["desired"] == "60"
     assert not (site.repo_dir / "state" / "pg-lineage").exists()  # show only: nothing recorded
 
