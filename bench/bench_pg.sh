@@ -305,7 +305,9 @@ Repository.init(LocalBackend('$CKREPO'), chunker=ChunkerParams(page_chunk=$PAGE_
     "$CK" --config "$CFG" -q repo init
   fi
   "$CK" --config "$CFG" pg setup --apply --coldkeep-path "$CK" | tee "$LOGS/pg-setup.txt" >&2
-  [ "$(q "SHOW archive_command")" = "$(ck_push_cmd)" ] || { echo "unexpected archive_command from pg setup: $(q "SHOW archive_command")" >&2; exit 1; }
+  # what `pg setup` writes by default ([postgres] archive_async = true); the stages then set their own
+  [ "$(q "SHOW archive_command")" = "$(printf '%s --config %s pg wal-push --async %%p' "$CK" "$CFG")" ] ||
+    { echo "unexpected archive_command from pg setup: $(q "SHOW archive_command")" >&2; exit 1; }
   as_pg $PGBR stanza-create >/dev/null
   set_archive_command "$(archive_cmd_for both)"
   "$CK" --config "$CFG" pg check
