@@ -105,7 +105,6 @@ class Prefetcher:
 
         from coldkeep import testhooks
         from coldkeep.lean.config import load_repository_section
-        from coldkeep.postgres import wal
         from coldkeep.postgres.archive import NotArchived
         from coldkeep.repository.setup import open_repository_section
 
@@ -155,8 +154,8 @@ class Prefetcher:
                     last, idle_since = wanted, now
                 elif now - idle_since > IDLE_S:
                     return
-                if wanted and wal.parse_name(wanted[0]).timeline != self.chain[0]:
-                    tli = wal.parse_name(wanted[0]).timeline
+                if wanted and _timeline(wanted[0]) != self.chain[0]:
+                    tli = _timeline(wanted[0])
                     self.chain = (tli, switches_after(tli, self._histories(repo, tli), wanted[1]))
                 todo = self._todo(wanted, now) if wanted else []
                 if not todo:
@@ -180,7 +179,7 @@ class Prefetcher:
         """The ``count`` segments recovery asks for after ``name``: on its timeline, then on the
         timelines it switches to (:attr:`chain`) from their first segment on."""
         tli, switches = self.chain
-        return segments_ahead(name, seg_size, count, switches if tli == int(name[:8], 16) else [])
+        return segments_ahead(name, seg_size, count, switches if tli == _timeline(name) else [])
 
     def _histories(self, repo: Repository, timeline: int) -> dict[int, bytes]:
         """The archived history files of the timelines after ``timeline``, probed one by one
@@ -198,6 +197,11 @@ class Prefetcher:
             except ColdkeepError:
                 return {}
         return found
+
+
+def _timeline(segment: str) -> int:
+    """The timeline of a segment name (its first 8 hex digits; the request loop's cheap check)."""
+    return int(segment[:8], 16)
 
 
 def parse_history(data: bytes) -> list[tuple[int, int]]:
